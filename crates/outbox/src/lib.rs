@@ -1,0 +1,106 @@
+//! The transactional outbox. A service that changes an entity calls [`append`] with the
+//! event describing the change inside the same database transaction, so the change and its
+//! event commit together or not at all; nothing is published from inside a request.
+//!
+//! This crate owns the `outbox` table and its migrations. It knows nothing of any service's
+//! entities: callers hand it an event payload and the aggregate it belongs to.
+
+use contracts::events::v1::EventEnvelope;
+use platform::db::{Migrations, StoreError};
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+/// The outbox table's migrations, to run beside the owning service's own.
+pub fn migrations() -> Migrations {
+    Migrations {
+        name: "outbox",
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
+    }
+}
+
+/// Version of the payload schemas this code writes (see events.v1's evolution rules).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which entity an event is about, and where events about it are published.
+#[derive(Debug, Clone, Copy)]
+pub struct Aggregate<'a> {
+    /// The owning service, also the first token of the subject: "users".
+    pub producer: &'static str,
+    /// The kind of entity: "user".
+    pub kind: &'static str,
+    pub id: &'a Uuid,
+    /// The entity's version after the change.
+    pub version: u64,
+}
+
+/// An event ready to be stored: the encoded envelope plus the columns the relay needs
+/// without decoding it.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: Uuid,
+    pub subject: String,
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub aggregate_version: u64,
+    pub envelope: Vec<u8>,
+    pub occurred_at_micros: i64,
+}
+
+impl OutboxEvent {
+    /// Wraps `payload` in an envelope. The subject is `<producer>.<kind>.<EventName>`, e.g.
+    /// `users.user.UserRegistered`, so a stream can capture `users.>` and a consumer can
+    /// filter by entity kind or event without decoding anything.
+    pub fn new<M: prost::Message + prost::Name>(
+        aggregate: Aggregate<'_>,
+        occurred_at_micros: i64,
+        payload: &M,
+    ) -> Self {
+        let event_id = Uuid::now_v7();
+        let envelope = EventEnvelope {
+            event_id: event_id.to_string(),
+            event_type: M::full_name(),
+            aggregate_type: aggregate.kind.to_owned(),
+            aggregate_id: aggregate.id.to_string(),
+            aggregate_version: aggregate.version,
+            occurred_at: Some(platform::time::to_timestamp(occurred_at_micros)),
+            producer: aggregate.producer.to_owned(),
+            schema_version: SCHEMA_VERSION,
+            payload: payload.encode_to_vec(),
+            metadata: Default::default(),
+        };
+        Self {
+            event_id,
+            subject: format!("{}.{}.{}", aggregate.producer, aggregate.kind, M::NAME),
+            event_type: envelope.event_type.clone(),
+            aggregate_id: envelope.aggregate_id.clone(),
+            aggregate_version: aggregate.version,
+            envelope: prost::Message::encode_to_vec(&envelope),
+            occurred_at_micros,
+        }
+    }
+}
+
+/// Records `event` on `conn`, which must be the transaction that makes the change.
+pub async fn append(conn: &mut AnyConnection, event: &OutboxEvent) -> Result<(), StoreError> {
+    let aggregate_version = i64::try_from(event.aggregate_version).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "aggregate version {} overflows",
+            event.aggregate_version
+        ))
+    })?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, aggregate_version, envelope, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(event.event_id.to_string())
+    .bind(&event.subject)
+    .bind(&event.event_type)
+    .bind(&event.aggregate_id)
+    .bind(aggregate_version)
+    .bind(event.envelope.clone())
+    .bind(event.occurred_at_micros)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

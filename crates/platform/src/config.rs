@@ -1,0 +1,69 @@
+//! Command-line and environment settings that every service takes in the same way.
+
+use std::time::Duration;
+
+use crate::telemetry::LogFormat;
+
+/// Settings shared by every service binary, flattened into each service's own `Config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Log output: `pretty` for people, `json` for machines. Filter with RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Most database connections the service holds open.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = Self::DEFAULT_DB_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_max_connections: u32,
+
+    /// Longest a request may run on the server, in milliseconds, whatever the caller's deadline.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = Self::DEFAULT_REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Most requests served at once across all connections; past it, requests are shed with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = Self::DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_concurrent_requests: u64,
+}
+
+impl Default for CommonArgs {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            db_max_connections: Self::DEFAULT_DB_MAX_CONNECTIONS,
+            request_timeout_ms: Self::DEFAULT_REQUEST_TIMEOUT_MS,
+            max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
+        }
+    }
+}
+
+impl CommonArgs {
+    pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 8;
+    pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 1024;
+
+    pub fn database_config(&self, url: &str) -> crate::db::DatabaseConfig {
+        crate::db::DatabaseConfig {
+            max_connections: self.db_max_connections,
+            ..crate::db::DatabaseConfig::new(url)
+        }
+    }
+
+    pub fn server_settings(&self) -> crate::server::ServerSettings {
+        crate::server::ServerSettings {
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
+                .unwrap_or(usize::MAX),
+            ..crate::server::ServerSettings::default()
+        }
+    }
+}
+
+/// The exit code for invalid configuration (EX_USAGE from sysexits.h).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Checks a `--database-url` at parse time, so a typo is reported as a usage error naming
+/// the flag rather than as a connection failure.
+pub fn parse_database_url(raw: &str) -> Result<String, String> {
+    crate::db::Backend::of_url(raw)
+        .map(|_| raw.to_owned())
+        .map_err(|error| error.to_string())
+}

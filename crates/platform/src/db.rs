@@ -1,0 +1,295 @@
+//! Connecting to a service's own database, SQLite or PostgreSQL chosen by URL, and running
+//! its embedded migrations. Queries go through sqlx's `Any` driver with `$n` placeholders,
+//! which both backends accept, so a service writes each query once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor as _, Transaction};
+
+/// The database products the services support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+}
+
+/// One schema owner's migrations, one set per backend, embedded with `sqlx::migrate!`.
+///
+/// Each owner records what it applied in a table of its own (`_migrations_<name>`), so
+/// independent owners (a service's tables, the outbox's, later the event consumer's) can
+/// share one database, as they do in the monolith, without their version numbers colliding.
+#[derive(Debug)]
+pub struct Migrations {
+    pub name: &'static str,
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+/// Failures while opening a database; they stop the process at start, so they carry context.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the database URL must start with sqlite:, postgres:// or postgresql://")]
+    UnsupportedUrl,
+    #[error("cannot create the directory {path} for the SQLite database")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply the database migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Failures of a query at run time, classified by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: the pool timed out, the server went away, SQLite stayed locked.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A bug or a broken schema: retrying will not help.
+    #[error("the database operation failed")]
+    Failed(#[source] sqlx::Error),
+    /// A stored value that the code cannot read back, e.g. an unknown status.
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_transient(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Failed(error)
+        }
+    }
+}
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db_error) => matches!(
+            db_error.code().as_deref(),
+            // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+            Some("5" | "6" | "261" | "262" | "517")
+            // PostgreSQL: admin/crash shutdown, cannot connect now, too many connections,
+            // serialization failure and deadlock (both safe to retry).
+            | Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+        ),
+        _ => false,
+    }
+}
+
+/// True when the error is a violated unique constraint, which a store turns into a
+/// domain answer such as "email already registered".
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db_error) if db_error.is_unique_violation())
+}
+
+/// How to open a database.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    /// Longest a query waits for a free connection before failing as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connection pool plus which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Database {
+    /// Opens the pool. An SQLite file and its directory are created when absent.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        install_default_drivers();
+        let backend = Backend::of_url(&config.url)?;
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(&config.url)?,
+            Backend::Postgres => config.url.clone(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the single writer. synchronous=NORMAL in WAL
+                        // mode survives a process crash (what the fault demos do); only an OS
+                        // crash or power loss can lose the last commits.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(DbError::Connect)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies each owner's pending migrations, in the order given.
+    pub async fn migrate(
+        &self,
+        owners: impl IntoIterator<Item = Migrations>,
+    ) -> Result<(), DbError> {
+        for owner in owners {
+            let mut migrator = match self.backend {
+                Backend::Sqlite => owner.sqlite,
+                Backend::Postgres => owner.postgres,
+            };
+            migrator.dangerous_set_table_name(format!("_migrations_{}", owner.name));
+            migrator.run(&self.pool).await.map_err(DbError::Migrate)?;
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes can fail with
+    /// SQLITE_BUSY at once instead of waiting its turn.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Makes sure the SQLite file can be created: its directory exists and the URL asks for
+/// read-write-create mode unless the caller chose a mode.
+fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" {
+        return Ok(url.to_owned());
+    }
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    if query.split('&').any(|pair| pair.starts_with("mode=")) {
+        Ok(url.to_owned())
+    } else if query.is_empty() {
+        Ok(format!("sqlite://{path}?mode=rwc"))
+    } else {
+        Ok(format!("sqlite://{path}?{query}&mode=rwc"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_recognised_by_scheme() {
+        assert_eq!(
+            Backend::of_url("sqlite://data/x.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::of_url("postgres://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::of_url("postgresql://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert!(Backend::of_url("mysql://u@h/db").is_err());
+    }
+
+    #[test]
+    fn sqlite_urls_gain_create_mode_unless_one_is_given() {
+        let dir = std::env::temp_dir().join(format!("platform-db-test-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("nested/x.db");
+        let url = format!("sqlite://{}", path.display());
+        assert_eq!(
+            prepare_sqlite_url(&url).ok(),
+            Some(format!("{url}?mode=rwc"))
+        );
+        assert!(path.parent().is_some_and(Path::exists));
+        let with_mode = format!("{url}?mode=ro");
+        assert_eq!(prepare_sqlite_url(&with_mode).ok(), Some(with_mode));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Reads a stored entity version (BIGINT) back as the `u64` the API speaks.
+pub fn version_from_db(stored: i64) -> Result<u64, StoreError> {
+    u64::try_from(stored).map_err(|_| StoreError::Corrupt(format!("negative version {stored}")))
+}
+
+/// Outcome of comparing a caller's `expected_version` with the stored one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionConflict {
+    pub expected: u64,
+    pub actual: u64,
+}
+
+/// Optimistic concurrency: a write that names the version it was based on applies only to
+/// that version; a write that names none applies to whatever is stored.
+pub fn check_version(expected: Option<u64>, actual: u64) -> Result<(), VersionConflict> {
+    match expected {
+        Some(expected) if expected != actual => Err(VersionConflict { expected, actual }),
+        _ => Ok(()),
+    }
+}
+
+/// Writes an API version into a BIGINT column.
+pub fn stored_version(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Corrupt(format!("version {version} overflows")))
+}

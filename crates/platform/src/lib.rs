@@ -1,0 +1,17 @@
+//! What every service process needs and no service owns: binding and serving gRPC with the
+//! standard layers, health and reflection; connecting to SQLite or PostgreSQL and running a
+//! service's migrations; telemetry; shutdown signals; and the small validation vocabulary
+//! (field violations, ids, page tokens, timestamps) that all gRPC edges share.
+//!
+//! It deliberately holds no business rules and no schema: those belong to the service that
+//! owns the data.
+
+pub mod config;
+pub mod db;
+pub mod fields;
+pub mod paging;
+pub mod process;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,50 @@
+//! The life of a service process: parse configuration, start telemetry, run, report.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::config::{CommonArgs, EXIT_USAGE};
+
+/// Runs a service binary: parses `C` from flags and environment (exiting with 64 and one
+/// line naming the bad setting when it is invalid), installs tracing, and drives `run` on a
+/// multi-threaded runtime. Errors are logged once, with their cause chain.
+pub fn run<C, F, Fut>(service: &'static str, run: F) -> ExitCode
+where
+    C: clap::Parser + AsRef<CommonArgs>,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match C::try_parse() {
+        Ok(config) => config,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version land here: print them and succeed.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(2));
+        }
+    };
+    crate::telemetry::init(config.as_ref().log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => {
+            tracing::info!(service, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(service, error = format!("{error:#}"), "failed");
+            ExitCode::FAILURE
+        }
+    }
+}

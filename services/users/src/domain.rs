@@ -1,0 +1,136 @@
+//! User accounts as the service understands them, and the rules a valid one obeys.
+
+use platform::fields::{FieldViolation, parse_text, truncate};
+use uuid::Uuid;
+
+pub const MAX_NAME_CHARS: usize = 200;
+/// RFC 5321's limit on a forward path.
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// A syntactically plausible email address, lower-cased so that uniqueness ignores case.
+///
+/// The check is deliberately practical rather than RFC 5322-complete: one `@`, a non-empty
+/// local part of at most 64 characters, and a dotted domain of letters, digits and hyphens.
+/// Only sending mail to it could prove more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
+        let candidate = parse_text(field, raw, MAX_EMAIL_CHARS)?.to_lowercase();
+        let invalid = || {
+            FieldViolation::new(
+                field,
+                format!(
+                    "must be an email address such as ada@example.com, got {:?}",
+                    truncate(raw, 64)
+                ),
+            )
+        };
+        let (local, domain) = candidate.split_once('@').ok_or_else(invalid)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local
+                .chars()
+                .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels.iter().all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if local_ok && domain_ok {
+            Ok(Self(candidate))
+        } else {
+            Err(invalid())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A display name: 1 to 200 characters once trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
+        parse_text(field, raw, MAX_NAME_CHARS).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: Email,
+    pub name: UserName,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rename {
+    pub id: Uuid,
+    pub name: UserName,
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    pub id: Uuid,
+    pub expected_version: Option<u64>,
+}
+
+/// A live user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub version: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_lower_cased_and_checked_for_shape() {
+        assert_eq!(
+            Email::parse("email", " Ada.Lovelace+x@Example.COM ").map(|e| e.0),
+            Ok("ada.lovelace+x@example.com".to_owned())
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "ada@@example.com",
+            "ada lovelace@example.com",
+            "ada@exa_mple.com",
+            "ada@-example.com",
+            ".ada@example.com",
+            "a..da@example.com",
+            "ada@example..com",
+        ] {
+            assert!(
+                Email::parse("email", bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(Email::parse("email", &long_local).is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The users table and its outbox rows. Every write and the event describing it commit in
+//! one transaction.
+
+use contracts::events::v1 as events;
+use outbox::{Aggregate, OutboxEvent};
+use platform::db::{
+    Database, StoreError, check_version, is_unique_violation, stored_version, version_from_db,
+};
+use sqlx::AnyConnection;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::domain::{Deletion, NewUser, Rename, User};
+use crate::error::UsersError;
+
+const PRODUCER: &str = "users";
+const KIND: &str = "user";
+
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    db: Database,
+}
+
+/// A row as stored, tombstones included.
+struct StoredUser {
+    user: User,
+    deleted: bool,
+}
+
+impl UserStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn create(&self, new: &NewUser) -> Result<User, UsersError> {
+        let now = platform::time::now_micros();
+        let user = User {
+            id: Uuid::now_v7(),
+            email: new.email.as_str().to_owned(),
+            name: new.name.as_str().to_owned(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.db.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, email, name, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => {
+                return Err(UsersError::EmailTaken(user.email));
+            }
+            other => other.map_err(StoreError::from)?,
+        };
+        let payload = events::UserRegistered {
+            user_id: user.id.to_string(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+        };
+        record(&mut tx, &user.id, user.version, now, &payload).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(user)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<User, UsersError> {
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        match load(&mut conn, id).await? {
+            None => Err(UsersError::NotFound(id)),
+            Some(StoredUser { deleted: true, .. }) => Err(UsersError::Gone(id)),
+            Some(StoredUser { user, .. }) => Ok(user),
+        }
+    }
+
+    pub async fn rename(&self, rename: &Rename) -> Result<User, UsersError> {
+        let mut tx = self.db.begin_write().await?;
+        let current = load_for_write(&mut tx, rename.id, rename.expected_version).await?;
+        let current_version = current.version;
+        let target_id = current.id;
+        if current.name == rename.name.as_str() {
+            // Renaming to the current name changes nothing, so it records no event: a retried
+            // request stays harmless.
+            return Ok(current);
+        }
+        let now = platform::time::now_micros();
+        let user = User {
+            name: rename.name.as_str().to_owned(),
+            version: current.version + 1,
+            updated_at: now,
+            ..current
+        };
+        let updated = sqlx::query(
+            "UPDATE users SET name = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+        )
+        .bind(&user.name)
+        .bind(now)
+        .bind(user.id.to_string())
+        .bind(stored_version(current_version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if updated.rows_affected() != 1 {
+            // Another transaction changed the row between our read and this write (possible
+            // on PostgreSQL, whose transactions do not take the write lock up front).
+            return Err(UsersError::ChangedConcurrently(target_id));
+        }
+        let payload = events::UserRenamed {
+            user_id: user.id.to_string(),
+            name: user.name.clone(),
+        };
+        record(&mut tx, &user.id, user.version, now, &payload).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(user)
+    }
+
+    /// Deletes a user: the row stays as a tombstone so the id is never reused, while the
+    /// email (released for new registrations) and name are erased.
+    pub async fn delete(&self, deletion: &Deletion) -> Result<u64, UsersError> {
+        let mut tx = self.db.begin_write().await?;
+        let current = load_for_write(&mut tx, deletion.id, deletion.expected_version).await?;
+        let target_id = current.id;
+        let now = platform::time::now_micros();
+        let deleted = User {
+            version: current.version + 1,
+            updated_at: now,
+            ..current.clone()
+        };
+        let updated = sqlx::query(
+            "UPDATE users SET email = NULL, name = NULL, deleted_at = $1, version = version + 1, updated_at = $1 WHERE id = $2 AND version = $3",
+        )
+        .bind(now)
+        .bind(deleted.id.to_string())
+        .bind(stored_version(current.version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if updated.rows_affected() != 1 {
+            // Another transaction changed the row between our read and this write (possible
+            // on PostgreSQL, whose transactions do not take the write lock up front).
+            return Err(UsersError::ChangedConcurrently(target_id));
+        }
+        let payload = events::UserDeleted {
+            user_id: deleted.id.to_string(),
+        };
+        record(&mut tx, &deleted.id, deleted.version, now, &payload).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(deleted.version)
+    }
+}
+
+async fn load(conn: &mut AnyConnection, id: Uuid) -> Result<Option<StoredUser>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// Loads a user about to be changed, refusing unknown, deleted and stale-version targets.
+async fn load_for_write(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    expected_version: Option<u64>,
+) -> Result<User, UsersError> {
+    let user = match load(conn, id).await? {
+        None => return Err(UsersError::NotFound(id)),
+        Some(StoredUser { deleted: true, .. }) => return Err(UsersError::Deleted(id)),
+        Some(StoredUser { user, .. }) => user,
+    };
+    check_version(expected_version, user.version).map_err(|conflict| {
+        UsersError::VersionMismatch {
+            id,
+            expected: conflict.expected,
+            actual: conflict.actual,
+        }
+    })?;
+    Ok(user)
+}
+
+fn decode(row: &AnyRow) -> Result<StoredUser, StoreError> {
+    let id: String = row.try_get("id")?;
+    let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+    Ok(StoredUser {
+        user: User {
+            id: Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt(format!("user id {id:?}")))?,
+            email: row
+                .try_get::<Option<String>, _>("email")?
+                .unwrap_or_default(),
+            name: row
+                .try_get::<Option<String>, _>("name")?
+                .unwrap_or_default(),
+            version: version_from_db(row.try_get("version")?)?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        },
+        deleted: deleted_at.is_some(),
+    })
+}
+
+async fn record<M: prost::Message + prost::Name>(
+    conn: &mut AnyConnection,
+    id: &Uuid,
+    version: u64,
+    occurred_at: i64,
+    payload: &M,
+) -> Result<(), StoreError> {
+    let aggregate = Aggregate {
+        producer: PRODUCER,
+        kind: KIND,
+        id,
+        version,
+    };
+    outbox::append(conn, &OutboxEvent::new(aggregate, occurred_at, payload)).await
+}

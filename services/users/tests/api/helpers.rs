@@ -1,0 +1,48 @@
+use contracts::users::v1 as pb;
+use contracts::users::v1::user_service_client::UserServiceClient;
+use platform::config::CommonArgs;
+use testkit::{Backend, RunningServer, TestDatabase};
+use tonic::transport::Channel;
+use users::{Application, Config};
+
+pub struct TestApp {
+    pub server: RunningServer,
+    pub db: TestDatabase,
+    pub client: UserServiceClient<Channel>,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    testkit::init_tracing();
+    let db = TestDatabase::create(backend).await;
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("a socket address"),
+        database_url: db.url().to_owned(),
+        common: CommonArgs::default(),
+    };
+    let app = Application::build(config)
+        .await
+        .expect("the service starts");
+    let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
+    let client = UserServiceClient::new(server.channel());
+    TestApp { server, db, client }
+}
+
+impl TestApp {
+    pub async fn create(&self, email: &str, name: &str) -> pb::User {
+        self.client
+            .clone()
+            .create_user(pb::CreateUserRequest {
+                email: email.to_owned(),
+                name: name.to_owned(),
+            })
+            .await
+            .expect("the user is created")
+            .into_inner()
+            .user
+            .expect("a created user is returned")
+    }
+
+    pub async fn outbox(&self) -> Vec<contracts::events::v1::EventEnvelope> {
+        testkit::outbox_events(self.db.url()).await
+    }
+}
