@@ -81,6 +81,34 @@ impl OutboxEvent {
     }
 }
 
+/// The source of one kind of event: an owning service and the kind of entity it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Producer {
+    pub service: &'static str,
+    pub kind: &'static str,
+}
+
+impl Producer {
+    /// Records that entity `id` reached `version` by the change `payload` describes. `conn`
+    /// must be the transaction that makes the change.
+    pub async fn record<M: prost::Message + prost::Name>(
+        &self,
+        conn: &mut AnyConnection,
+        id: &Uuid,
+        version: u64,
+        occurred_at_micros: i64,
+        payload: &M,
+    ) -> Result<(), StoreError> {
+        let aggregate = Aggregate {
+            producer: self.service,
+            kind: self.kind,
+            id,
+            version,
+        };
+        append(conn, &OutboxEvent::new(aggregate, occurred_at_micros, payload)).await
+    }
+}
+
 /// Records `event` on `conn`, which must be the transaction that makes the change.
 pub async fn append(conn: &mut AnyConnection, event: &OutboxEvent) -> Result<(), StoreError> {
     let aggregate_version = i64::try_from(event.aggregate_version).map_err(|_| {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod db;
 pub mod fields;
+pub mod host;
 pub mod paging;
 pub mod process;
 pub mod server;

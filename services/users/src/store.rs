@@ -2,7 +2,7 @@
 //! one transaction.
 
 use contracts::events::v1 as events;
-use outbox::{Aggregate, OutboxEvent};
+use outbox::Producer;
 use platform::db::{
     Database, StoreError, check_version, is_unique_violation, stored_version, version_from_db,
 };
@@ -14,8 +14,10 @@ use uuid::Uuid;
 use crate::domain::{Deletion, NewUser, Rename, User};
 use crate::error::UsersError;
 
-const PRODUCER: &str = "users";
-const KIND: &str = "user";
+const EVENTS: Producer = Producer {
+    service: "users",
+    kind: "user",
+};
 
 #[derive(Debug, Clone)]
 pub struct UserStore {
@@ -64,7 +66,9 @@ impl UserStore {
             email: user.email.clone(),
             name: user.name.clone(),
         };
-        record(&mut tx, &user.id, user.version, now, &payload).await?;
+        EVENTS
+            .record(&mut tx, &user.id, user.version, now, &payload)
+            .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(user)
     }
@@ -114,7 +118,9 @@ impl UserStore {
             user_id: user.id.to_string(),
             name: user.name.clone(),
         };
-        record(&mut tx, &user.id, user.version, now, &payload).await?;
+        EVENTS
+            .record(&mut tx, &user.id, user.version, now, &payload)
+            .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(user)
     }
@@ -148,7 +154,9 @@ impl UserStore {
         let payload = events::UserDeleted {
             user_id: deleted.id.to_string(),
         };
-        record(&mut tx, &deleted.id, deleted.version, now, &payload).await?;
+        EVENTS
+            .record(&mut tx, &deleted.id, deleted.version, now, &payload)
+            .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(deleted.version)
     }
@@ -203,20 +211,4 @@ fn decode(row: &AnyRow) -> Result<StoredUser, StoreError> {
         },
         deleted: deleted_at.is_some(),
     })
-}
-
-async fn record<M: prost::Message + prost::Name>(
-    conn: &mut AnyConnection,
-    id: &Uuid,
-    version: u64,
-    occurred_at: i64,
-    payload: &M,
-) -> Result<(), StoreError> {
-    let aggregate = Aggregate {
-        producer: PRODUCER,
-        kind: KIND,
-        id,
-        version,
-    };
-    outbox::append(conn, &OutboxEvent::new(aggregate, occurred_at, payload)).await
 }

@@ -1,0 +1,10 @@
+use std::process::ExitCode;
+
+use products::{Application, Config};
+
+fn main() -> ExitCode {
+    platform::process::run("products", |config: Config| async move {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(platform::server::shutdown_signal()).await
+    })
+}

@@ -1,0 +1,36 @@
+//! Building the service from its configuration and running it until asked to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use contracts::products::v1::product_service_server::ProductServiceServer;
+use platform::host::ServiceHost;
+use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
+
+use crate::config::Config;
+use crate::grpc::ProductApi;
+use crate::store::ProductStore;
+
+/// The products service with its database open and migrated and its port bound.
+#[derive(Debug)]
+pub struct Application {
+    host: ServiceHost,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let migrations = [crate::migrations(), outbox::migrations()];
+        let host = ServiceHost::build("products", config.listen, &config.database_url, &config.common, migrations).await?;
+        Ok(Self { host })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.host.local_addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let api = ProductApi::new(ProductStore::new(self.host.database().clone()));
+        let services = ServiceSet::new().add(ProductServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
+        self.host.serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown).await
+    }
+}

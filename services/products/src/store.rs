@@ -1,0 +1,213 @@
+//! The products table and its outbox rows. Every write and the event describing it commit in
+//! one transaction.
+
+use contracts::events::v1 as events;
+use outbox::Producer;
+use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
+use platform::paging::Cursor;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::domain::{NewProduct, Product, ProductChange};
+use crate::error::ProductsError;
+
+const EVENTS: Producer = Producer {
+    service: "products",
+    kind: "product",
+};
+
+const COLUMNS: &str = "id, title, image_url, price_cents, version, created_at, updated_at";
+
+/// One page of the catalogue and where the next one starts.
+#[derive(Debug)]
+pub struct ProductPage {
+    pub products: Vec<Product>,
+    pub next: Option<Cursor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProductStore {
+    db: Database,
+}
+
+impl ProductStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn create(&self, new: NewProduct) -> Result<Product, ProductsError> {
+        let now = platform::time::now_micros();
+        let product = Product {
+            id: Uuid::now_v7(),
+            title: new.title.into_inner(),
+            image_url: new.image_url.into_inner(),
+            price_cents: new.price_cents.get(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO products (id, title, image_url, price_cents, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 1, $5, $5)",
+        )
+        .bind(product.id.to_string())
+        .bind(&product.title)
+        .bind(&product.image_url)
+        .bind(product.price_cents)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let payload = events::ProductCreated {
+            product_id: product.id.to_string(),
+            title: product.title.clone(),
+            image_url: product.image_url.clone(),
+            price_cents: product.price_cents,
+        };
+        EVENTS
+            .record(&mut tx, &product.id, product.version, now, &payload)
+            .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(product)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Product, ProductsError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM products WHERE id = $1")))
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(StoreError::from)?;
+        match row {
+            Some(row) => Ok(decode(&row)?),
+            None => Err(ProductsError::NotFound(id)),
+        }
+    }
+
+    /// The products among `ids` that exist, in the order of `ids` (which must hold no
+    /// duplicates), and the ids that name none.
+    pub async fn batch_get(&self, ids: &[Uuid]) -> Result<(Vec<Product>, Vec<Uuid>), ProductsError> {
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        // Only numbered placeholders are interpolated; the ids themselves are bound.
+        let sql = format!("SELECT {COLUMNS} FROM products WHERE id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(self.db.pool()).await.map_err(StoreError::from)?;
+        let mut found: std::collections::HashMap<Uuid, Product> = rows
+            .iter()
+            .map(|row| decode(row).map(|product| (product.id, product)))
+            .collect::<Result<_, _>>()?;
+        let mut products = Vec::with_capacity(found.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match found.remove(id) {
+                Some(product) => products.push(product),
+                None => missing.push(*id),
+            }
+        }
+        Ok((products, missing))
+    }
+
+    pub async fn update(&self, change: &ProductChange) -> Result<Product, ProductsError> {
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM products WHERE id = $1")))
+            .bind(change.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let current = match row {
+            Some(row) => decode(&row)?,
+            None => return Err(ProductsError::NotFound(change.id)),
+        };
+        check_version(change.expected_version, current.version).map_err(|conflict| {
+            ProductsError::VersionMismatch {
+                id: change.id,
+                expected: conflict.expected,
+                actual: conflict.actual,
+            }
+        })?;
+        let changed = change.apply_to(&current);
+        if changed == current {
+            // Setting fields to the values they hold changes nothing and records no event, so
+            // a retried request stays harmless.
+            return Ok(current);
+        }
+        let now = platform::time::now_micros();
+        let product = Product {
+            version: current.version + 1,
+            updated_at: now,
+            ..changed
+        };
+        let updated = sqlx::query(
+            "UPDATE products SET title = $1, image_url = $2, price_cents = $3, version = version + 1, updated_at = $4
+             WHERE id = $5 AND version = $6",
+        )
+        .bind(&product.title)
+        .bind(&product.image_url)
+        .bind(product.price_cents)
+        .bind(now)
+        .bind(product.id.to_string())
+        .bind(stored_version(current.version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if updated.rows_affected() != 1 {
+            // Another transaction changed the row between our read and this write (possible
+            // on PostgreSQL, whose transactions do not take the write lock up front).
+            return Err(ProductsError::ChangedConcurrently(product.id));
+        }
+        let payload = events::ProductUpdated {
+            product_id: product.id.to_string(),
+            title: product.title.clone(),
+            image_url: product.image_url.clone(),
+            price_cents: product.price_cents,
+        };
+        EVENTS
+            .record(&mut tx, &product.id, product.version, now, &payload)
+            .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(product)
+    }
+
+    /// Products in creation order, starting after `after`.
+    pub async fn list(&self, after: Option<Cursor>, page_size: u32) -> Result<ProductPage, ProductsError> {
+        let cursor = after.unwrap_or(Cursor { sort_key: i64::MIN, id: Uuid::nil() });
+        // One row more than the page tells whether another page follows.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM products
+             WHERE created_at > $1 OR (created_at = $1 AND id > $2)
+             ORDER BY created_at, id
+             LIMIT $3"
+        )))
+        .bind(cursor.sort_key)
+        .bind(cursor.id.to_string())
+        .bind(i64::from(page_size) + 1)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let mut products = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let next = if products.len() > page_size as usize {
+            products.truncate(page_size as usize);
+            products.last().map(|last| Cursor { sort_key: last.created_at, id: last.id })
+        } else {
+            None
+        };
+        Ok(ProductPage { products, next })
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<Product, StoreError> {
+    let id: String = row.try_get("id")?;
+    Ok(Product {
+        id: Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt(format!("product id {id:?}")))?,
+        title: row.try_get("title")?,
+        image_url: row.try_get("image_url")?,
+        price_cents: row.try_get("price_cents")?,
+        version: version_from_db(row.try_get("version")?)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
