@@ -105,7 +105,11 @@ impl Producer {
             id,
             version,
         };
-        append(conn, &OutboxEvent::new(aggregate, occurred_at_micros, payload)).await
+        append(
+            conn,
+            &OutboxEvent::new(aggregate, occurred_at_micros, payload),
+        )
+        .await
     }
 }
 

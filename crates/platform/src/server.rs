@@ -55,7 +55,7 @@ impl ServiceSet {
         Self::default()
     }
 
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn with<S>(mut self, service: S) -> Self
     where
         S: tower::Service<http::Request<Body>, Error = Infallible>
             + NamedService

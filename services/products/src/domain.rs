@@ -86,12 +86,17 @@ impl ProductChange {
     /// The product with this change applied (version and timestamps untouched).
     pub fn apply_to(&self, current: &Product) -> Product {
         Product {
-            title: self.title.clone().map_or_else(|| current.title.clone(), Title::into_inner),
+            title: self
+                .title
+                .clone()
+                .map_or_else(|| current.title.clone(), Title::into_inner),
             image_url: self
                 .image_url
                 .clone()
                 .map_or_else(|| current.image_url.clone(), ImageUrl::into_inner),
-            price_cents: self.price_cents.map_or(current.price_cents, PriceCents::get),
+            price_cents: self
+                .price_cents
+                .map_or(current.price_cents, PriceCents::get),
             ..current.clone()
         }
     }
@@ -123,8 +128,18 @@ mod tests {
     fn image_urls_must_be_absolute_http_urls() {
         assert!(ImageUrl::parse("image_url", "https://example.com/a.png").is_ok());
         assert!(ImageUrl::parse("image_url", "http://cdn.example.com:8080/x?y=1").is_ok());
-        for bad in ["", "example.com/a.png", "/a.png", "ftp://example.com/a.png", "javascript:alert(1)", "https://"] {
-            assert!(ImageUrl::parse("image_url", bad).is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "example.com/a.png",
+            "/a.png",
+            "ftp://example.com/a.png",
+            "javascript:alert(1)",
+            "https://",
+        ] {
+            assert!(
+                ImageUrl::parse("image_url", bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

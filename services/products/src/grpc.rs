@@ -96,7 +96,8 @@ impl ProductService for ProductApi {
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         let request = request.into_inner();
         let size = page_size("page_size", request.page_size).map_err(ProductsError::from)?;
-        let after = Cursor::decode("page_token", &request.page_token).map_err(ProductsError::from)?;
+        let after =
+            Cursor::decode("page_token", &request.page_token).map_err(ProductsError::from)?;
         let page = self.store.list(after, size).await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: page.products.into_iter().map(Into::into).collect(),
@@ -123,7 +124,11 @@ impl TryFrom<pb::UpdateProductRequest> for ProductChange {
     fn try_from(request: pb::UpdateProductRequest) -> Result<Self, Self::Error> {
         let change = Self {
             id: parse_id("id", &request.id)?,
-            title: request.title.as_deref().map(|raw| Title::parse("title", raw)).transpose()?,
+            title: request
+                .title
+                .as_deref()
+                .map(|raw| Title::parse("title", raw))
+                .transpose()?,
             image_url: request
                 .image_url
                 .as_deref()

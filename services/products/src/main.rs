@@ -5,6 +5,7 @@ use products::{Application, Config};
 fn main() -> ExitCode {
     platform::process::run("products", |config: Config| async move {
         let app = Application::build(config).await?;
-        app.run_until_stopped(platform::server::shutdown_signal()).await
+        app.run_until_stopped(platform::server::shutdown_signal())
+            .await
     })
 }

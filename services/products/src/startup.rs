@@ -20,7 +20,14 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let migrations = [crate::migrations(), outbox::migrations()];
-        let host = ServiceHost::build("products", config.listen, &config.database_url, &config.common, migrations).await?;
+        let host = ServiceHost::build(
+            "products",
+            config.listen,
+            &config.database_url,
+            &config.common,
+            migrations,
+        )
+        .await?;
         Ok(Self { host })
     }
 
@@ -28,9 +35,15 @@ impl Application {
         self.host.local_addr()
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let api = ProductApi::new(ProductStore::new(self.host.database().clone()));
-        let services = ServiceSet::new().add(ProductServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
-        self.host.serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown).await
+        let services = ServiceSet::new()
+            .with(ProductServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
+        self.host
+            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .await
     }
 }

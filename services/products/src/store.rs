@@ -74,11 +74,13 @@ impl ProductStore {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Product, ProductsError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM products WHERE id = $1")))
-            .bind(id.to_string())
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(StoreError::from)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM products WHERE id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(StoreError::from)?;
         match row {
             Some(row) => Ok(decode(&row)?),
             None => Err(ProductsError::NotFound(id)),
@@ -87,15 +89,24 @@ impl ProductStore {
 
     /// The products among `ids` that exist, in the order of `ids` (which must hold no
     /// duplicates), and the ids that name none.
-    pub async fn batch_get(&self, ids: &[Uuid]) -> Result<(Vec<Product>, Vec<Uuid>), ProductsError> {
+    pub async fn batch_get(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(Vec<Product>, Vec<Uuid>), ProductsError> {
         let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         // Only numbered placeholders are interpolated; the ids themselves are bound.
-        let sql = format!("SELECT {COLUMNS} FROM products WHERE id IN ({})", placeholders.join(", "));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM products WHERE id IN ({})",
+            placeholders.join(", ")
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in ids {
             query = query.bind(id.to_string());
         }
-        let rows = query.fetch_all(self.db.pool()).await.map_err(StoreError::from)?;
+        let rows = query
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(StoreError::from)?;
         let mut found: std::collections::HashMap<Uuid, Product> = rows
             .iter()
             .map(|row| decode(row).map(|product| (product.id, product)))
@@ -113,11 +124,13 @@ impl ProductStore {
 
     pub async fn update(&self, change: &ProductChange) -> Result<Product, ProductsError> {
         let mut tx = self.db.begin_write().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM products WHERE id = $1")))
-            .bind(change.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM products WHERE id = $1"
+        )))
+        .bind(change.id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
         let current = match row {
             Some(row) => decode(&row)?,
             None => return Err(ProductsError::NotFound(change.id)),
@@ -173,8 +186,15 @@ impl ProductStore {
     }
 
     /// Products in creation order, starting after `after`.
-    pub async fn list(&self, after: Option<Cursor>, page_size: u32) -> Result<ProductPage, ProductsError> {
-        let cursor = after.unwrap_or(Cursor { sort_key: i64::MIN, id: Uuid::nil() });
+    pub async fn list(
+        &self,
+        after: Option<Cursor>,
+        page_size: u32,
+    ) -> Result<ProductPage, ProductsError> {
+        let cursor = after.unwrap_or(Cursor {
+            sort_key: i64::MIN,
+            id: Uuid::nil(),
+        });
         // One row more than the page tells whether another page follows.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM products
@@ -191,7 +211,10 @@ impl ProductStore {
         let mut products = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         let next = if products.len() > page_size as usize {
             products.truncate(page_size as usize);
-            products.last().map(|last| Cursor { sort_key: last.created_at, id: last.id })
+            products.last().map(|last| Cursor {
+                sort_key: last.created_at,
+                id: last.id,
+            })
         } else {
             None
         };

@@ -19,10 +19,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         database_url: db.url().to_owned(),
         common: CommonArgs::default(),
     };
-    let app = Application::build(config).await.expect("the service starts");
+    let app = Application::build(config)
+        .await
+        .expect("the service starts");
     let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
     let client = ProductServiceClient::new(server.channel());
-    TestApp { _server: server, db, client }
+    TestApp {
+        _server: server,
+        db,
+        client,
+    }
 }
 
 pub fn new_product(title: &str, price_cents: i64) -> pb::CreateProductRequest {

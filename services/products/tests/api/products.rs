@@ -25,7 +25,9 @@ async fn a_created_product_can_be_read_back_and_leaves_one_event(backend: Backen
     let fetched = app
         .client
         .clone()
-        .get_product(pb::GetProductRequest { id: created.id.clone() })
+        .get_product(pb::GetProductRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("the product is found")
         .into_inner()
@@ -61,13 +63,20 @@ async fn invalid_input_is_rejected_naming_the_field(backend: Backend) {
         (with("Mug", image, 0), "price_cents"),
         (with("Mug", image, -100), "price_cents"),
     ] {
-        assert_status(client.create_product(request).await, Code::InvalidArgument, field);
+        assert_status(
+            client.create_product(request).await,
+            Code::InvalidArgument,
+            field,
+        );
     }
 
     let existing = app.create("Mug", 100).await;
     assert_status(
         client
-            .update_product(pb::UpdateProductRequest { id: existing.id.clone(), ..Default::default() })
+            .update_product(pb::UpdateProductRequest {
+                id: existing.id.clone(),
+                ..Default::default()
+            })
             .await,
         Code::InvalidArgument,
         "at least one of",
@@ -84,55 +93,96 @@ async fn invalid_input_is_rejected_naming_the_field(backend: Backend) {
         "price_cents",
     );
     assert_status(
-        client.get_product(pb::GetProductRequest { id: "mug".to_owned() }).await,
+        client
+            .get_product(pb::GetProductRequest {
+                id: "mug".to_owned(),
+            })
+            .await,
         Code::InvalidArgument,
         "id",
     );
     assert_status(
-        client.batch_get_products(pb::BatchGetProductsRequest { ids: vec![] }).await,
+        client
+            .batch_get_products(pb::BatchGetProductsRequest { ids: vec![] })
+            .await,
         Code::InvalidArgument,
         "ids",
     );
     assert_status(
         client
-            .batch_get_products(pb::BatchGetProductsRequest { ids: vec![existing.id.clone(); 1_001] })
+            .batch_get_products(pb::BatchGetProductsRequest {
+                ids: vec![existing.id.clone(); 1_001],
+            })
             .await,
         Code::InvalidArgument,
         "1 to 1000 ids",
     );
     assert_status(
         client
-            .batch_get_products(pb::BatchGetProductsRequest { ids: vec![existing.id.clone(), "bad".to_owned()] })
+            .batch_get_products(pb::BatchGetProductsRequest {
+                ids: vec![existing.id.clone(), "bad".to_owned()],
+            })
             .await,
         Code::InvalidArgument,
         "ids[1]",
     );
     assert_status(
-        client.list_products(pb::ListProductsRequest { page_size: 1_001, page_token: String::new() }).await,
+        client
+            .list_products(pb::ListProductsRequest {
+                page_size: 1_001,
+                page_token: String::new(),
+            })
+            .await,
         Code::InvalidArgument,
         "page_size",
     );
     assert_status(
-        client.list_products(pb::ListProductsRequest { page_size: -1, page_token: String::new() }).await,
+        client
+            .list_products(pb::ListProductsRequest {
+                page_size: -1,
+                page_token: String::new(),
+            })
+            .await,
         Code::InvalidArgument,
         "page_size",
     );
     assert_status(
-        client.list_products(pb::ListProductsRequest { page_size: 10, page_token: "garbage".to_owned() }).await,
+        client
+            .list_products(pb::ListProductsRequest {
+                page_size: 10,
+                page_token: "garbage".to_owned(),
+            })
+            .await,
         Code::InvalidArgument,
         "page_token",
     );
-    assert_eq!(app.outbox().await.len(), 1, "only the one valid creation recorded an event");
+    assert_eq!(
+        app.outbox().await.len(),
+        1,
+        "only the one valid creation recorded an event"
+    );
 }
 
 async fn an_unknown_product_is_not_found(backend: Backend) {
     let app = spawn_app(backend).await;
     let unknown = uuid::Uuid::now_v7().to_string();
     let mut client = app.client.clone();
-    assert_status(client.get_product(pb::GetProductRequest { id: unknown.clone() }).await, Code::NotFound, &unknown);
     assert_status(
         client
-            .update_product(pb::UpdateProductRequest { id: unknown.clone(), title: Some("X".to_owned()), ..Default::default() })
+            .get_product(pb::GetProductRequest {
+                id: unknown.clone(),
+            })
+            .await,
+        Code::NotFound,
+        &unknown,
+    );
+    assert_status(
+        client
+            .update_product(pb::UpdateProductRequest {
+                id: unknown.clone(),
+                title: Some("X".to_owned()),
+                ..Default::default()
+            })
             .await,
         Code::NotFound,
         &unknown,
@@ -149,16 +199,31 @@ async fn a_batch_returns_found_products_in_request_order_and_lists_the_missing(b
         .client
         .clone()
         .batch_get_products(pb::BatchGetProductsRequest {
-            ids: vec![second.id.clone(), missing.clone(), first.id.clone(), second.id.clone()],
+            ids: vec![
+                second.id.clone(),
+                missing.clone(),
+                first.id.clone(),
+                second.id.clone(),
+            ],
         })
         .await
         .expect("the batch is answered")
         .into_inner();
-    let titles: Vec<&str> = response.products.iter().map(|product| product.title.as_str()).collect();
-    assert_eq!(titles, ["Second", "First"], "request order, each product once");
+    let titles: Vec<&str> = response
+        .products
+        .iter()
+        .map(|product| product.title.as_str())
+        .collect();
+    assert_eq!(
+        titles,
+        ["Second", "First"],
+        "request order, each product once"
+    );
     assert_eq!(response.not_found_ids, [missing]);
 
-    let full_batch: Vec<String> = (0..1_000).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let full_batch: Vec<String> = (0..1_000)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
     let response = app
         .client
         .clone()
@@ -196,7 +261,11 @@ async fn an_update_changes_only_the_fields_set_and_records_the_full_state(backen
     let unchanged = app
         .client
         .clone()
-        .update_product(pb::UpdateProductRequest { id: product.id.clone(), price_cents: Some(2500), ..Default::default() })
+        .update_product(pb::UpdateProductRequest {
+            id: product.id.clone(),
+            price_cents: Some(2500),
+            ..Default::default()
+        })
         .await
         .expect("a no-op update succeeds")
         .into_inner()
@@ -238,7 +307,10 @@ async fn listing_pages_through_the_catalogue_without_gaps_or_repeats(backend: Ba
         let product = app
             .client
             .clone()
-            .create_product(new_product(&format!("Item {product_idx}"), 100 + product_idx))
+            .create_product(new_product(
+                &format!("Item {product_idx}"),
+                100 + product_idx,
+            ))
             .await
             .expect("created")
             .into_inner()
@@ -254,7 +326,10 @@ async fn listing_pages_through_the_catalogue_without_gaps_or_repeats(backend: Ba
         let page = app
             .client
             .clone()
-            .list_products(pb::ListProductsRequest { page_size: 3, page_token: token })
+            .list_products(pb::ListProductsRequest {
+                page_size: 3,
+                page_token: token,
+            })
             .await
             .expect("a page")
             .into_inner();

@@ -1,0 +1,27 @@
+//! The service's settings, from flags or environment.
+
+use std::net::SocketAddr;
+
+use platform::config::CommonArgs;
+
+/// The orders service: owns orders.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "orders", version, about)]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, env = "ORDERS_LISTEN", default_value = "127.0.0.1:50053")]
+    pub listen: SocketAddr,
+
+    /// sqlite:// path (created if absent) or postgres:// URL of this service's own database.
+    #[arg(long, env = "ORDERS_DATABASE_URL", default_value = "sqlite://data/orders.db", value_parser = platform::config::parse_database_url)]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl AsRef<CommonArgs> for Config {
+    fn as_ref(&self) -> &CommonArgs {
+        &self.common
+    }
+}

@@ -1,0 +1,209 @@
+//! The orders table and its outbox rows. Every write and the event describing it commit in
+//! one transaction.
+
+use contracts::events::v1 as events;
+use outbox::Producer;
+use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
+use platform::paging::Cursor;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::domain::{Cancellation, NewOrder, Order, OrderStatus};
+use crate::error::OrdersError;
+
+const EVENTS: Producer = Producer {
+    service: "orders",
+    kind: "order",
+};
+
+const COLUMNS: &str = "id, user_id, product_id, quantity, status, version, placed_at, updated_at";
+
+/// One page of a user's orders and where the next one starts.
+#[derive(Debug)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    pub next: Option<Cursor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    db: Database,
+}
+
+impl OrderStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn place(&self, new: &NewOrder) -> Result<Order, OrdersError> {
+        let now = platform::time::now_micros();
+        let order = Order {
+            id: Uuid::now_v7(),
+            user_id: new.user_id,
+            product_id: new.product_id,
+            quantity: new.quantity.get(),
+            status: OrderStatus::Placed,
+            version: 1,
+            placed_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, product_id, quantity, status, version, placed_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        )
+        .bind(order.id.to_string())
+        .bind(order.user_id.to_string())
+        .bind(order.product_id.to_string())
+        .bind(i64::from(order.quantity))
+        .bind(order.status.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let payload = events::OrderPlaced {
+            order_id: order.id.to_string(),
+            user_id: order.user_id.to_string(),
+            product_id: order.product_id.to_string(),
+            quantity: order.quantity,
+            placed_at: Some(platform::time::to_timestamp(now)),
+        };
+        EVENTS
+            .record(&mut tx, &order.id, order.version, now, &payload)
+            .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(order)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Order, OrdersError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM orders WHERE id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        match row {
+            Some(row) => Ok(decode(&row)?),
+            None => Err(OrdersError::NotFound(id)),
+        }
+    }
+
+    /// A user's orders, newest first, starting after `after`.
+    pub async fn list_by_user(
+        &self,
+        user_id: Uuid,
+        after: Option<Cursor>,
+        page_size: u32,
+    ) -> Result<OrderPage, OrdersError> {
+        let cursor = after.unwrap_or(Cursor {
+            sort_key: i64::MAX,
+            id: Uuid::max(),
+        });
+        // One row more than the page tells whether another page follows.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM orders
+             WHERE user_id = $1 AND (placed_at < $2 OR (placed_at = $2 AND id < $3))
+             ORDER BY placed_at DESC, id DESC
+             LIMIT $4"
+        )))
+        .bind(user_id.to_string())
+        .bind(cursor.sort_key)
+        .bind(cursor.id.to_string())
+        .bind(i64::from(page_size) + 1)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let mut orders = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let next = if orders.len() > page_size as usize {
+            orders.truncate(page_size as usize);
+            orders.last().map(|last| Cursor {
+                sort_key: last.placed_at,
+                id: last.id,
+            })
+        } else {
+            None
+        };
+        Ok(OrderPage { orders, next })
+    }
+
+    pub async fn cancel(&self, cancellation: &Cancellation) -> Result<Order, OrdersError> {
+        let id = cancellation.id;
+        let mut tx = self.db.begin_write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM orders WHERE id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let current = match row {
+            Some(row) => decode(&row)?,
+            None => return Err(OrdersError::NotFound(id)),
+        };
+        check_version(cancellation.expected_version, current.version).map_err(|conflict| {
+            OrdersError::VersionMismatch {
+                id,
+                expected: conflict.expected,
+                actual: conflict.actual,
+            }
+        })?;
+        if current.status == OrderStatus::Cancelled {
+            return Err(OrdersError::AlreadyCancelled(id));
+        }
+        let now = platform::time::now_micros();
+        let order = Order {
+            status: OrderStatus::Cancelled,
+            version: current.version + 1,
+            updated_at: now,
+            ..current
+        };
+        let updated = sqlx::query(
+            "UPDATE orders SET status = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+        )
+        .bind(order.status.as_str())
+        .bind(now)
+        .bind(id.to_string())
+        .bind(stored_version(current.version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if updated.rows_affected() != 1 {
+            // Another transaction changed the row between our read and this write (possible
+            // on PostgreSQL, whose transactions do not take the write lock up front).
+            return Err(OrdersError::ChangedConcurrently(id));
+        }
+        let payload = events::OrderCancelled {
+            order_id: id.to_string(),
+            user_id: order.user_id.to_string(),
+            cancelled_at: Some(platform::time::to_timestamp(now)),
+        };
+        EVENTS
+            .record(&mut tx, &id, order.version, now, &payload)
+            .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(order)
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<Order, StoreError> {
+    let uuid = |column: &str| -> Result<Uuid, StoreError> {
+        let raw: String = row.try_get(column)?;
+        Uuid::parse_str(&raw).map_err(|_| StoreError::Corrupt(format!("order {column} {raw:?}")))
+    };
+    let status: String = row.try_get("status")?;
+    let quantity: i64 = row.try_get("quantity")?;
+    Ok(Order {
+        id: uuid("id")?,
+        user_id: uuid("user_id")?,
+        product_id: uuid("product_id")?,
+        quantity: i32::try_from(quantity)
+            .map_err(|_| StoreError::Corrupt(format!("order quantity {quantity}")))?,
+        status: OrderStatus::parse_stored(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("order status {status:?}")))?,
+        version: version_from_db(row.try_get("version")?)?,
+        placed_at: row.try_get("placed_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
