@@ -2,8 +2,37 @@
 //! event describing the change inside the same database transaction, so the change and its
 //! event commit together or not at all; nothing is published from inside a request.
 //!
+//! A [`relay::Relay`] per service then publishes the recorded events, in commit order, to the
+//! service's JetStream stream ([`stream::StreamSpec`]), and prunes them once published.
+//!
 //! This crate owns the `outbox` table and its migrations. It knows nothing of any service's
 //! entities: callers hand it an event payload and the aggregate it belongs to.
+
+pub mod relay;
+pub mod stream;
+
+pub use relay::{Relay, RelayArgs, RelayConfig, Wakeup};
+pub use stream::{StreamArgs, StreamSpec};
+
+/// Runs `service`'s relay for the life of `host`, publishing to the service's own stream.
+/// Returns the wake-up its stores commit through.
+pub fn spawn_relay(
+    host: &platform::host::ServiceHost,
+    client: async_nats::Client,
+    service: &'static str,
+    args: &RelayArgs,
+) -> Wakeup {
+    let wakeup = Wakeup::new();
+    let relay = Relay::new(
+        host.database().clone(),
+        client,
+        StreamSpec::for_producer(service, &args.stream),
+        wakeup.clone(),
+        RelayConfig::from_args(args),
+    );
+    host.spawn(|cancel| relay.run(cancel));
+    wakeup
+}
 
 use contracts::events::v1::EventEnvelope;
 use platform::db::{Migrations, StoreError};

@@ -1,11 +1,16 @@
 //! The part of a service's start-up that is the same for every service: open and migrate its
-//! database, bind its port, and later serve its gRPC services until shutdown, closing the
-//! database after the last request.
+//! database, bind its port, run its background tasks (relay, consumers), and serve its gRPC
+//! services until shutdown. Shutdown order: stop serving and let in-flight requests finish,
+//! then cancel the background tasks and wait for them (bounded), then close the database.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::CommonArgs;
 use crate::db::{Database, Migrations};
@@ -17,7 +22,14 @@ pub struct ServiceHost {
     name: &'static str,
     server: GrpcServer,
     db: Database,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
+
+/// How long background tasks get to finish what they are doing after the server stopped.
+/// Whatever they leave undone is redone after the next start (outbox rows stay unpublished,
+/// unacknowledged events are redelivered), so the bound costs work, never data.
+const TASK_GRACE: Duration = Duration::from_secs(5);
 
 impl ServiceHost {
     pub async fn build(
@@ -36,7 +48,13 @@ impl ServiceHost {
         let server = GrpcServer::bind(listen, common.server_settings())
             .with_context(|| format!("bind {listen}"))?;
         tracing::info!(service = name, addr = %server.local_addr(), backend = ?db.backend(), "listening");
-        Ok(Self { name, server, db })
+        Ok(Self {
+            name,
+            server,
+            db,
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -47,7 +65,18 @@ impl ServiceHost {
         &self.db
     }
 
-    /// Serves until `shutdown` completes and in-flight requests finish, then closes the pool.
+    /// Runs a background task for the life of the service. It must return soon after the
+    /// token it is given is cancelled.
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.cancel.child_token()));
+    }
+
+    /// Serves until `shutdown` completes and in-flight requests finish, then stops the
+    /// background tasks and closes the pool.
     pub async fn serve(
         self,
         services: ServiceSet,
@@ -55,6 +84,14 @@ impl ServiceHost {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let served = self.server.serve(services, descriptor_set, shutdown).await;
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(TASK_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = self.name, grace = ?TASK_GRACE, "background tasks did not stop in time");
+        }
         self.db.close().await;
         served.with_context(|| format!("serve {} over gRPC", self.name))
     }

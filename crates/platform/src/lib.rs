@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod fields;
 pub mod host;
+pub mod nats;
 pub mod paging;
 pub mod process;
 pub mod server;

@@ -5,11 +5,13 @@
 //! never skips it.
 
 mod database;
+mod nats;
 mod outbox;
 mod server;
 mod tools;
 
 pub use database::{TestDatabase, postgres_admin_url};
+pub use nats::{UNREACHABLE_NATS, connect, publish_event, publish_raw, start_nats, stream_events};
 pub use outbox::{outbox_events, payload};
 pub use platform::db::Backend;
 pub use server::RunningServer;

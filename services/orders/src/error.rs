@@ -11,6 +11,16 @@ pub enum OrdersError {
     InvalidArgument(#[from] FieldViolation),
     #[error("order {0} not found")]
     NotFound(Uuid),
+    #[error(
+        "user {0} is unknown to orders: it was never registered, or its registration has not reached orders yet; check it with users.v1.UserService/GetUser and retry"
+    )]
+    UnknownUser(Uuid),
+    #[error("user {0} has been deleted and cannot place orders")]
+    DeletedUser(Uuid),
+    #[error(
+        "product {0} is unknown to orders: it was never created, or its creation has not reached orders yet; check it with products.v1.ProductService/GetProduct and retry"
+    )]
+    UnknownProduct(Uuid),
     #[error("order {0} is already cancelled")]
     AlreadyCancelled(Uuid),
     #[error(
@@ -35,7 +45,10 @@ impl From<OrdersError> for Status {
                 platform::status::invalid_argument(&violation)
             }
             OrdersError::NotFound(_) => Status::not_found(message),
-            OrdersError::AlreadyCancelled(_) => Status::failed_precondition(message),
+            OrdersError::AlreadyCancelled(_)
+            | OrdersError::UnknownUser(_)
+            | OrdersError::DeletedUser(_)
+            | OrdersError::UnknownProduct(_) => Status::failed_precondition(message),
             OrdersError::VersionMismatch { .. } | OrdersError::ChangedConcurrently(_) => {
                 Status::aborted(message)
             }

@@ -1,11 +1,14 @@
 //! The orders service: owns orders (placing, cancelling, listing a user's) and the only
-//! database that holds them. It never calls the users or products services; other services
-//! learn about orders through this API or through the events it records in its outbox.
+//! database that holds them. It never calls the users or products services: it checks the
+//! users and products an order names against a replica of their ids fed by their event
+//! streams ([`replica`]). Other services learn about orders through this API or through the
+//! events it records in its outbox.
 
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod replica;
 pub mod startup;
 pub mod store;
 

@@ -2,9 +2,10 @@
 //! one transaction.
 
 use contracts::events::v1 as events;
-use outbox::Producer;
+use outbox::{Producer, Wakeup};
 use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
 use platform::paging::Cursor;
+use sqlx::AnyConnection;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -29,11 +30,13 @@ pub struct OrderPage {
 #[derive(Debug, Clone)]
 pub struct OrderStore {
     db: Database,
+    /// Woken after every commit, so the relay publishes the new event at once.
+    wakeup: Wakeup,
 }
 
 impl OrderStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, wakeup: Wakeup) -> Self {
+        Self { db, wakeup }
     }
 
     pub async fn place(&self, new: &NewOrder) -> Result<Order, OrdersError> {
@@ -49,6 +52,7 @@ impl OrderStore {
             updated_at: now,
         };
         let mut tx = self.db.begin_write().await?;
+        check_references(&mut tx, new).await?;
         sqlx::query(
             "INSERT INTO orders (id, user_id, product_id, quantity, status, version, placed_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
@@ -72,7 +76,7 @@ impl OrderStore {
         EVENTS
             .record(&mut tx, &order.id, order.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(order)
     }
 
@@ -182,7 +186,7 @@ impl OrderStore {
         EVENTS
             .record(&mut tx, &id, order.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(order)
     }
 }
@@ -206,4 +210,35 @@ fn decode(row: &AnyRow) -> Result<Order, StoreError> {
         placed_at: row.try_get("placed_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+/// Refuses an order whose user or product the replica does not know, or whose user it knows
+/// to be deleted. Read in the placing transaction, so the answer and the order agree.
+async fn check_references(conn: &mut AnyConnection, new: &NewOrder) -> Result<(), OrdersError> {
+    let user = sqlx::query("SELECT deleted_at FROM known_users WHERE id = $1")
+        .bind(new.user_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+    match user {
+        None => return Err(OrdersError::UnknownUser(new.user_id)),
+        Some(row)
+            if row
+                .try_get::<Option<i64>, _>("deleted_at")
+                .map_err(StoreError::from)?
+                .is_some() =>
+        {
+            return Err(OrdersError::DeletedUser(new.user_id));
+        }
+        Some(_) => {}
+    }
+    let product = sqlx::query("SELECT 1 AS known FROM known_products WHERE id = $1")
+        .bind(new.product_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+    if product.is_none() {
+        return Err(OrdersError::UnknownProduct(new.product_id));
+    }
+    Ok(())
 }

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
+use outbox::RelayArgs;
 use platform::config::CommonArgs;
+use platform::nats::NatsArgs;
 
 /// The products service: owns the product catalogue.
 #[derive(Debug, Clone, clap::Parser)]
@@ -15,6 +17,12 @@ pub struct Config {
     /// sqlite:// path (created if absent) or postgres:// URL of this service's own database.
     #[arg(long, env = "PRODUCTS_DATABASE_URL", default_value = "sqlite://data/products.db", value_parser = platform::config::parse_database_url)]
     pub database_url: String,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub relay: RelayArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,

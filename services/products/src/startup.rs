@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use contracts::products::v1::product_service_server::ProductServiceServer;
+use outbox::Wakeup;
 use platform::host::ServiceHost;
 use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
 
@@ -15,6 +16,7 @@ use crate::store::ProductStore;
 #[derive(Debug)]
 pub struct Application {
     host: ServiceHost,
+    wakeup: Wakeup,
 }
 
 impl Application {
@@ -28,7 +30,9 @@ impl Application {
             migrations,
         )
         .await?;
-        Ok(Self { host })
+        let nats = platform::nats::connect(&config.nats, "products").await?;
+        let wakeup = outbox::spawn_relay(&host, nats, "products", &config.relay);
+        Ok(Self { host, wakeup })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -39,7 +43,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let api = ProductApi::new(ProductStore::new(self.host.database().clone()));
+        let api = ProductApi::new(ProductStore::new(self.host.database().clone(), self.wakeup));
         let services = ServiceSet::new()
             .with(ProductServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host

@@ -2,7 +2,7 @@
 //! one transaction.
 
 use contracts::events::v1 as events;
-use outbox::Producer;
+use outbox::{Producer, Wakeup};
 use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
 use platform::paging::Cursor;
 use sqlx::Row as _;
@@ -29,11 +29,13 @@ pub struct ProductPage {
 #[derive(Debug, Clone)]
 pub struct ProductStore {
     db: Database,
+    /// Woken after every commit, so the relay publishes the new event at once.
+    wakeup: Wakeup,
 }
 
 impl ProductStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, wakeup: Wakeup) -> Self {
+        Self { db, wakeup }
     }
 
     pub async fn create(&self, new: NewProduct) -> Result<Product, ProductsError> {
@@ -69,7 +71,7 @@ impl ProductStore {
         EVENTS
             .record(&mut tx, &product.id, product.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(product)
     }
 
@@ -181,7 +183,7 @@ impl ProductStore {
         EVENTS
             .record(&mut tx, &product.id, product.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(product)
     }
 

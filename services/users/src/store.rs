@@ -2,7 +2,7 @@
 //! one transaction.
 
 use contracts::events::v1 as events;
-use outbox::Producer;
+use outbox::{Producer, Wakeup};
 use platform::db::{
     Database, StoreError, check_version, is_unique_violation, stored_version, version_from_db,
 };
@@ -22,6 +22,8 @@ const EVENTS: Producer = Producer {
 #[derive(Debug, Clone)]
 pub struct UserStore {
     db: Database,
+    /// Woken after every commit, so the relay publishes the new event at once.
+    wakeup: Wakeup,
 }
 
 /// A row as stored, tombstones included.
@@ -31,8 +33,8 @@ struct StoredUser {
 }
 
 impl UserStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, wakeup: Wakeup) -> Self {
+        Self { db, wakeup }
     }
 
     pub async fn create(&self, new: &NewUser) -> Result<User, UsersError> {
@@ -69,7 +71,7 @@ impl UserStore {
         EVENTS
             .record(&mut tx, &user.id, user.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(user)
     }
 
@@ -121,7 +123,7 @@ impl UserStore {
         EVENTS
             .record(&mut tx, &user.id, user.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(user)
     }
 
@@ -157,7 +159,7 @@ impl UserStore {
         EVENTS
             .record(&mut tx, &deleted.id, deleted.version, now, &payload)
             .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        self.wakeup.commit(tx).await?;
         Ok(deleted.version)
     }
 }

@@ -15,7 +15,7 @@ backend_tests!(
 
 async fn a_placed_order_can_be_read_back_and_leaves_one_event(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (user_id, product_id) = (new_id(), new_id());
+    let (user_id, product_id) = (app.user().await, app.product().await);
     let placed = app.place(&user_id, &product_id, 3).await;
     assert_eq!(placed.user_id, user_id);
     assert_eq!(placed.product_id, product_id);
@@ -126,7 +126,7 @@ async fn an_unknown_order_is_not_found(backend: Backend) {
 
 async fn a_users_orders_are_paged_newest_first(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (alice, bob, product) = (new_id(), new_id(), new_id());
+    let (alice, bob, product) = (app.user().await, app.user().await, app.product().await);
     let mut alices = Vec::new();
     for order_idx in 0..5 {
         alices.push(app.place(&alice, &product, order_idx + 1).await.id);
@@ -180,7 +180,7 @@ async fn a_users_orders_are_paged_newest_first(backend: Backend) {
 
 async fn an_order_is_cancelled_once_and_versions_are_checked(backend: Backend) {
     let app = spawn_app(backend).await;
-    let placed = app.place(&new_id(), &new_id(), 1).await;
+    let placed = app.place(&app.user().await, &app.product().await, 1).await;
     let mut client = app.client.clone();
 
     assert_status(

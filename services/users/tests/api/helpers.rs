@@ -1,6 +1,8 @@
 use contracts::users::v1 as pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
+use outbox::RelayArgs;
 use platform::config::CommonArgs;
+use platform::nats::NatsArgs;
 use testkit::{Backend, RunningServer, TestDatabase};
 use tonic::transport::Channel;
 use users::{Application, Config};
@@ -17,6 +19,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         database_url: db.url().to_owned(),
+        // The feed to NATS has tests of its own; these run without it, as a service must.
+        nats: NatsArgs::new(testkit::UNREACHABLE_NATS),
+        relay: RelayArgs::default(),
         common: CommonArgs::default(),
     };
     let app = Application::build(config)

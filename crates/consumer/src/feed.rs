@@ -1,0 +1,500 @@
+//! The consuming loop: pull a batch, apply it in one transaction, commit, then acknowledge.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use contracts::events::v1::EventEnvelope;
+use futures::{FutureExt as _, StreamExt as _};
+use platform::db::{Database, StoreError};
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{self, ApplyError, Event, Freshness, Projection};
+use crate::store::{self, AggregateKey, BatchCounts, DeadLetter, Position};
+
+/// Which stream to follow, under which durable name, and how hard to try.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The durable consumer's name, which is also the key of its rows in the local tables:
+    /// the consuming service's name ("orders"). One process per name and stream: two would
+    /// share the deliveries and lose the per-aggregate order.
+    pub name: String,
+    /// The stream to follow ("USERS").
+    pub stream: String,
+    /// Subjects to receive; all of the stream's when empty.
+    pub filter_subjects: Vec<String>,
+    /// Most events pulled and applied per transaction; also bounds the messages in flight.
+    pub batch_size: usize,
+    /// How many times an event whose apply fails with a database error (other than the
+    /// database being unavailable) is tried before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl ConsumerSpec {
+    pub fn new(name: impl Into<String>, stream: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            stream: stream.into(),
+            filter_subjects: Vec::new(),
+            batch_size: 256,
+            max_attempts: 3,
+        }
+    }
+
+    fn config(&self) -> pull::Config {
+        let batch = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
+        pull::Config {
+            durable_name: Some(self.name.clone()),
+            description: Some(format!("{} applying {}", self.name, self.stream)),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            // Acknowledging the last event of a committed batch acknowledges the batch.
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            // Long enough for a batch that waits out a short database outage; a redelivery
+            // after it is harmless, only wasted work.
+            ack_wait: Duration::from_secs(60),
+            // Redelivered forever: this crate, not the server, decides when an event is poison.
+            max_deliver: -1,
+            filter_subjects: self.filter_subjects.clone(),
+            max_ack_pending: batch.saturating_mul(4),
+            ..Default::default()
+        }
+    }
+}
+
+/// Follows one stream until cancelled. See the crate documentation for the guarantees.
+#[derive(Debug)]
+pub struct Consumer<P> {
+    db: Database,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    projection: P,
+    status: watch::Sender<Position>,
+}
+
+/// How often the position is logged while events flow.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A message off the stream, decoded as far as the crate needs before the transaction.
+enum Incoming {
+    Valid(Event),
+    Poison(DeadLetter),
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// Retry the same batch the same way once the database is back.
+    #[error(transparent)]
+    Unavailable(StoreError),
+    /// Something in the batch fails: retry it one event at a time to find what.
+    #[error(transparent)]
+    Failed(ApplyError),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::Unavailable(error),
+            other => Self::Failed(ApplyError::Store(other)),
+        }
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::from(error).into()
+    }
+}
+
+impl<P: Projection> Consumer<P> {
+    /// Prepares a consumer; its position starts from what the database says it has applied.
+    pub async fn new(
+        db: Database,
+        client: async_nats::Client,
+        spec: ConsumerSpec,
+        projection: P,
+    ) -> Result<Self, StoreError> {
+        let position = store::load_position(&db, &spec.name, &spec.stream)
+            .await?
+            .unwrap_or_default();
+        Ok(Self {
+            db,
+            js: jetstream::new(client),
+            spec,
+            projection,
+            status: watch::Sender::new(position),
+        })
+    }
+
+    /// The consumer's position, updated after every committed batch.
+    pub fn status(&self) -> watch::Receiver<Position> {
+        self.status.subscribe()
+    }
+
+    /// Consumes until `cancel` fires. NATS being unreachable or the stream not existing yet
+    /// (its producer has not started) is waited out with backoff; nothing here gives up.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        let mut waiting_since: Option<Instant> = None;
+        let mut last_log = Instant::now();
+        let mut logged = self.status.borrow().clone();
+        while !cancel.is_cancelled() {
+            let opened = tokio::select! {
+                opened = self.open() => opened,
+                () = cancel.cancelled() => break,
+            };
+            let mut messages = match opened {
+                Ok(messages) => messages,
+                Err(error) => {
+                    if waiting_since.is_none() {
+                        waiting_since = Some(Instant::now());
+                        tracing::warn!(consumer = %self.spec.name, stream = %self.spec.stream, %error, "cannot follow the stream yet; retrying");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = cancel.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            if let Some(since) = waiting_since.take() {
+                tracing::info!(consumer = %self.spec.name, stream = %self.spec.stream, waited = ?since.elapsed(), "following the stream");
+            }
+            backoff = Duration::from_millis(50);
+
+            loop {
+                let first = tokio::select! {
+                    first = messages.next() => first,
+                    () = cancel.cancelled() => return,
+                };
+                let mut batch = match first {
+                    Some(Ok(message)) => vec![message],
+                    Some(Err(error)) => {
+                        tracing::debug!(consumer = %self.spec.name, %error, "pull interrupted; reopening");
+                        break;
+                    }
+                    None => break,
+                };
+                // Take what has already arrived, without waiting for more: batches grow
+                // under load and stay at one event when idle, so latency never waits on size.
+                while batch.len() < self.spec.batch_size {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => batch.push(message),
+                        _ => break,
+                    }
+                }
+                if !self.handle(batch, &cancel).await {
+                    return;
+                }
+                let position = self.status.borrow().clone();
+                if last_log.elapsed() >= LOG_EVERY && position != logged {
+                    log_position(&self.spec, &position);
+                    logged = position;
+                    last_log = Instant::now();
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+        log_position(&self.spec, &self.status.borrow());
+    }
+
+    async fn open(&self) -> Result<pull::Stream, async_nats::Error> {
+        let stream = self.js.get_stream(&self.spec.stream).await?;
+        // Create, or update the durable's settings to these.
+        let consumer = stream.create_consumer(self.spec.config()).await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.spec.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await?;
+        Ok(messages)
+    }
+
+    /// Applies and acknowledges one batch. Returns false when cancelled before it committed
+    /// (the batch will be redelivered).
+    async fn handle(&self, batch: Vec<jetstream::Message>, cancel: &CancellationToken) -> bool {
+        let Some(last) = batch.last() else {
+            return true;
+        };
+        let pending = last.info().map(|info| info.pending).unwrap_or(0);
+        let incoming: Vec<Incoming> = batch.iter().map(|m| self.decode(m)).collect();
+
+        let mut careful = false;
+        let mut backoff = Duration::from_millis(50);
+        let counts = loop {
+            let attempt = tokio::select! {
+                attempt = self.apply(&incoming, careful) => attempt,
+                () = cancel.cancelled() => return false,
+            };
+            match attempt {
+                Ok(counts) => break counts,
+                Err(BatchError::Failed(error)) if !careful => {
+                    tracing::warn!(consumer = %self.spec.name, error = %platform::status::error_chain(&error), "batch failed; applying its events one at a time");
+                    careful = true;
+                }
+                Err(error) => {
+                    tracing::warn!(consumer = %self.spec.name, error = %platform::status::error_chain(&error), retry_in = ?backoff, "cannot apply the batch; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = cancel.cancelled() => return false,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        // Committed: only now may the server forget these events. A lost ack means a
+        // redelivery, which the version check turns into skips.
+        if let Err(error) = last.ack().await {
+            tracing::debug!(consumer = %self.spec.name, %error, "acknowledgement not sent; the batch will be redelivered and skipped");
+        }
+        self.status.send_modify(|position| {
+            position.stream_sequence = counts.last_sequence;
+            position.last_event_at_micros = position
+                .last_event_at_micros
+                .max(counts.last_event_at_micros);
+            position.applied_at_micros = platform::time::now_micros();
+            position.pending = pending;
+            position.n_applied += counts.n_applied;
+            position.n_skipped += counts.n_skipped;
+            position.n_gaps += counts.n_gaps;
+            position.n_dead_lettered += counts.n_dead_lettered;
+        });
+        true
+    }
+
+    fn decode(&self, message: &jetstream::Message) -> Incoming {
+        let stream_sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        let subject = message.subject.as_str().to_owned();
+        let poison = |reason: String, envelope: Option<&EventEnvelope>| {
+            Incoming::Poison(DeadLetter {
+                stream: self.spec.stream.clone(),
+                stream_sequence,
+                subject: subject.clone(),
+                event_id: envelope.map(|e| e.event_id.clone()),
+                event_type: envelope.map(|e| e.event_type.clone()),
+                reason,
+                payload: message.payload.to_vec(),
+            })
+        };
+        match EventEnvelope::decode(message.payload.as_ref()) {
+            Err(error) => poison(
+                format!("the message is not an event envelope: {error}"),
+                None,
+            ),
+            Ok(envelope) => match event::validate(&envelope) {
+                Err(reason) => poison(reason, Some(&envelope)),
+                Ok(()) => Incoming::Valid(Event {
+                    envelope,
+                    subject: subject.clone(),
+                    stream_sequence,
+                    freshness: Freshness::Next,
+                }),
+            },
+        }
+    }
+
+    /// One attempt at a batch, in one transaction. In careful mode each event gets a
+    /// savepoint, so one that fails is dead-lettered without undoing the others.
+    async fn apply(&self, incoming: &[Incoming], careful: bool) -> Result<BatchCounts, BatchError> {
+        let consumer = self.spec.name.as_str();
+        let mut tx = self.db.begin_write().await?;
+        let owned_keys: Vec<AggregateKey> = incoming
+            .iter()
+            .filter_map(|item| match item {
+                Incoming::Valid(event) => Some(aggregate_key(event)),
+                Incoming::Poison(_) => None,
+            })
+            .collect();
+        let mut keys: Vec<&AggregateKey> = owned_keys.iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut versions = store::load_versions(&mut tx, consumer, &keys).await?;
+
+        let mut counts = BatchCounts::default();
+        let mut raised: HashMap<AggregateKey, u64> = HashMap::new();
+        let mut to_apply: Vec<Event> = Vec::new();
+        for item in incoming {
+            let event = match item {
+                Incoming::Poison(letter) => {
+                    counts.last_sequence = counts.last_sequence.max(letter.stream_sequence);
+                    self.dead_letter(&mut tx, letter).await?;
+                    counts.n_dead_lettered += 1;
+                    continue;
+                }
+                Incoming::Valid(event) => event,
+            };
+            counts.last_sequence = counts.last_sequence.max(event.stream_sequence);
+            counts.last_event_at_micros =
+                counts.last_event_at_micros.max(event.occurred_at_micros());
+            let key = aggregate_key(event);
+            let version = event.envelope.aggregate_version;
+            let freshness = Freshness::classify(versions.get(&key).copied().unwrap_or(0), version);
+            let event = Event {
+                freshness,
+                ..event.clone()
+            };
+            if freshness.is_stale() {
+                counts.n_skipped += 1;
+                if !self.projection.wants_stale() {
+                    continue;
+                }
+            }
+            if careful && !self.apply_alone(&mut tx, &event).await? {
+                counts.n_dead_lettered += 1;
+                continue;
+            }
+            if let Freshness::AfterGap { missing } = freshness {
+                counts.n_gaps += 1;
+                tracing::warn!(
+                    consumer,
+                    aggregate_type = %key.0,
+                    aggregate_id = %key.1,
+                    version,
+                    missing,
+                    "version gap: applying the newer event; the missing ones were never seen here"
+                );
+            }
+            if !freshness.is_stale() {
+                counts.n_applied += 1;
+                versions.insert(key.clone(), version);
+                raised.insert(key, version);
+            }
+            if !careful {
+                to_apply.push(event);
+            }
+        }
+        if !to_apply.is_empty() {
+            self.projection
+                .apply(&mut tx, &to_apply)
+                .await
+                .map_err(|error| match error {
+                    ApplyError::Store(store) => BatchError::from(store),
+                    rejected => BatchError::Failed(rejected),
+                })?;
+        }
+        store::store_versions(&mut tx, consumer, &raised).await?;
+        store::advance_position(
+            &mut tx,
+            consumer,
+            &self.spec.stream,
+            &counts,
+            platform::time::now_micros(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    /// Applies one event under a savepoint, retrying failures up to `max_attempts`. Returns
+    /// false when the event was dead-lettered instead.
+    async fn apply_alone(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        event: &Event,
+    ) -> Result<bool, BatchError> {
+        let mut attempt = 0;
+        let reason = loop {
+            attempt += 1;
+            sqlx::query("SAVEPOINT consumer_event")
+                .execute(&mut *conn)
+                .await?;
+            match self
+                .projection
+                .apply(conn, std::slice::from_ref(event))
+                .await
+            {
+                Ok(()) => {
+                    sqlx::query("RELEASE SAVEPOINT consumer_event")
+                        .execute(&mut *conn)
+                        .await?;
+                    return Ok(true);
+                }
+                Err(ApplyError::Store(error @ StoreError::Unavailable(_))) => {
+                    return Err(BatchError::Unavailable(error));
+                }
+                Err(error) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT consumer_event")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("RELEASE SAVEPOINT consumer_event")
+                        .execute(&mut *conn)
+                        .await?;
+                    let rejected = matches!(error, ApplyError::Rejected(_));
+                    if rejected || attempt >= self.spec.max_attempts {
+                        break format!(
+                            "{} (after {attempt} attempt{})",
+                            platform::status::error_chain(&error),
+                            if attempt == 1 { "" } else { "s" }
+                        );
+                    }
+                }
+            }
+        };
+        let letter = DeadLetter {
+            stream: self.spec.stream.clone(),
+            stream_sequence: event.stream_sequence,
+            subject: event.subject.clone(),
+            event_id: Some(event.envelope.event_id.clone()),
+            event_type: Some(event.envelope.event_type.clone()),
+            reason,
+            payload: event.envelope.encode_to_vec(),
+        };
+        self.dead_letter(conn, &letter).await?;
+        Ok(false)
+    }
+
+    async fn dead_letter(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        letter: &DeadLetter,
+    ) -> Result<(), BatchError> {
+        tracing::error!(
+            consumer = %self.spec.name,
+            stream = %letter.stream,
+            stream_sequence = letter.stream_sequence,
+            subject = %letter.subject,
+            event_id = letter.event_id.as_deref().unwrap_or("-"),
+            reason = %letter.reason,
+            "dead-lettering an event"
+        );
+        store::insert_dead_letter(conn, &self.spec.name, letter).await?;
+        Ok(())
+    }
+}
+
+fn aggregate_key(event: &Event) -> AggregateKey {
+    (
+        event.envelope.aggregate_type.clone(),
+        event.envelope.aggregate_id.clone(),
+    )
+}
+
+fn log_position(spec: &ConsumerSpec, position: &Position) {
+    let lag_ms = if position.applied_at_micros > 0 && position.last_event_at_micros > 0 {
+        (position.applied_at_micros - position.last_event_at_micros) / 1000
+    } else {
+        0
+    };
+    tracing::info!(
+        consumer = %spec.name,
+        stream = %spec.stream,
+        stream_sequence = position.stream_sequence,
+        pending = position.pending,
+        applied = position.n_applied,
+        skipped = position.n_skipped,
+        gaps = position.n_gaps,
+        dead_lettered = position.n_dead_lettered,
+        last_event_to_apply_ms = lag_ms,
+        "consumer position"
+    );
+}

@@ -1,0 +1,394 @@
+//! The consumer library against a real nats-server and both database backends: duplicates,
+//! late and missing versions, poison messages, restarts of the consumer and of NATS.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use consumer::{ApplyError, Consumer, ConsumerSpec, Event, Freshness, Position, Projection};
+use contracts::events::v1 as events;
+use natsd::NatsServer;
+use outbox::{Aggregate, OutboxEvent};
+use platform::db::{Database, DatabaseConfig, StoreError};
+use sqlx::{AnyConnection, Row as _};
+use testkit::{Backend, TestDatabase, backend_tests};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+backend_tests!(
+    duplicates_and_late_events_do_not_change_the_result,
+    a_version_gap_is_applied_counted_and_the_late_event_skipped,
+    poison_messages_are_dead_lettered_and_the_events_after_them_applied,
+    a_restarted_consumer_resumes_where_it_stopped_without_reapplying,
+    consuming_survives_a_nats_restart,
+);
+
+/// Records every event it is given, so a test can see exactly what was applied, once each.
+/// A user named "boom" makes the database fail; one named "reject" is refused.
+#[derive(Debug, Clone, Copy)]
+struct Ledger;
+
+impl Projection for Ledger {
+    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+        for event in events {
+            let name = match event.event_type() {
+                "events.v1.UserRegistered" => event.decode::<events::UserRegistered>()?.name,
+                "events.v1.UserRenamed" => event.decode::<events::UserRenamed>()?.name,
+                _ => return Err(event.unknown_type()),
+            };
+            match name.as_str() {
+                "reject" => return Err(ApplyError::Rejected("names may not be \"reject\"".into())),
+                "boom" => {
+                    // A real failing statement, so PostgreSQL's aborted-transaction state
+                    // is exercised too.
+                    let failed = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                        .execute(&mut *conn)
+                        .await
+                        .expect_err("the table does not exist");
+                    return Err(ApplyError::Store(StoreError::Failed(failed)));
+                }
+                _ => {}
+            }
+            sqlx::query(
+                "INSERT INTO ledger (aggregate_id, version, name, gap) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(event.envelope.aggregate_id.as_str())
+            .bind(i64::try_from(event.envelope.aggregate_version).expect("small"))
+            .bind(name)
+            .bind(matches!(event.freshness, Freshness::AfterGap { .. }).to_string())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+struct Fixture {
+    _db: TestDatabase,
+    database: Database,
+    nats: NatsServer,
+    js: jetstream::Context,
+}
+
+impl Fixture {
+    async fn new(backend: Backend) -> Self {
+        testkit::init_tracing();
+        let db = TestDatabase::create(backend).await;
+        let database = Database::connect(&DatabaseConfig::new(db.url()))
+            .await
+            .expect("open the database");
+        database
+            .migrate([consumer::migrations()])
+            .await
+            .expect("migrate");
+        sqlx::query(
+            "CREATE TABLE ledger (aggregate_id TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, gap TEXT NOT NULL)",
+        )
+        .execute(database.pool())
+        .await
+        .expect("create the ledger");
+        let nats = testkit::start_nats().await;
+        let js = testkit::connect(&nats).await;
+        outbox::StreamSpec::for_producer("users", &outbox::StreamArgs::default())
+            .ensure(&js)
+            .await
+            .expect("create USERS");
+        Self {
+            _db: db,
+            database,
+            nats,
+            js,
+        }
+    }
+
+    /// Starts a consumer; cancelling the token stops it.
+    async fn start(&self, cancel: &CancellationToken) -> watch::Receiver<Position> {
+        let client = async_nats::connect(self.nats.url()).await.expect("connect");
+        let mut spec = ConsumerSpec::new("test", "USERS");
+        spec.batch_size = 64;
+        let consumer = Consumer::new(self.database.clone(), client, spec, Ledger)
+            .await
+            .expect("read the position");
+        let status = consumer.status();
+        tokio::spawn(consumer.run(cancel.clone()));
+        status
+    }
+
+    async fn publish(&self, event: &OutboxEvent) {
+        testkit::publish_event(&self.js, event).await;
+    }
+
+    /// Publishes a copy of an event that JetStream cannot recognise as one (no message id),
+    /// as a relay re-publishing after the duplicate window would.
+    async fn republish(&self, event: &OutboxEvent) {
+        testkit::publish_raw(&self.js, &event.subject, event.envelope.clone(), None).await;
+    }
+
+    async fn ledger(&self) -> Vec<(String, i64, String, String)> {
+        sqlx::query(
+            "SELECT aggregate_id, version, name, gap FROM ledger ORDER BY aggregate_id, version",
+        )
+        .fetch_all(self.database.pool())
+        .await
+        .expect("read the ledger")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect()
+    }
+}
+
+fn registered(id: &Uuid, name: &str) -> OutboxEvent {
+    let payload = events::UserRegistered {
+        user_id: id.to_string(),
+        email: format!("{id}@example.com"),
+        name: name.into(),
+    };
+    OutboxEvent::new(aggregate(id, 1), platform::time::now_micros(), &payload)
+}
+
+fn renamed(id: &Uuid, version: u64, name: &str) -> OutboxEvent {
+    let payload = events::UserRenamed {
+        user_id: id.to_string(),
+        name: name.into(),
+    };
+    OutboxEvent::new(
+        aggregate(id, version),
+        platform::time::now_micros(),
+        &payload,
+    )
+}
+
+fn aggregate(id: &Uuid, version: u64) -> Aggregate<'_> {
+    Aggregate {
+        producer: "users",
+        kind: "user",
+        id,
+        version,
+    }
+}
+
+/// Waits (bounded) until the consumer has handled the stream up to `sequence`.
+async fn handled(status: &mut watch::Receiver<Position>, sequence: u64) -> Position {
+    let reached = tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|position| position.stream_sequence >= sequence),
+    )
+    .await
+    .map(|position| position.expect("the consumer is running").clone());
+    reached.unwrap_or_else(|_| {
+        panic!(
+            "the consumer never reached stream sequence {sequence}: {:?}",
+            *status.borrow()
+        )
+    })
+}
+
+async fn duplicates_and_late_events_do_not_change_the_result(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let id = Uuid::now_v7();
+    let (v1, v2, v3) = (
+        registered(&id, "Ada"),
+        renamed(&id, 2, "Grace"),
+        renamed(&id, 3, "Hedy"),
+    );
+    fixture.publish(&v1).await;
+    fixture.publish(&v2).await;
+    fixture.publish(&v2).await; // dropped by JetStream: same message id
+    fixture.republish(&v2).await; // a duplicate JetStream cannot see
+    fixture.republish(&v1).await; // late
+    fixture.publish(&v3).await;
+
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let position = handled(&mut status, 5).await;
+    cancel.cancel();
+
+    let id = id.to_string();
+    assert_eq!(
+        fixture.ledger().await,
+        [
+            (id.clone(), 1, "Ada".into(), "false".into()),
+            (id.clone(), 2, "Grace".into(), "false".into()),
+            (id, 3, "Hedy".into(), "false".into()),
+        ],
+        "each version applied once, in order"
+    );
+    assert_eq!(
+        (position.n_applied, position.n_skipped, position.n_gaps),
+        (3, 2, 0)
+    );
+    let stored = consumer::load_position(&fixture.database, "test", "USERS")
+        .await
+        .expect("read the position")
+        .expect("a position is stored");
+    assert_eq!(stored.stream_sequence, 5);
+    assert_eq!((stored.n_applied, stored.n_skipped), (3, 2));
+}
+
+async fn a_version_gap_is_applied_counted_and_the_late_event_skipped(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let id = Uuid::now_v7();
+    fixture.publish(&registered(&id, "Ada")).await;
+    fixture.publish(&renamed(&id, 3, "Hedy")).await;
+    fixture.publish(&renamed(&id, 2, "Grace")).await;
+
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let position = handled(&mut status, 3).await;
+    cancel.cancel();
+
+    let id = id.to_string();
+    assert_eq!(
+        fixture.ledger().await,
+        [
+            (id.clone(), 1, "Ada".into(), "false".into()),
+            (id, 3, "Hedy".into(), "true".into()),
+        ],
+        "the newer state wins and is marked as following a gap; the late event is skipped"
+    );
+    assert_eq!(
+        (position.n_applied, position.n_skipped, position.n_gaps),
+        (2, 1, 1)
+    );
+}
+
+async fn poison_messages_are_dead_lettered_and_the_events_after_them_applied(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let (good, bad_name, failing) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    fixture.publish(&registered(&good, "Ada")).await;
+    testkit::publish_raw(
+        &fixture.js,
+        "users.user.Garbage",
+        b"\xff\xfenot protobuf".to_vec(),
+        None,
+    )
+    .await;
+    let mut no_id = registered(&Uuid::now_v7(), "Nobody");
+    let mut envelope: events::EventEnvelope =
+        prost::Message::decode(no_id.envelope.as_slice()).expect("an envelope");
+    envelope.event_id = "not-a-uuid".into();
+    no_id.envelope = prost::Message::encode_to_vec(&envelope);
+    fixture.publish(&no_id).await;
+    let unknown = OutboxEvent::new(
+        aggregate(&good, 2),
+        platform::time::now_micros(),
+        &events::ProductCreated::default(),
+    );
+    fixture.publish(&unknown).await;
+    fixture.publish(&registered(&bad_name, "reject")).await;
+    fixture.publish(&registered(&failing, "boom")).await;
+    fixture.publish(&renamed(&good, 3, "Grace")).await;
+    fixture.publish(&renamed(&bad_name, 2, "Hedy")).await;
+
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let position = handled(&mut status, 8).await;
+    cancel.cancel();
+
+    let (good, bad_name) = (good.to_string(), bad_name.to_string());
+    assert_eq!(
+        fixture
+            .ledger()
+            .await
+            .into_iter()
+            .map(|(id, v, name, _)| (id, v, name))
+            .collect::<Vec<_>>(),
+        {
+            let mut expected = vec![
+                (good.clone(), 1, "Ada".to_owned()),
+                (good, 3, "Grace".to_owned()),
+                (bad_name, 2, "Hedy".to_owned()),
+            ];
+            expected.sort();
+            expected
+        },
+        "every good event is applied, before and after the bad ones"
+    );
+    assert_eq!(position.n_dead_lettered, 5);
+    let letters = consumer::dead_letters(&fixture.database, "test")
+        .await
+        .expect("read the dead letters");
+    let reasons: Vec<(u64, &str)> = letters
+        .iter()
+        .map(|letter| (letter.stream_sequence, letter.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    let expect = |sequence: u64, needle: &str| {
+        let (_, reason) = reasons
+            .iter()
+            .find(|(s, _)| *s == sequence)
+            .unwrap_or_else(|| panic!("no dead letter for sequence {sequence}: {reasons:?}"));
+        assert!(
+            reason.contains(needle),
+            "sequence {sequence}: {reason:?} lacks {needle:?}"
+        );
+    };
+    expect(2, "not an event envelope");
+    expect(3, "event_id");
+    expect(4, "unknown event type events.v1.ProductCreated");
+    expect(5, "may not be");
+    expect(6, "after 3 attempts");
+    assert_eq!(
+        letters[0].payload, b"\xff\xfenot protobuf",
+        "the message is kept as it came"
+    );
+}
+
+async fn a_restarted_consumer_resumes_where_it_stopped_without_reapplying(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let ids: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    for id in &ids {
+        fixture.publish(&registered(id, "v1")).await;
+    }
+    let first_run = CancellationToken::new();
+    let mut status = fixture.start(&first_run).await;
+    handled(&mut status, 10).await;
+    first_run.cancel();
+
+    for version in 2..=5 {
+        for id in &ids {
+            fixture
+                .publish(&renamed(id, version, &format!("v{version}")))
+                .await;
+        }
+    }
+    let second_run = CancellationToken::new();
+    let mut status = fixture.start(&second_run).await;
+    assert_eq!(
+        status.borrow().stream_sequence,
+        10,
+        "the stored position is the starting point"
+    );
+    let position = handled(&mut status, 50).await;
+    second_run.cancel();
+
+    let ledger = fixture.ledger().await;
+    assert_eq!(ledger.len(), 50, "every event applied exactly once");
+    assert_eq!(position.n_applied, 50);
+    assert_eq!(
+        position.n_skipped, 0,
+        "nothing was redelivered after the acknowledged batches"
+    );
+}
+
+async fn consuming_survives_a_nats_restart(backend: Backend) {
+    let mut fixture = Fixture::new(backend).await;
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let id = Uuid::now_v7();
+    fixture.publish(&registered(&id, "v1")).await;
+    handled(&mut status, 1).await;
+
+    fixture.nats.kill().await.expect("kill nats-server");
+    fixture.nats.restart().await.expect("restart nats-server");
+    // The test's own publisher reconnects as the consumer does.
+    for version in 2..=20 {
+        fixture
+            .publish(&renamed(&id, version, &format!("v{version}")))
+            .await;
+    }
+    let position = handled(&mut status, 20).await;
+    cancel.cancel();
+    assert_eq!(position.n_applied, 20);
+    assert_eq!(fixture.ledger().await.len(), 20);
+}

