@@ -61,7 +61,7 @@ struct Row {
     backend: Backend,
     floor_per_s: f64,
     relay_per_s: f64,
-    lag: Histogram<u64>,
+    lag: Lag,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,7 +92,7 @@ async fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             let lag = commit_to_apply(&nats, backend, scale).await?;
             eprintln!(
                 "  {sync:?}/{backend:?}: floor {floor_per_s:.0}/s, relay {relay_per_s:.0}/s, lag p99 {} us",
-                lag.value_at_quantile(0.99)
+                lag.total.value_at_quantile(0.99)
             );
             rows.push(Row {
                 sync,
@@ -198,12 +198,7 @@ async fn write_event(
     Ok(id)
 }
 
-fn relay(
-    database: &Database,
-    client: async_nats::Client,
-    service: &str,
-    wakeup: &Wakeup,
-) -> Relay {
+fn relay(database: &Database, client: async_nats::Client, service: &str, wakeup: &Wakeup) -> Relay {
     Relay::new(
         database.clone(),
         client,
@@ -298,12 +293,36 @@ impl Projection for Recorder {
     }
 }
 
+/// Latency distributions of the feed, in microseconds.
+#[derive(Debug)]
+struct Lag {
+    /// Commit at the producer to commit at the consumer.
+    total: Histogram<u64>,
+    /// Commit at the producer to the event on the bus.
+    relay: Histogram<u64>,
+    /// The event on the bus to commit at the consumer.
+    consumer: Histogram<u64>,
+}
+
+impl Lag {
+    fn new() -> anyhow::Result<Self> {
+        let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+        Ok(Self {
+            total: histogram()?,
+            relay: histogram()?,
+            consumer: histogram()?,
+        })
+    }
+}
+
+fn micros_between(from: Instant, to: Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// Commit at the producer to commit at the consumer, at a steady write rate.
-async fn commit_to_apply(
-    nats: &NatsServer,
-    backend: Backend,
-    scale: Scale,
-) -> anyhow::Result<Histogram<u64>> {
+async fn commit_to_apply(nats: &NatsServer, backend: Backend, scale: Scale) -> anyhow::Result<Lag> {
     let service: &'static str = "lagbench";
     let (_producer_db, producer_db) = open(backend).await?;
     let (_consumer_db, consumer_db) = open(backend).await?;
@@ -347,13 +366,37 @@ async fn commit_to_apply(
     .await
     .context("the consumer did not start in time")??;
 
+    // A plain NATS subscriber sees each event as the server accepts it: splitting the lag
+    // into commit -> on the bus (the relay) and on the bus -> applied (the consumer).
+    let on_bus: Commits = Arc::default();
+    let bus_task = {
+        let on_bus = on_bus.clone();
+        let mut subscription = async_nats::connect(nats.url())
+            .await?
+            .subscribe(format!("{service}.>"))
+            .await?;
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            while let Some(message) = subscription.next().await {
+                let seen = Instant::now();
+                if let Ok(envelope) =
+                    <events::EventEnvelope as prost::Message>::decode(message.payload.as_ref())
+                    && let Ok(mut on_bus) = on_bus.lock()
+                {
+                    on_bus.insert(envelope.aggregate_id, seen);
+                }
+            }
+        })
+    };
+
     let commits: Commits = Arc::default();
     let writer = {
         let commits = commits.clone();
         let wakeup = wakeup.clone();
         let producer_db = producer_db.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / scale.write_rate));
+            let mut ticks =
+                tokio::time::interval(Duration::from_micros(1_000_000 / scale.write_rate));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for _ in 0..scale.lag_events {
                 ticks.tick().await;
@@ -371,7 +414,10 @@ async fn commit_to_apply(
     let mut applied: HashMap<String, Instant> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while applied.len() < scale.lag_events {
-        anyhow::ensure!(Instant::now() < deadline, "the consumer did not keep up in time");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the consumer did not keep up in time"
+        );
         if tokio::time::timeout(Duration::from_secs(1), status.changed())
             .await
             .is_ok_and(|changed| changed.is_err())
@@ -396,14 +442,18 @@ async fn commit_to_apply(
         }
     }
     writer.await??;
-    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    if let Ok(commits) = commits.lock() {
+    bus_task.abort();
+    let mut lag = Lag::new()?;
+    if let (Ok(commits), Ok(on_bus)) = (commits.lock(), on_bus.lock()) {
         for (id, applied_at) in &applied {
             let committed = commits
                 .get(id)
                 .with_context(|| format!("event {id} applied but never written"))?;
-            let micros = applied_at.saturating_duration_since(*committed).as_micros();
-            lag.record(u64::try_from(micros).unwrap_or(u64::MAX).max(1))?;
+            lag.total.record(micros_between(*committed, *applied_at))?;
+            if let Some(seen) = on_bus.get(id) {
+                lag.relay.record(micros_between(*committed, *seen))?;
+                lag.consumer.record(micros_between(*seen, *applied_at))?;
+            }
         }
     }
     cancel.cancel();
@@ -421,23 +471,27 @@ fn report(rows: &[Row], scale: Scale) {
         scale.relay_events, scale.write_rate, scale.lag_events
     );
     println!(
-        "| fsync | database | JetStream async publish /s | relay /s | relay / floor | commit->apply p50 us | p99 us | max us |"
+        "| fsync | database | JetStream async publish /s | relay /s | relay / floor | commit->apply p50 us | p99 us | max us | of which relay p50/p99 us | consumer p50/p99 us |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let sync = match row.sync {
             SyncPolicy::Always => "always",
             SyncPolicy::Lazy => "lazy",
         };
         println!(
-            "| {sync} | {:?} | {:.0} | {:.0} | {:.2} | {} | {} | {} |",
+            "| {sync} | {:?} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} / {} | {} / {} |",
             row.backend,
             row.floor_per_s,
             row.relay_per_s,
             row.relay_per_s / row.floor_per_s,
-            row.lag.value_at_quantile(0.5),
-            row.lag.value_at_quantile(0.99),
-            row.lag.max(),
+            row.lag.total.value_at_quantile(0.5),
+            row.lag.total.value_at_quantile(0.99),
+            row.lag.total.max(),
+            row.lag.relay.value_at_quantile(0.5),
+            row.lag.relay.value_at_quantile(0.99),
+            row.lag.consumer.value_at_quantile(0.5),
+            row.lag.consumer.value_at_quantile(0.99),
         );
     }
     println!();

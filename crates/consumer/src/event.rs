@@ -194,7 +194,8 @@ mod tests {
     #[test]
     fn envelopes_missing_what_the_consumer_needs_are_invalid() {
         assert_eq!(validate(&envelope()), Ok(()));
-        let cases: [(fn(&mut EventEnvelope), &str); 5] = [
+        type Breakage = fn(&mut EventEnvelope);
+        let cases: [(Breakage, &str); 5] = [
             (|e| e.event_id = "nope".into(), "event_id"),
             (|e| e.aggregate_type.clear(), "aggregate_type"),
             (|e| e.aggregate_id = "x".repeat(201), "aggregate_id"),

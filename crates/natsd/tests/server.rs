@@ -83,9 +83,16 @@ async fn acknowledged_messages_survive_a_kill_and_a_restart_on_the_same_port() {
 
     server.restart().await.expect("restart");
     assert_eq!(server.port(), port, "the same port, so clients reconnect");
-    assert_eq!(publish_and_count(&server.url(), 1).await, 6, "nothing acknowledged was lost");
+    assert_eq!(
+        publish_and_count(&server.url(), 1).await,
+        6,
+        "nothing acknowledged was lost"
+    );
 
     server.stop().await.expect("graceful stop");
-    server.restart().await.expect("restart after a graceful stop");
+    server
+        .restart()
+        .await
+        .expect("restart after a graceful stop");
     assert_eq!(publish_and_count(&server.url(), 0).await, 6);
 }

@@ -34,7 +34,7 @@ impl Wakeup {
     }
 
     /// Commits a transaction that appended outbox rows, then wakes the relay.
-    pub async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+    pub async fn commit(&self, tx: platform::db::WriteTx) -> Result<(), StoreError> {
         tx.commit().await?;
         self.notify();
         Ok(())
@@ -44,8 +44,10 @@ impl Wakeup {
 /// Relay settings, from flags or environment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayArgs {
-    /// Most outbox rows published per round trip to JetStream.
-    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Most outbox rows read and published per batch (events are at most a few KiB, so a
+    /// batch stays within a few MiB). Larger batches spread each batch's database round
+    /// trips over more events: 1024 drained a backlog about 1.3x faster than 256 here.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub outbox_batch_size: u32,
     /// How long published rows stay in the outbox before they are pruned, in minutes.
     #[arg(long, env = "OUTBOX_RETENTION_MINUTES", default_value_t = 60)]
@@ -57,7 +59,7 @@ pub struct RelayArgs {
 impl Default for RelayArgs {
     fn default() -> Self {
         Self {
-            outbox_batch_size: 256,
+            outbox_batch_size: 1024,
             outbox_retention_minutes: 60,
             stream: crate::stream::StreamArgs::default(),
         }
@@ -151,6 +153,8 @@ impl Relay {
         let mut backoff = Duration::from_millis(50);
         let mut failing_since: Option<tokio::time::Instant> = None;
         let mut next_prune = tokio::time::Instant::now();
+        // Acknowledged by JetStream, not yet marked: marked while the next batch goes out.
+        let mut unmarked: Vec<i64> = Vec::new();
         while !cancel.is_cancelled() {
             let attempt = async {
                 if !stream_ready {
@@ -164,7 +168,7 @@ impl Relay {
                     stream_ready = true;
                     tracing::info!(stream = %self.stream.name, "stream ready");
                 }
-                self.publish_batch().await
+                self.step(&mut unmarked).await
             };
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
@@ -179,6 +183,7 @@ impl Relay {
                     if n_published == self.config.batch_size as usize {
                         continue; // more rows are waiting
                     }
+                    self.mark_now(&mut unmarked).await;
                     if tokio::time::Instant::now() >= next_prune {
                         next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
                         if let Err(error) = self.prune().await {
@@ -201,6 +206,7 @@ impl Relay {
                     if matches!(error, RelayError::Stream { .. }) {
                         stream_ready = false;
                     }
+                    self.mark_now(&mut unmarked).await;
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = cancel.cancelled() => break,
@@ -209,32 +215,75 @@ impl Relay {
                 }
             }
         }
+        // Best effort: what stays unmarked is published again after a restart, and dropped
+        // by JetStream as a duplicate.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.mark_now(&mut unmarked)).await;
         tracing::debug!(stream = %self.stream.name, "relay stopped");
     }
 
-    /// Publishes the oldest unpublished rows, at most one batch, and returns how many were
-    /// acknowledged and marked. Publishes are pipelined; rows are marked only once their own
-    /// ack has arrived, and only the acknowledged prefix of the batch, so a failure midway
-    /// leaves the rest (in order) for the retry.
-    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+    /// Marks the previous batch while publishing the next one, so the database and JetStream
+    /// work side by side rather than in turn. Returns how many rows this batch published.
+    async fn step(&self, unmarked: &mut Vec<i64>) -> Result<usize, RelayError> {
+        let (marked, (acknowledged, failure)) =
+            tokio::join!(self.mark_published(unmarked), self.publish_batch(unmarked));
+        // Rows whose mark failed stay unpublished in the table and go out again later, which
+        // JetStream drops as duplicates (same message id) and consumers skip beyond that.
+        *unmarked = acknowledged;
+        marked?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(unmarked.len()),
+        }
+    }
+
+    async fn mark_now(&self, unmarked: &mut Vec<i64>) {
+        if let Err(error) = self.mark_published(unmarked).await {
+            tracing::debug!(error = %platform::status::error_chain(&error), "marking published rows failed; they will be published again");
+        }
+        unmarked.clear();
+    }
+
+    /// Publishes the oldest unpublished rows not in `in_flight`, at most one batch, and returns
+    /// the acknowledged ones and the failure that stopped the batch, if any. Publishes are
+    /// pipelined; only the acknowledged prefix counts, so a failure midway leaves the rest,
+    /// in order, for the retry.
+    async fn publish_batch(&self, in_flight: &[i64]) -> (Vec<i64>, Option<RelayError>) {
+        let batch = self.config.batch_size as usize;
         let rows = sqlx::query(
             "SELECT seq, event_id, subject, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
         )
-        .bind(i64::from(self.config.batch_size))
+        .bind(i64::try_from(batch + in_flight.len()).unwrap_or(i64::MAX))
         .fetch_all(self.db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => return (Vec::new(), Some(StoreError::from(error).into())),
+        };
 
-        let mut pending = Vec::with_capacity(rows.len());
+        let mut pending = Vec::with_capacity(batch);
         let mut failure = None;
         for row in &rows {
-            let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
-            let event_id: String = row.try_get("event_id").map_err(StoreError::from)?;
-            let subject: String = row.try_get("subject").map_err(StoreError::from)?;
-            let envelope: Vec<u8> = row.try_get("envelope").map_err(StoreError::from)?;
+            if pending.len() == batch {
+                break;
+            }
+            let decoded = (|| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get::<i64, _>("seq")?,
+                    row.try_get::<String, _>("event_id")?,
+                    row.try_get::<String, _>("subject")?,
+                    row.try_get::<Vec<u8>, _>("envelope")?,
+                ))
+            })();
+            let (seq, event_id, subject, envelope) = match decoded {
+                Ok(columns) => columns,
+                Err(error) => {
+                    failure = Some(StoreError::from(error).into());
+                    break;
+                }
+            };
+            if in_flight.contains(&seq) {
+                continue;
+            }
             let publish = PublishMessage::build()
                 .payload(envelope.into())
                 .message_id(event_id.as_str());
@@ -263,11 +312,7 @@ impl Relay {
                 }
             }
         }
-        self.mark_published(&acknowledged).await?;
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(acknowledged.len()),
-        }
+        (acknowledged, failure)
     }
 
     /// Marks exactly these rows. (Marking a range `seq <= n` would be wrong on PostgreSQL,

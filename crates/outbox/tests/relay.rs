@@ -113,10 +113,18 @@ impl Fixture {
     /// in increasing order.
     async fn assert_stream_matches_outbox(&self, n_events: usize) {
         let stream = testkit::stream_events(&self.js, "USERS").await;
-        assert_eq!(stream.len(), n_events, "every event in the stream exactly once");
+        assert_eq!(
+            stream.len(),
+            n_events,
+            "every event in the stream exactly once"
+        );
         let ids: HashSet<String> = stream.iter().map(|(_, e)| e.event_id.clone()).collect();
         assert_eq!(ids.len(), n_events, "no event id twice");
-        assert_eq!(ids, self.outbox_ids().await, "the stream holds exactly the outbox");
+        assert_eq!(
+            ids,
+            self.outbox_ids().await,
+            "the stream holds exactly the outbox"
+        );
         let mut last_version: HashMap<&str, u64> = HashMap::new();
         for (subject, envelope) in &stream {
             assert_eq!(subject, "users.user.UserRenamed");
@@ -149,7 +157,11 @@ async fn events_written_while_nats_is_down_all_arrive_in_order_once_it_is_back(b
             fixture.write(id, version).await; // writes succeed with NATS down
         }
     }
-    assert_eq!(fixture.unpublished().await, 200, "the events wait in the outbox");
+    assert_eq!(
+        fixture.unpublished().await,
+        200,
+        "the events wait in the outbox"
+    );
 
     fixture.nats.restart().await.expect("restart nats-server");
     fixture.drained().await;
@@ -190,7 +202,9 @@ async fn killing_the_relay_mid_stream_loses_and_duplicates_nothing(backend: Back
     fixture.drained().await;
     cancel.cancel();
     relay.await.expect("the relay stops cleanly");
-    fixture.assert_stream_matches_outbox(ids.len() * n_versions as usize).await;
+    fixture
+        .assert_stream_matches_outbox(ids.len() * n_versions as usize)
+        .await;
 }
 
 /// The writing half of the fixture, movable into a task.
