@@ -3,8 +3,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use contracts::users::v1 as pb;
+use contracts::users::v1::user_service_client::UserServiceClient;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -26,6 +28,9 @@ async fn help_names_every_flag_and_its_environment_variable() {
         "--database-url",
         "USERS_DATABASE_URL",
         "127.0.0.1:50051",
+        "--nats-url",
+        "NATS_URL",
+        "--outbox-batch-size",
         "RUST_LOG",
     ] {
         assert!(
@@ -47,18 +52,11 @@ async fn invalid_configuration_exits_64_naming_the_setting() {
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
 
-#[tokio::test]
-async fn sigterm_stops_the_service_cleanly() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
+/// Starts the binary on port 0 and returns it with the address it logged.
+async fn spawn_users(database_url: &str, nats_url: &str) -> (Child, String) {
     let mut child = Command::new(BINARY)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--database-url",
-        ])
-        .arg(format!("sqlite://{}/users.db", dir.path().display()))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--database-url", database_url, "--nats-url", nats_url])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -80,6 +78,81 @@ async fn sigterm_stops_the_service_cleanly() {
     })
     .await
     .expect("users logs its address");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+async fn users_client(addr: &str) -> UserServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid endpoint")
+        .connect()
+        .await
+        .expect("connect to users");
+    UserServiceClient::new(channel)
+}
+
+async fn create_users(client: &mut UserServiceClient<tonic::transport::Channel>, n: usize) {
+    for _ in 0..n {
+        let id = uuid::Uuid::now_v7();
+        client
+            .create_user(pb::CreateUserRequest {
+                email: format!("{id}@example.com"),
+                name: "Ada".into(),
+            })
+            .await
+            .expect("the user is created");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_service_publishes_every_committed_event_exactly_once_after_restart() {
+    let nats = testkit::start_nats().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let database_url = format!("sqlite://{}/users.db", dir.path().display());
+
+    let (mut child, addr) = spawn_users(&database_url, &nats.url()).await;
+    let mut client = users_client(&addr).await;
+    create_users(&mut client, 60).await;
+    // Killed the moment the last write commits: the relay is mid-batch or has not woken.
+    child.start_kill().expect("SIGKILL users");
+    child.wait().await.expect("users dies");
+
+    let (mut child, addr) = spawn_users(&database_url, &nats.url()).await;
+    let mut client = users_client(&addr).await;
+    create_users(&mut client, 10).await;
+
+    let js = testkit::connect(&nats).await;
+    let outbox = testkit::outbox_events(&database_url).await;
+    assert_eq!(outbox.len(), 70, "every committed write has its event");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        let stream = match js.get_stream("USERS").await {
+            Ok(_) => testkit::stream_events(&js, "USERS").await,
+            Err(_) => Vec::new(),
+        };
+        if stream.len() >= outbox.len() {
+            break stream;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} events reached the stream",
+            stream.len(),
+            outbox.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let published: Vec<&str> = stream.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    let recorded: Vec<&str> = outbox.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(published, recorded, "each event once, in commit order");
+    child.start_kill().expect("stop users");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_service_cleanly() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let database_url = format!("sqlite://{}/users.db", dir.path().display());
+    let (mut child, addr) = spawn_users(&database_url, testkit::UNREACHABLE_NATS).await;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("a valid endpoint")
