@@ -142,7 +142,7 @@ impl<P: Projection> Consumer<P> {
         let mut waiting_since: Option<Instant> = None;
         let mut last_log = Instant::now();
         let mut logged = self.status.borrow().clone();
-        while !cancel.is_cancelled() {
+        'feed: while !cancel.is_cancelled() {
             let opened = tokio::select! {
                 opened = self.open() => opened,
                 () = cancel.cancelled() => break,
@@ -170,7 +170,7 @@ impl<P: Projection> Consumer<P> {
             loop {
                 let first = tokio::select! {
                     first = messages.next() => first,
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => break 'feed,
                 };
                 let mut batch = match first {
                     Some(Ok(message)) => vec![message],
@@ -189,7 +189,7 @@ impl<P: Projection> Consumer<P> {
                     }
                 }
                 if !self.handle(batch, &cancel).await {
-                    return;
+                    break 'feed;
                 }
                 let position = self.status.borrow().clone();
                 if last_log.elapsed() >= LOG_EVERY && position != logged {
