@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "products/v1/products.proto",
     "orders/v1/orders.proto",
     "events/v1/events.proto",
+    "purchases/v1/purchases.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -77,6 +77,18 @@ impl Event {
         })
     }
 
+    /// The aggregate id a payload names, which must be a UUID and the envelope's aggregate.
+    pub fn aggregate_uuid(&self, payload_id: &str) -> Result<uuid::Uuid, ApplyError> {
+        let id = parse_payload_id("payload id", payload_id)?;
+        if payload_id != self.envelope.aggregate_id {
+            return Err(ApplyError::Rejected(format!(
+                "payload id {payload_id} differs from the envelope's aggregate id {}",
+                self.envelope.aggregate_id
+            )));
+        }
+        Ok(id)
+    }
+
     /// The rejection for an event type this projection does not know.
     pub fn unknown_type(&self) -> ApplyError {
         ApplyError::Rejected(format!(
@@ -84,6 +96,12 @@ impl Event {
             self.envelope.event_type, self.subject
         ))
     }
+}
+
+/// A UUID from a payload field; anything else rejects the event.
+pub fn parse_payload_id(field: &str, raw: &str) -> Result<uuid::Uuid, ApplyError> {
+    platform::fields::parse_id(field, raw)
+        .map_err(|violation| ApplyError::Rejected(violation.to_string()))
 }
 
 /// Why a projection could not apply an event.

@@ -29,7 +29,7 @@ mod event;
 mod feed;
 mod store;
 
-pub use event::{ApplyError, Event, Freshness, Projection};
+pub use event::{ApplyError, Event, Freshness, Projection, parse_payload_id};
 pub use feed::{Consumer, ConsumerSpec};
 pub use store::{DeadLetter, Position, dead_letters, load_position, reset};
 

@@ -31,3 +31,9 @@ pub mod events {
         tonic::include_proto!("events.v1");
     }
 }
+
+pub mod purchases {
+    pub mod v1 {
+        tonic::include_proto!("purchases.v1");
+    }
+}

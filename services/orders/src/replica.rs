@@ -5,9 +5,7 @@
 
 use consumer::{ApplyError, Event, Projection};
 use contracts::events::v1 as events;
-use platform::fields::parse_id;
 use sqlx::AnyConnection;
-use uuid::Uuid;
 
 /// The durable consumers' name on both streams.
 pub const CONSUMER: &str = "orders";
@@ -33,7 +31,7 @@ impl Projection for UsersReplica {
                 }
                 _ => return Err(event.unknown_type()),
             };
-            let id = aggregate_id(event, &id)?;
+            let id = event.aggregate_uuid(&id)?;
             sqlx::query(
                 "INSERT INTO known_users (id, deleted_at, learned_at) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at, learned_at = excluded.learned_at",
@@ -60,7 +58,7 @@ impl Projection for ProductsReplica {
                 }
                 _ => return Err(event.unknown_type()),
             };
-            let id = aggregate_id(event, &id)?;
+            let id = event.aggregate_uuid(&id)?;
             sqlx::query(
                 "INSERT INTO known_products (id, learned_at) VALUES ($1, $2)
                  ON CONFLICT (id) DO NOTHING",
@@ -72,17 +70,4 @@ impl Projection for ProductsReplica {
         }
         Ok(())
     }
-}
-
-/// The payload's id, which must be a valid id and name the envelope's aggregate.
-fn aggregate_id(event: &Event, payload_id: &str) -> Result<Uuid, ApplyError> {
-    let id = parse_id("payload id", payload_id)
-        .map_err(|violation| ApplyError::Rejected(violation.to_string()))?;
-    if payload_id != event.envelope.aggregate_id {
-        return Err(ApplyError::Rejected(format!(
-            "payload id {payload_id} differs from the envelope's aggregate id {}",
-            event.envelope.aggregate_id
-        )));
-    }
-    Ok(id)
 }

@@ -1,0 +1,312 @@
+//! Service D's edge, shared by the three ways of answering it (purchases-sync,
+//! purchases-async, the monolith): parsing a `ListUserPurchases` request into a [`Query`],
+//! the answer's shape ([`Page`]), the errors a mode may fail with and their one mapping to
+//! gRPC statuses, and the tonic service that ties them to a [`PurchaseSource`].
+//!
+//! What it deliberately does not own: where the data comes from. Each mode implements
+//! [`PurchaseSource`]; this crate makes sure they are indistinguishable from outside except
+//! where the difference is the point (mode, freshness, failures of dependencies).
+
+use std::future::Future;
+
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_server::PurchaseService;
+use platform::db::StoreError;
+use platform::fields::{FieldViolation, parse_id};
+use platform::paging::{Cursor, page_size};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+/// A validated request: whose purchases, how many, after which one.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub user_id: Uuid,
+    pub page_size: u32,
+    /// Newest-first position after which the page starts: (placed_at, order id) of the last
+    /// purchase already served. The same cursor orders' ListOrdersByUser pages with, so page
+    /// tokens are interchangeable between modes.
+    pub after: Option<Cursor>,
+}
+
+impl Query {
+    pub fn parse(request: &pb::ListUserPurchasesRequest) -> Result<Self, FieldViolation> {
+        Ok(Self {
+            user_id: parse_id("user_id", &request.user_id)?,
+            page_size: page_size("page_size", request.page_size)?,
+            after: Cursor::decode("page_token", &request.page_token)?,
+        })
+    }
+}
+
+/// An order's state as far as a purchase is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    Placed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductView {
+    pub id: Uuid,
+    pub title: String,
+    pub image_url: String,
+    pub price_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseView {
+    pub order_id: Uuid,
+    pub status: OrderStatus,
+    pub quantity: i32,
+    pub placed_at_micros: i64,
+    pub product_id: Uuid,
+    /// None only while a projection has the order but not yet its product.
+    pub product: Option<ProductView>,
+}
+
+/// Where a projection stands on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub stream: String,
+    pub sequence: u64,
+    pub last_event_at_micros: i64,
+    pub applied_at_micros: i64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Read from the owning data at request time.
+    Live,
+    /// Read from a projection at these positions.
+    Projection(Vec<StreamPosition>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sync,
+    Async,
+    Monolith,
+}
+
+/// One page of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub user: UserView,
+    pub purchases: Vec<PurchaseView>,
+    pub next: Option<Cursor>,
+    pub freshness: Freshness,
+}
+
+impl Page {
+    /// The cursor after the last purchase of a full page, else none.
+    pub fn next_cursor(purchases: &[PurchaseView], page_size: u32) -> Option<Cursor> {
+        (purchases.len() >= page_size as usize)
+            .then(|| purchases.last())
+            .flatten()
+            .map(|last| Cursor {
+                sort_key: last.placed_at_micros,
+                id: last.order_id,
+            })
+    }
+}
+
+/// A service that purchases-sync depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Users,
+    Orders,
+    Products,
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Users => "users",
+            Self::Orders => "orders",
+            Self::Products => "products",
+        })
+    }
+}
+
+/// Everything answering a purchases query can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum PurchasesError {
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldViolation),
+    #[error("user {0} not found")]
+    UserNotFound(Uuid),
+    #[error("the {dependency} service is unavailable: {detail}")]
+    DependencyUnavailable {
+        dependency: Dependency,
+        detail: String,
+    },
+    #[error("the {dependency} service did not answer in time: {detail}")]
+    DependencyTimedOut {
+        dependency: Dependency,
+        detail: String,
+    },
+    #[error(
+        "purchases-sync already has {limit} calls in flight to the {dependency} service; retry later"
+    )]
+    DependencyOverloaded {
+        dependency: Dependency,
+        limit: usize,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<PurchasesError> for Status {
+    fn from(error: PurchasesError) -> Self {
+        let message = error.to_string();
+        match error {
+            PurchasesError::InvalidArgument(violation) => {
+                platform::status::invalid_argument(&violation)
+            }
+            PurchasesError::UserNotFound(_) => Status::not_found(message),
+            PurchasesError::DependencyUnavailable { .. }
+            | PurchasesError::DependencyOverloaded { .. } => Status::unavailable(message),
+            PurchasesError::DependencyTimedOut { .. } => Status::deadline_exceeded(message),
+            PurchasesError::Store(error) => platform::status::from_store_error(&error),
+        }
+    }
+}
+
+/// Where a mode gets its answer.
+pub trait PurchaseSource: Send + Sync + 'static {
+    /// `deadline` is what is left of the caller's deadline, if it set one.
+    fn list(
+        &self,
+        query: Query,
+        deadline: Option<std::time::Duration>,
+    ) -> impl Future<Output = Result<Page, PurchasesError>> + Send;
+}
+
+/// The purchases.v1 service over a source.
+#[derive(Debug)]
+pub struct PurchaseApi<S> {
+    source: S,
+    mode: Mode,
+}
+
+impl<S> PurchaseApi<S> {
+    pub fn new(source: S, mode: Mode) -> Self {
+        Self { source, mode }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: PurchaseSource> PurchaseService for PurchaseApi<S> {
+    #[tracing::instrument(skip_all, fields(mode = ?self.mode))]
+    async fn list_user_purchases(
+        &self,
+        request: Request<pb::ListUserPurchasesRequest>,
+    ) -> Result<Response<pb::ListUserPurchasesResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let query = Query::parse(request.get_ref()).map_err(PurchasesError::from)?;
+        let page = self.source.list(query, deadline).await?;
+        Ok(Response::new(to_pb(page, self.mode)))
+    }
+}
+
+/// The caller's deadline, from the `grpc-timeout` header ("100m" is 100 ms).
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
+    pb::ListUserPurchasesResponse {
+        user: Some(pb::User {
+            id: page.user.id.to_string(),
+            name: page.user.name,
+        }),
+        purchases: page
+            .purchases
+            .into_iter()
+            .map(|purchase| pb::Purchase {
+                order_id: purchase.order_id.to_string(),
+                status: match purchase.status {
+                    OrderStatus::Placed => pb::OrderStatus::Placed,
+                    OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
+                } as i32,
+                quantity: purchase.quantity,
+                placed_at: Some(platform::time::to_timestamp(purchase.placed_at_micros)),
+                product: purchase.product.map(|product| pb::Product {
+                    id: product.id.to_string(),
+                    title: product.title,
+                    image_url: product.image_url,
+                    price_cents: product.price_cents,
+                }),
+                product_id: purchase.product_id.to_string(),
+            })
+            .collect(),
+        next_page_token: page.next.map(|cursor| cursor.encode()).unwrap_or_default(),
+        mode: match mode {
+            Mode::Sync => pb::Mode::Sync,
+            Mode::Async => pb::Mode::Async,
+            Mode::Monolith => pb::Mode::Monolith,
+        } as i32,
+        freshness: Some(match page.freshness {
+            Freshness::Live => pb::Freshness {
+                live: true,
+                streams: Vec::new(),
+            },
+            Freshness::Projection(streams) => pb::Freshness {
+                live: false,
+                streams: streams
+                    .into_iter()
+                    .map(|position| pb::StreamPosition {
+                        stream: position.stream,
+                        sequence: position.sequence,
+                        last_event_at: (position.last_event_at_micros > 0)
+                            .then(|| platform::time::to_timestamp(position.last_event_at_micros)),
+                        applied_at: (position.applied_at_micros > 0)
+                            .then(|| platform::time::to_timestamp(position.applied_at_micros)),
+                        pending: position.pending,
+                    })
+                    .collect(),
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (raw, expected) in [
+            ("2S", std::time::Duration::from_secs(2)),
+            ("150m", std::time::Duration::from_millis(150)),
+            ("900u", std::time::Duration::from_micros(900)),
+            ("1M", std::time::Duration::from_secs(60)),
+        ] {
+            metadata.insert("grpc-timeout", raw.parse().expect("ascii"));
+            assert_eq!(grpc_timeout(&metadata), Some(expected), "{raw}");
+        }
+        metadata.insert("grpc-timeout", "12x".parse().expect("ascii"));
+        assert_eq!(grpc_timeout(&metadata), None);
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
+}

@@ -1,0 +1,40 @@
+//! The service's settings, from flags or environment.
+
+use std::net::SocketAddr;
+
+use platform::config::CommonArgs;
+use platform::nats::NatsArgs;
+
+/// purchases-async: Service D from an event-fed projection.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "purchases-async", version, about)]
+pub struct Config {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "PURCHASES_ASYNC_LISTEN",
+        default_value = "127.0.0.1:50062"
+    )]
+    pub listen: SocketAddr,
+
+    /// sqlite:// path (created if absent) or postgres:// URL of the projection's own database.
+    #[arg(long, env = "PURCHASES_ASYNC_DATABASE_URL", default_value = "sqlite://data/purchases-async.db", value_parser = platform::config::parse_database_url)]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// Empty the projection and replay the USERS, PRODUCTS and ORDERS streams from their
+    /// start before serving (the durable consumers are recreated).
+    #[arg(long, env = "REBUILD", default_value_t = false)]
+    pub rebuild: bool,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl AsRef<CommonArgs> for Config {
+    fn as_ref(&self) -> &CommonArgs {
+        &self.common
+    }
+}

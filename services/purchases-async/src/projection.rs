@@ -1,0 +1,163 @@
+//! The three projections, one per stream. The consumer library has already dropped
+//! duplicates and late arrivals (except for orders, see [`Purchases`]), so each event here is
+//! newer than what the table holds and is written over it.
+
+use consumer::{ApplyError, Event, Projection, parse_payload_id};
+use contracts::events::v1 as events;
+use prost::Name as _;
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+/// The durable consumers' name on every stream.
+pub const CONSUMER: &str = "purchases";
+
+/// The streams the projection follows.
+pub const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Users;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Products;
+
+/// Orders. Wants late events too: an order's placement carries facts that never change
+/// (user, product, quantity, time), so a placement that arrives after its cancellation
+/// (possible only when delivery is reordered) still fills them in.
+#[derive(Debug, Clone, Copy)]
+pub struct Purchases;
+
+impl Projection for Users {
+    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+        for event in events {
+            let event_type = event.event_type();
+            if event_type == events::UserRegistered::full_name() {
+                let user = event.decode::<events::UserRegistered>()?;
+                let id = event.aggregate_uuid(&user.user_id)?;
+                upsert_user(conn, id, Some(&user.name), None).await?;
+            } else if event_type == events::UserRenamed::full_name() {
+                let renamed = event.decode::<events::UserRenamed>()?;
+                let id = event.aggregate_uuid(&renamed.user_id)?;
+                upsert_user(conn, id, Some(&renamed.name), None).await?;
+            } else if event_type == events::UserDeleted::full_name() {
+                let deleted = event.decode::<events::UserDeleted>()?;
+                let id = event.aggregate_uuid(&deleted.user_id)?;
+                upsert_user(conn, id, None, Some(event.occurred_at_micros().max(1))).await?;
+            } else {
+                return Err(event.unknown_type());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn upsert_user(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    name: Option<&str>,
+    deleted_at: Option<i64>,
+) -> Result<(), ApplyError> {
+    // A rename keeps the tombstone off; a deletion keeps the last known name.
+    sqlx::query(
+        "INSERT INTO p_users (id, name, deleted_at) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET
+           name = CASE WHEN $4 THEN excluded.name ELSE p_users.name END,
+           deleted_at = excluded.deleted_at",
+    )
+    .bind(id.to_string())
+    .bind(name.unwrap_or_default())
+    .bind(deleted_at)
+    .bind(name.is_some())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Projection for Products {
+    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+        for event in events {
+            let event_type = event.event_type();
+            let (id, title, image_url, price_cents) =
+                if event_type == events::ProductCreated::full_name() {
+                    let p = event.decode::<events::ProductCreated>()?;
+                    (p.product_id, p.title, p.image_url, p.price_cents)
+                } else if event_type == events::ProductUpdated::full_name() {
+                    let p = event.decode::<events::ProductUpdated>()?;
+                    (p.product_id, p.title, p.image_url, p.price_cents)
+                } else {
+                    return Err(event.unknown_type());
+                };
+            let id = event.aggregate_uuid(&id)?;
+            sqlx::query(
+                "INSERT INTO p_products (id, title, image_url, price_cents) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET
+                   title = excluded.title, image_url = excluded.image_url, price_cents = excluded.price_cents",
+            )
+            .bind(id.to_string())
+            .bind(title)
+            .bind(image_url)
+            .bind(price_cents)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Projection for Purchases {
+    fn wants_stale(&self) -> bool {
+        true
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+        for event in events {
+            let event_type = event.event_type();
+            if event_type == events::OrderPlaced::full_name() {
+                let placed = event.decode::<events::OrderPlaced>()?;
+                let id = event.aggregate_uuid(&placed.order_id)?;
+                let user_id = parse_payload_id("user_id", &placed.user_id)?;
+                let product_id = parse_payload_id("product_id", &placed.product_id)?;
+                if !(1..=1_000).contains(&placed.quantity) {
+                    return Err(ApplyError::Rejected(format!(
+                        "quantity {} is out of range",
+                        placed.quantity
+                    )));
+                }
+                let placed_at = placed.placed_at.as_ref().map_or_else(
+                    || event.occurred_at_micros(),
+                    platform::time::from_timestamp,
+                );
+                // The facts of a placement never change; its status only moves forward, so
+                // an existing row (a cancellation that came first) keeps its status.
+                sqlx::query(
+                    "INSERT INTO p_purchases (order_id, user_id, product_id, quantity, status, placed_at)
+                     VALUES ($1, $2, $3, $4, 'placed', $5)
+                     ON CONFLICT (order_id) DO UPDATE SET
+                       user_id = excluded.user_id, product_id = excluded.product_id,
+                       quantity = excluded.quantity, placed_at = excluded.placed_at",
+                )
+                .bind(id.to_string())
+                .bind(user_id.to_string())
+                .bind(product_id.to_string())
+                .bind(placed.quantity)
+                .bind(placed_at)
+                .execute(&mut *conn)
+                .await?;
+            } else if event_type == events::OrderCancelled::full_name() {
+                let cancelled = event.decode::<events::OrderCancelled>()?;
+                let id = event.aggregate_uuid(&cancelled.order_id)?;
+                let user_id = parse_payload_id("user_id", &cancelled.user_id)?;
+                sqlx::query(
+                    "INSERT INTO p_purchases (order_id, user_id, status) VALUES ($1, $2, 'cancelled')
+                     ON CONFLICT (order_id) DO UPDATE SET status = 'cancelled'",
+                )
+                .bind(id.to_string())
+                .bind(user_id.to_string())
+                .execute(&mut *conn)
+                .await?;
+            } else if !event.freshness.is_stale() {
+                return Err(event.unknown_type());
+            }
+        }
+        Ok(())
+    }
+}

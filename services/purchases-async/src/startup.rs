@@ -1,0 +1,122 @@
+//! Building the service from its configuration and running it until asked to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use consumer::{Consumer, ConsumerSpec};
+use contracts::purchases::v1::purchase_service_server::PurchaseServiceServer;
+use platform::host::ServiceHost;
+use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
+use purchases::{Mode, PurchaseApi};
+
+use crate::config::Config;
+use crate::projection::{CONSUMER, Products, Purchases, STREAMS, Users};
+use crate::store::ProjectionReader;
+
+/// purchases-async with its database migrated, its consumers running and its port bound.
+#[derive(Debug)]
+pub struct Application {
+    host: ServiceHost,
+    reader: ProjectionReader,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let migrations = [crate::migrations(), consumer::migrations()];
+        let host = ServiceHost::build(
+            "purchases-async",
+            config.listen,
+            &config.database_url,
+            &config.common,
+            migrations,
+        )
+        .await?;
+        let nats = platform::nats::connect(&config.nats, "purchases-async").await?;
+        let db = host.database().clone();
+        if config.rebuild {
+            rebuild(&db, &nats).await?;
+        }
+        let [users, products, orders] = STREAMS;
+        let users = Consumer::new(
+            db.clone(),
+            nats.clone(),
+            ConsumerSpec::new(CONSUMER, users),
+            Users,
+        );
+        let products = Consumer::new(
+            db.clone(),
+            nats.clone(),
+            ConsumerSpec::new(CONSUMER, products),
+            Products,
+        );
+        let orders = Consumer::new(
+            db.clone(),
+            nats,
+            ConsumerSpec::new(CONSUMER, orders),
+            Purchases,
+        );
+        let (users, products, orders) =
+            tokio::try_join!(users, products, orders).context("read the projection's positions")?;
+        let reader = ProjectionReader::new(
+            db,
+            vec![
+                (STREAMS[0], users.status()),
+                (STREAMS[1], products.status()),
+                (STREAMS[2], orders.status()),
+            ],
+        );
+        host.spawn(|cancel| users.run(cancel));
+        host.spawn(|cancel| products.run(cancel));
+        host.spawn(|cancel| orders.run(cancel));
+        Ok(Self { host, reader })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.host.local_addr()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let api = PurchaseApi::new(self.reader, Mode::Async);
+        let services = ServiceSet::new()
+            .with(PurchaseServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
+        self.host
+            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .await
+    }
+}
+
+/// Empties the projection and deletes the durable consumers, so they are created afresh and
+/// deliver every stream from its first event. Needs NATS: a rebuild that could not reset the
+/// consumers would resume where they stood and leave the projection half empty.
+async fn rebuild(db: &platform::db::Database, nats: &async_nats::Client) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(nats.clone());
+    for stream in STREAMS {
+        match js.get_stream(stream).await {
+            Ok(stream) => {
+                // Absent already is fine.
+                let _ = stream.delete_consumer(CONSUMER).await;
+            }
+            Err(error) => {
+                use async_nats::jetstream::context::GetStreamErrorKind;
+                anyhow::ensure!(
+                    matches!(error.kind(), GetStreamErrorKind::JetStream(_)),
+                    "cannot reach NATS to reset the {stream} consumer for the rebuild: {error}"
+                );
+            }
+        }
+    }
+    let mut tx = db.begin_write().await?;
+    for table in ["p_purchases", "p_products", "p_users"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    consumer::reset(&mut tx, CONSUMER).await?;
+    tx.commit().await?;
+    tracing::info!("projection emptied; replaying USERS, PRODUCTS and ORDERS from the start");
+    Ok(())
+}

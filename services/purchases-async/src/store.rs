@@ -1,0 +1,148 @@
+//! The read side: answering a purchases query from the projection's tables alone.
+
+use consumer::Position;
+use platform::db::{Database, StoreError};
+use platform::paging::Cursor;
+use purchases::{
+    Freshness, OrderStatus, Page, ProductView, PurchaseSource, PurchaseView, PurchasesError, Query,
+    StreamPosition, UserView,
+};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Answers from the projection, and says how far each stream has been applied.
+#[derive(Debug, Clone)]
+pub struct ProjectionReader {
+    db: Database,
+    positions: Vec<(&'static str, watch::Receiver<Position>)>,
+}
+
+impl ProjectionReader {
+    pub fn new(db: Database, positions: Vec<(&'static str, watch::Receiver<Position>)>) -> Self {
+        Self { db, positions }
+    }
+
+    fn freshness(&self) -> Freshness {
+        Freshness::Projection(
+            self.positions
+                .iter()
+                .map(|(stream, position)| {
+                    let position = position.borrow();
+                    StreamPosition {
+                        stream: (*stream).to_owned(),
+                        sequence: position.stream_sequence,
+                        last_event_at_micros: position.last_event_at_micros,
+                        applied_at_micros: position.applied_at_micros,
+                        pending: position.pending,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+impl PurchaseSource for ProjectionReader {
+    async fn list(
+        &self,
+        query: Query,
+        _deadline: Option<std::time::Duration>,
+    ) -> Result<Page, PurchasesError> {
+        // Taken before reading, so the answer is at least as fresh as it claims.
+        let freshness = self.freshness();
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        let user = sqlx::query("SELECT name, deleted_at FROM p_users WHERE id = $1")
+            .bind(query.user_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::from)?;
+        let name = match user {
+            Some(row)
+                if row
+                    .try_get::<Option<i64>, _>("deleted_at")
+                    .map_err(StoreError::from)?
+                    .is_none() =>
+            {
+                row.try_get::<String, _>("name").map_err(StoreError::from)?
+            }
+            _ => return Err(PurchasesError::UserNotFound(query.user_id)),
+        };
+        let after = query.after.unwrap_or(Cursor {
+            sort_key: i64::MAX,
+            id: Uuid::max(),
+        });
+        let rows = sqlx::query(
+            "SELECT pu.order_id, pu.status, pu.quantity, pu.placed_at, pu.product_id,
+                    pr.title, pr.image_url, pr.price_cents
+             FROM p_purchases pu LEFT JOIN p_products pr ON pr.id = pu.product_id
+             WHERE pu.user_id = $1 AND pu.placed_at IS NOT NULL
+               AND (pu.placed_at < $2 OR (pu.placed_at = $2 AND pu.order_id < $3))
+             ORDER BY pu.placed_at DESC, pu.order_id DESC
+             LIMIT $4",
+        )
+        .bind(query.user_id.to_string())
+        .bind(after.sort_key)
+        .bind(after.id.to_string())
+        .bind(i64::from(query.page_size) + 1)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+        let mut purchases = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        // One row more than the page tells whether another page follows.
+        let more = purchases.len() > query.page_size as usize;
+        purchases.truncate(query.page_size as usize);
+        let next = if more {
+            Page::next_cursor(&purchases, query.page_size)
+        } else {
+            None
+        };
+        Ok(Page {
+            user: UserView {
+                id: query.user_id,
+                name,
+            },
+            purchases,
+            next,
+            freshness,
+        })
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<PurchaseView, StoreError> {
+    let uuid = |column: &str| -> Result<Uuid, StoreError> {
+        let raw: String = row.try_get(column)?;
+        raw.parse()
+            .map_err(|_| StoreError::Corrupt(format!("{column} {raw:?} is not a UUID")))
+    };
+    let status = match row.try_get::<String, _>("status")?.as_str() {
+        "placed" => OrderStatus::Placed,
+        "cancelled" => OrderStatus::Cancelled,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown order status {other:?}"
+            )));
+        }
+    };
+    let quantity: i64 = row.try_get("quantity")?;
+    let product_id = uuid("product_id")?;
+    let title: Option<String> = row.try_get("title")?;
+    let product = match title {
+        Some(title) => Some(ProductView {
+            id: product_id,
+            title,
+            image_url: row.try_get("image_url")?,
+            price_cents: row.try_get("price_cents")?,
+        }),
+        None => None,
+    };
+    Ok(PurchaseView {
+        order_id: uuid("order_id")?,
+        status,
+        quantity: i32::try_from(quantity)
+            .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?,
+        placed_at_micros: row.try_get("placed_at")?,
+        product_id,
+        product,
+    })
+}

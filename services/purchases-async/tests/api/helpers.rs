@@ -1,0 +1,287 @@
+//! A whole system in the test's runtime: nats-server, users, products, orders, purchases-sync
+//! and purchases-async, each on port 0 with a database of its own.
+
+use std::time::Duration;
+
+use contracts::orders::v1 as orders_pb;
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::products::v1 as products_pb;
+use contracts::products::v1::product_service_client::ProductServiceClient;
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use contracts::users::v1 as users_pb;
+use contracts::users::v1::user_service_client::UserServiceClient;
+use natsd::NatsServer;
+use outbox::RelayArgs;
+use platform::config::CommonArgs;
+use platform::nats::NatsArgs;
+use testkit::{Backend, RunningServer, TestDatabase};
+use tonic::transport::Channel;
+
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("a socket address")
+}
+
+pub struct Lab {
+    pub nats: NatsServer,
+    pub users_server: Option<RunningServer>,
+    pub _products_server: RunningServer,
+    pub _orders_server: RunningServer,
+    pub _sync_server: RunningServer,
+    pub async_server: Option<RunningServer>,
+    pub async_db: TestDatabase,
+    _dbs: Vec<TestDatabase>,
+    pub users: UserServiceClient<Channel>,
+    pub products: ProductServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+    pub sync: PurchaseServiceClient<Channel>,
+    pub asynchronous: PurchaseServiceClient<Channel>,
+}
+
+impl Lab {
+    pub async fn start(backend: Backend) -> Self {
+        testkit::init_tracing();
+        let nats = testkit::start_nats().await;
+        let nats_args = NatsArgs::new(nats.url());
+
+        let users_db = TestDatabase::create(backend).await;
+        let users_app = users::Application::build(users::Config {
+            listen: any_port(),
+            database_url: users_db.url().to_owned(),
+            nats: nats_args.clone(),
+            relay: RelayArgs::default(),
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("users starts");
+        let users_server = RunningServer::spawn(users_app.local_addr(), |stop| {
+            users_app.run_until_stopped(stop)
+        });
+
+        let products_db = TestDatabase::create(backend).await;
+        let products_app = products::Application::build(products::Config {
+            listen: any_port(),
+            database_url: products_db.url().to_owned(),
+            nats: nats_args.clone(),
+            relay: RelayArgs::default(),
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("products starts");
+        let products_server = RunningServer::spawn(products_app.local_addr(), |stop| {
+            products_app.run_until_stopped(stop)
+        });
+
+        let orders_db = TestDatabase::create(backend).await;
+        let orders_app = orders::Application::build(orders::Config {
+            listen: any_port(),
+            database_url: orders_db.url().to_owned(),
+            nats: nats_args.clone(),
+            relay: RelayArgs::default(),
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("orders starts");
+        let orders_server = RunningServer::spawn(orders_app.local_addr(), |stop| {
+            orders_app.run_until_stopped(stop)
+        });
+
+        let sync_app = purchases_sync::Application::build(purchases_sync::Config {
+            listen: any_port(),
+            users_url: users_server.url(),
+            orders_url: orders_server.url(),
+            products_url: products_server.url(),
+            fanout: purchases_sync::Fanout::Parallel,
+            call_timeout_ms: 2_000,
+            max_calls_per_dependency: 64,
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("purchases-sync starts");
+        let sync_server = RunningServer::spawn(sync_app.local_addr(), |stop| {
+            sync_app.run_until_stopped(stop)
+        });
+
+        let async_db = TestDatabase::create(backend).await;
+        let mut lab = Self {
+            users: UserServiceClient::new(users_server.channel()),
+            products: ProductServiceClient::new(products_server.channel()),
+            orders: OrderServiceClient::new(orders_server.channel()),
+            sync: PurchaseServiceClient::new(sync_server.channel()),
+            // Replaced by start_async below.
+            asynchronous: PurchaseServiceClient::new(sync_server.channel()),
+            nats,
+            users_server: Some(users_server),
+            _products_server: products_server,
+            _orders_server: orders_server,
+            _sync_server: sync_server,
+            async_server: None,
+            async_db,
+            _dbs: vec![users_db, products_db, orders_db],
+        };
+        lab.start_async(false).await;
+        lab
+    }
+
+    /// Starts purchases-async on its database (again, after a stop).
+    pub async fn start_async(&mut self, rebuild: bool) {
+        let app = purchases_async::Application::build(purchases_async::Config {
+            listen: any_port(),
+            database_url: self.async_db.url().to_owned(),
+            nats: NatsArgs::new(self.nats.url()),
+            rebuild,
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("purchases-async starts");
+        let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
+        self.asynchronous = PurchaseServiceClient::new(server.channel());
+        self.async_server = Some(server);
+    }
+
+    pub async fn stop_async(&mut self) {
+        if let Some(server) = self.async_server.take() {
+            server.stop().await.expect("purchases-async stops cleanly");
+        }
+    }
+
+    pub async fn register(&self, name: &str) -> users_pb::User {
+        let id = uuid::Uuid::now_v7();
+        self.users
+            .clone()
+            .create_user(users_pb::CreateUserRequest {
+                email: format!("{id}@example.com"),
+                name: name.to_owned(),
+            })
+            .await
+            .expect("the user is registered")
+            .into_inner()
+            .user
+            .expect("a user")
+    }
+
+    pub async fn create_product(&self, title: &str, price_cents: i64) -> products_pb::Product {
+        self.products
+            .clone()
+            .create_product(products_pb::CreateProductRequest {
+                title: title.to_owned(),
+                image_url: format!("https://img.example.com/{price_cents}.png"),
+                price_cents,
+            })
+            .await
+            .expect("the product is created")
+            .into_inner()
+            .product
+            .expect("a product")
+    }
+
+    /// Places an order once orders' replica knows the user and product (bounded wait).
+    pub async fn place(&self, user_id: &str, product_id: &str, quantity: i32) -> orders_pb::Order {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let placed = self
+                .orders
+                .clone()
+                .place_order(orders_pb::PlaceOrderRequest {
+                    user_id: user_id.to_owned(),
+                    product_id: product_id.to_owned(),
+                    quantity,
+                })
+                .await;
+            match placed {
+                Ok(response) => return response.into_inner().order.expect("an order"),
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "orders never learned of the user or product: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(status) => panic!("placing an order failed: {status:?}"),
+            }
+        }
+    }
+
+    /// Waits (bounded) until purchases-async has applied every event now in the streams.
+    pub async fn caught_up(&self) {
+        let js = testkit::connect(&self.nats).await;
+        let mut targets = Vec::new();
+        for stream in ["USERS", "PRODUCTS", "ORDERS"] {
+            let last = match js.get_stream(stream).await {
+                Ok(stream) => {
+                    stream
+                        .get_info()
+                        .await
+                        .expect("stream info")
+                        .state
+                        .last_sequence
+                }
+                Err(_) => 0,
+            };
+            targets.push((stream, last));
+        }
+        let db = platform::db::Database::connect(&platform::db::DatabaseConfig::new(
+            self.async_db.url(),
+        ))
+        .await
+        .expect("open the projection database");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut positions = Vec::new();
+            for (stream, _) in &targets {
+                let position = consumer::load_position(&db, "purchases", stream)
+                    .await
+                    .expect("read a position")
+                    .map_or(0, |position| position.stream_sequence);
+                positions.push((*stream, position));
+            }
+            if positions
+                .iter()
+                .zip(&targets)
+                .all(|((_, at), (_, last))| at >= last)
+            {
+                db.close().await;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "purchases-async did not catch up: at {positions:?}, streams at {targets:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn list(user_id: &str, page_size: i32, page_token: &str) -> pb::ListUserPurchasesRequest {
+    pb::ListUserPurchasesRequest {
+        user_id: user_id.to_owned(),
+        page_size,
+        page_token: page_token.to_owned(),
+    }
+}
+
+/// Every page of a user's purchases, walked with `page_size`.
+pub async fn all_pages(
+    client: &PurchaseServiceClient<Channel>,
+    user_id: &str,
+    page_size: i32,
+) -> Result<(Option<pb::User>, Vec<pb::Purchase>, Vec<String>), tonic::Status> {
+    let mut purchases = Vec::new();
+    let mut tokens = Vec::new();
+    let mut token = String::new();
+    for _ in 0..1_000 {
+        let page = client
+            .clone()
+            .list_user_purchases(list(user_id, page_size, &token))
+            .await?
+            .into_inner();
+        let user = page.user;
+        purchases.extend(page.purchases);
+        token = page.next_page_token;
+        if token.is_empty() {
+            return Ok((user, purchases, tokens));
+        }
+        tokens.push(token.clone());
+    }
+    panic!("paging never ended");
+}

@@ -1,0 +1,5 @@
+//! Service D end to end: the real owning services, purchases-sync and purchases-async in one
+//! runtime over a real nats-server, on SQLite and PostgreSQL.
+
+mod helpers;
+mod modes;

@@ -1,0 +1,247 @@
+//! The same question, two answers: they agree once the projection has caught up, and differ
+//! exactly where the design says they should (failures, freshness).
+
+use contracts::orders::v1 as orders_pb;
+use contracts::products::v1 as products_pb;
+use contracts::purchases::v1 as pb;
+use contracts::users::v1 as users_pb;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use testkit::{Backend, assert_status, backend_tests};
+use tonic::Code;
+
+use crate::helpers::{Lab, all_pages, list};
+
+backend_tests!(
+    sync_and_async_answer_a_random_workload_identically_once_caught_up,
+    with_users_down_sync_fails_naming_users_while_async_answers,
+    after_downtime_and_after_a_rebuild_the_projection_converges_with_nothing_lost,
+);
+
+/// Registrations, product creations and updates, orders, cancellations and a deleted user,
+/// chosen by a seeded generator so a failure can be replayed.
+async fn random_workload(lab: &Lab, seed: u64) -> (Vec<String>, String) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut users = Vec::new();
+    for user_idx in 0..5 {
+        users.push(lab.register(&format!("User {user_idx}")).await.id);
+    }
+    let mut products = Vec::new();
+    for product_idx in 0..6 {
+        products.push(
+            lab.create_product(&format!("Product {product_idx}"), 100 + product_idx)
+                .await
+                .id,
+        );
+    }
+    let mut orders: Vec<orders_pb::Order> = Vec::new();
+    for _ in 0..30 {
+        let user = &users[rng.random_range(0..users.len())];
+        let product = &products[rng.random_range(0..products.len())];
+        orders.push(lab.place(user, product, rng.random_range(1..=5)).await);
+    }
+    for product in products.iter().take(3) {
+        lab.products
+            .clone()
+            .update_product(products_pb::UpdateProductRequest {
+                id: product.clone(),
+                title: Some(format!("Renamed {}", rng.random_range(0..1000))),
+                image_url: None,
+                price_cents: Some(rng.random_range(1..100_000)),
+                expected_version: None,
+            })
+            .await
+            .expect("the product is updated");
+    }
+    for _ in 0..5 {
+        let order = &orders[rng.random_range(0..orders.len())];
+        // Picking one twice is fine: the second cancellation is refused.
+        let _ = lab
+            .orders
+            .clone()
+            .cancel_order(orders_pb::CancelOrderRequest {
+                id: order.id.clone(),
+                expected_version: None,
+            })
+            .await;
+    }
+    let deleted = users.pop().expect("five users");
+    lab.users
+        .clone()
+        .delete_user(users_pb::DeleteUserRequest {
+            id: deleted.clone(),
+            expected_version: None,
+        })
+        .await
+        .expect("the user is deleted");
+    (users, deleted)
+}
+
+async fn assert_modes_agree(lab: &Lab, users: &[String], deleted: &str) {
+    for user in users {
+        let sync = all_pages(&lab.sync, user, 4).await.expect("sync answers");
+        let asynchronous = all_pages(&lab.asynchronous, user, 4)
+            .await
+            .expect("async answers");
+        assert_eq!(
+            sync, asynchronous,
+            "user {user}: the same user, purchases and page tokens"
+        );
+        assert!(
+            sync.1.iter().all(|purchase| purchase.product.is_some()),
+            "every product is known"
+        );
+    }
+    for client in [&lab.sync, &lab.asynchronous] {
+        assert_status(
+            client
+                .clone()
+                .list_user_purchases(list(deleted, 0, ""))
+                .await,
+            Code::NotFound,
+            deleted,
+        );
+    }
+}
+
+async fn sync_and_async_answer_a_random_workload_identically_once_caught_up(backend: Backend) {
+    let lab = Lab::start(backend).await;
+    let (users, deleted) = random_workload(&lab, 7).await;
+    lab.caught_up().await;
+    assert_modes_agree(&lab, &users, &deleted).await;
+
+    let total: usize = {
+        let mut n = 0;
+        for user in &users {
+            n += all_pages(&lab.sync, user, 1000)
+                .await
+                .expect("answers")
+                .1
+                .len();
+        }
+        n
+    };
+    assert!(
+        total > 0,
+        "the workload placed orders for the remaining users"
+    );
+
+    let sync = lab
+        .sync
+        .clone()
+        .list_user_purchases(list(&users[0], 0, ""))
+        .await
+        .expect("sync")
+        .into_inner();
+    let asynchronous = lab
+        .asynchronous
+        .clone()
+        .list_user_purchases(list(&users[0], 0, ""))
+        .await
+        .expect("async")
+        .into_inner();
+    assert_eq!(sync.mode(), pb::Mode::Sync);
+    assert_eq!(asynchronous.mode(), pb::Mode::Async);
+    assert!(sync.freshness.expect("freshness").live);
+    let freshness = asynchronous.freshness.expect("freshness");
+    assert!(!freshness.live);
+    let streams: Vec<&str> = freshness
+        .streams
+        .iter()
+        .map(|s| s.stream.as_str())
+        .collect();
+    assert_eq!(streams, ["USERS", "PRODUCTS", "ORDERS"]);
+    assert!(
+        freshness
+            .streams
+            .iter()
+            .all(|s| s.sequence > 0 && s.last_event_at.is_some())
+    );
+}
+
+async fn with_users_down_sync_fails_naming_users_while_async_answers(backend: Backend) {
+    let mut lab = Lab::start(backend).await;
+    let user = lab.register("Ada").await.id;
+    let product = lab.create_product("Mug", 1250).await.id;
+    lab.place(&user, &product, 2).await;
+    lab.caught_up().await;
+
+    lab.users_server
+        .take()
+        .expect("users is running")
+        .stop()
+        .await
+        .expect("users stops");
+    assert_status(
+        lab.sync
+            .clone()
+            .list_user_purchases(list(&user, 0, ""))
+            .await,
+        Code::Unavailable,
+        "users",
+    );
+    let answer = lab
+        .asynchronous
+        .clone()
+        .list_user_purchases(list(&user, 0, ""))
+        .await
+        .expect("purchases-async answers without users")
+        .into_inner();
+    assert_eq!(answer.purchases.len(), 1);
+    assert_eq!(
+        answer.purchases[0]
+            .product
+            .as_ref()
+            .map(|p| p.title.as_str()),
+        Some("Mug")
+    );
+}
+
+async fn after_downtime_and_after_a_rebuild_the_projection_converges_with_nothing_lost(
+    backend: Backend,
+) {
+    let mut lab = Lab::start(backend).await;
+    let user = lab.register("Grace").await.id;
+    let product = lab.create_product("Kettle", 2500).await.id;
+    lab.place(&user, &product, 1).await;
+    lab.caught_up().await;
+
+    lab.stop_async().await;
+    let late_product = lab.create_product("Teapot", 1999).await.id;
+    let mut placed = Vec::new();
+    for quantity in 1..=20 {
+        let product = if quantity % 2 == 0 {
+            &product
+        } else {
+            &late_product
+        };
+        placed.push(lab.place(&user, product, quantity).await);
+    }
+    lab.orders
+        .clone()
+        .cancel_order(orders_pb::CancelOrderRequest {
+            id: placed[3].id.clone(),
+            expected_version: Some(1),
+        })
+        .await
+        .expect("cancelled");
+    lab.start_async(false).await;
+    lab.caught_up().await;
+    let sync = all_pages(&lab.sync, &user, 7).await.expect("sync answers");
+    let caught_up = all_pages(&lab.asynchronous, &user, 7)
+        .await
+        .expect("async answers");
+    assert_eq!(sync.1.len(), 21, "every order is there");
+    assert_eq!(
+        sync, caught_up,
+        "caught up after its downtime, nothing lost"
+    );
+
+    lab.stop_async().await;
+    lab.start_async(true).await;
+    lab.caught_up().await;
+    let rebuilt = all_pages(&lab.asynchronous, &user, 7)
+        .await
+        .expect("async answers");
+    assert_eq!(sync, rebuilt, "a rebuild reaches the same state");
+}
