@@ -13,7 +13,7 @@ use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
 use crate::config::Config;
 use crate::grpc::OrderApi;
 use crate::replica::{self, ProductsReplica, UsersReplica};
-use crate::store::OrderStore;
+use crate::store::{OrderStore, References};
 
 /// The orders service with its database open and migrated and its port bound.
 #[derive(Debug)]
@@ -69,7 +69,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let api = OrderApi::new(OrderStore::new(self.host.database().clone(), self.wakeup));
+        let api = OrderApi::new(OrderStore::new(
+            self.host.database().clone(),
+            self.wakeup,
+            References::Replica,
+        ));
         let services = ServiceSet::new()
             .with(OrderServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host

@@ -27,16 +27,32 @@ pub struct OrderPage {
     pub next: Option<Cursor>,
 }
 
+/// Where PlaceOrder learns which users and products exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum References {
+    /// The replica fed by the USERS and PRODUCTS streams (`known_users`, `known_products`):
+    /// the orders service, which owns no user or product data.
+    Replica,
+    /// The `users` and `products` tables of the same database: the monolith, where one
+    /// database holds everything.
+    SharedDatabase,
+}
+
 #[derive(Debug, Clone)]
 pub struct OrderStore {
     db: Database,
+    references: References,
     /// Woken after every commit, so the relay publishes the new event at once.
     wakeup: Wakeup,
 }
 
 impl OrderStore {
-    pub fn new(db: Database, wakeup: Wakeup) -> Self {
-        Self { db, wakeup }
+    pub fn new(db: Database, wakeup: Wakeup, references: References) -> Self {
+        Self {
+            db,
+            references,
+            wakeup,
+        }
     }
 
     pub async fn place(&self, new: &NewOrder) -> Result<Order, OrdersError> {
@@ -52,7 +68,7 @@ impl OrderStore {
             updated_at: now,
         };
         let mut tx = self.db.begin_write().await?;
-        check_references(&mut tx, new).await?;
+        check_references(&mut tx, self.references, new).await?;
         sqlx::query(
             "INSERT INTO orders (id, user_id, product_id, quantity, status, version, placed_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
@@ -214,8 +230,22 @@ fn decode(row: &AnyRow) -> Result<Order, StoreError> {
 
 /// Refuses an order whose user or product the replica does not know, or whose user it knows
 /// to be deleted. Read in the placing transaction, so the answer and the order agree.
-async fn check_references(conn: &mut AnyConnection, new: &NewOrder) -> Result<(), OrdersError> {
-    let user = sqlx::query("SELECT deleted_at FROM known_users WHERE id = $1")
+async fn check_references(
+    conn: &mut AnyConnection,
+    references: References,
+    new: &NewOrder,
+) -> Result<(), OrdersError> {
+    let (users, products) = match references {
+        References::Replica => (
+            "SELECT deleted_at FROM known_users WHERE id = $1",
+            "SELECT 1 AS known FROM known_products WHERE id = $1",
+        ),
+        References::SharedDatabase => (
+            "SELECT deleted_at FROM users WHERE id = $1",
+            "SELECT 1 AS known FROM products WHERE id = $1",
+        ),
+    };
+    let user = sqlx::query(users)
         .bind(new.user_id.to_string())
         .fetch_optional(&mut *conn)
         .await
@@ -232,7 +262,7 @@ async fn check_references(conn: &mut AnyConnection, new: &NewOrder) -> Result<()
         }
         Some(_) => {}
     }
-    let product = sqlx::query("SELECT 1 AS known FROM known_products WHERE id = $1")
+    let product = sqlx::query(products)
         .bind(new.product_id.to_string())
         .fetch_optional(&mut *conn)
         .await

@@ -22,6 +22,81 @@ fn any_port() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("a socket address")
 }
 
+/// Clients for the writes a workload makes: the three owning services, or the monolith.
+#[derive(Debug, Clone)]
+pub struct Writers {
+    pub users: UserServiceClient<Channel>,
+    pub products: ProductServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+}
+
+impl Writers {
+    pub async fn register(&self, name: &str) -> users_pb::User {
+        let id = uuid::Uuid::now_v7();
+        self.users
+            .clone()
+            .create_user(users_pb::CreateUserRequest {
+                email: format!("{id}@example.com"),
+                name: name.to_owned(),
+            })
+            .await
+            .expect("the user is registered")
+            .into_inner()
+            .user
+            .expect("a user")
+    }
+
+    pub async fn create_product(&self, title: &str, price_cents: i64) -> products_pb::Product {
+        self.products
+            .clone()
+            .create_product(products_pb::CreateProductRequest {
+                title: title.to_owned(),
+                image_url: format!("https://img.example.com/{price_cents}.png"),
+                price_cents,
+            })
+            .await
+            .expect("the product is created")
+            .into_inner()
+            .product
+            .expect("a product")
+    }
+
+    /// Places an order once orders' replica knows the user and product (bounded wait).
+    pub async fn place(&self, user_id: &str, product_id: &str, quantity: i32) -> orders_pb::Order {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let placed = self
+                .orders
+                .clone()
+                .place_order(orders_pb::PlaceOrderRequest {
+                    user_id: user_id.to_owned(),
+                    product_id: product_id.to_owned(),
+                    quantity,
+                })
+                .await;
+            match placed {
+                Ok(response) => return response.into_inner().order.expect("an order"),
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "orders never learned of the user or product: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(status) => panic!("placing an order failed: {status:?}"),
+            }
+        }
+    }
+
+    pub fn new(users: Channel, products: Channel, orders: Channel) -> Self {
+        Self {
+            users: UserServiceClient::new(users),
+            products: ProductServiceClient::new(products),
+            orders: OrderServiceClient::new(orders),
+        }
+    }
+}
+
 pub struct Lab {
     pub nats: NatsServer,
     pub users_server: Option<RunningServer>,
@@ -31,9 +106,7 @@ pub struct Lab {
     pub async_server: Option<RunningServer>,
     pub async_db: TestDatabase,
     _dbs: Vec<TestDatabase>,
-    pub users: UserServiceClient<Channel>,
-    pub products: ProductServiceClient<Channel>,
-    pub orders: OrderServiceClient<Channel>,
+    pub writers: Writers,
     pub sync: PurchaseServiceClient<Channel>,
     pub asynchronous: PurchaseServiceClient<Channel>,
 }
@@ -104,9 +177,11 @@ impl Lab {
 
         let async_db = TestDatabase::create(backend).await;
         let mut lab = Self {
-            users: UserServiceClient::new(users_server.channel()),
-            products: ProductServiceClient::new(products_server.channel()),
-            orders: OrderServiceClient::new(orders_server.channel()),
+            writers: Writers::new(
+                users_server.channel(),
+                products_server.channel(),
+                orders_server.channel(),
+            ),
             sync: PurchaseServiceClient::new(sync_server.channel()),
             // Replaced by start_async below.
             asynchronous: PurchaseServiceClient::new(sync_server.channel()),
@@ -142,63 +217,6 @@ impl Lab {
     pub async fn stop_async(&mut self) {
         if let Some(server) = self.async_server.take() {
             server.stop().await.expect("purchases-async stops cleanly");
-        }
-    }
-
-    pub async fn register(&self, name: &str) -> users_pb::User {
-        let id = uuid::Uuid::now_v7();
-        self.users
-            .clone()
-            .create_user(users_pb::CreateUserRequest {
-                email: format!("{id}@example.com"),
-                name: name.to_owned(),
-            })
-            .await
-            .expect("the user is registered")
-            .into_inner()
-            .user
-            .expect("a user")
-    }
-
-    pub async fn create_product(&self, title: &str, price_cents: i64) -> products_pb::Product {
-        self.products
-            .clone()
-            .create_product(products_pb::CreateProductRequest {
-                title: title.to_owned(),
-                image_url: format!("https://img.example.com/{price_cents}.png"),
-                price_cents,
-            })
-            .await
-            .expect("the product is created")
-            .into_inner()
-            .product
-            .expect("a product")
-    }
-
-    /// Places an order once orders' replica knows the user and product (bounded wait).
-    pub async fn place(&self, user_id: &str, product_id: &str, quantity: i32) -> orders_pb::Order {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let placed = self
-                .orders
-                .clone()
-                .place_order(orders_pb::PlaceOrderRequest {
-                    user_id: user_id.to_owned(),
-                    product_id: product_id.to_owned(),
-                    quantity,
-                })
-                .await;
-            match placed {
-                Ok(response) => return response.into_inner().order.expect("an order"),
-                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "orders never learned of the user or product: {status:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(status) => panic!("placing an order failed: {status:?}"),
-            }
         }
     }
 
@@ -284,4 +302,33 @@ pub async fn all_pages(
         tokens.push(token.clone());
     }
     panic!("paging never ended");
+}
+
+/// The monolith on a database of its own.
+pub struct Monolith {
+    pub _db: TestDatabase,
+    pub _server: RunningServer,
+    pub writers: Writers,
+    pub purchases: PurchaseServiceClient<Channel>,
+}
+
+impl Monolith {
+    pub async fn start(backend: Backend) -> Self {
+        let db = TestDatabase::create(backend).await;
+        let app = monolith::Application::build(monolith::Config {
+            listen: any_port(),
+            database_url: db.url().to_owned(),
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("the monolith starts");
+        let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
+        let channel = server.channel();
+        Self {
+            _db: db,
+            writers: Writers::new(channel.clone(), channel.clone(), channel.clone()),
+            purchases: PurchaseServiceClient::new(channel),
+            _server: server,
+        }
+    }
 }

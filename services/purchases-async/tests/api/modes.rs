@@ -10,26 +10,28 @@ use rand::{Rng as _, SeedableRng as _};
 use testkit::{Backend, assert_status, backend_tests};
 use tonic::Code;
 
-use crate::helpers::{Lab, all_pages, list};
+use crate::helpers::{Lab, Writers, all_pages, list};
 
 backend_tests!(
     sync_and_async_answer_a_random_workload_identically_once_caught_up,
     with_users_down_sync_fails_naming_users_while_async_answers,
     after_downtime_and_after_a_rebuild_the_projection_converges_with_nothing_lost,
+    the_monolith_answers_the_same_workload_with_the_same_purchases,
 );
 
 /// Registrations, product creations and updates, orders, cancellations and a deleted user,
 /// chosen by a seeded generator so a failure can be replayed.
-async fn random_workload(lab: &Lab, seed: u64) -> (Vec<String>, String) {
+async fn random_workload(writers: &Writers, seed: u64) -> (Vec<String>, String) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut users = Vec::new();
     for user_idx in 0..5 {
-        users.push(lab.register(&format!("User {user_idx}")).await.id);
+        users.push(writers.register(&format!("User {user_idx}")).await.id);
     }
     let mut products = Vec::new();
     for product_idx in 0..6 {
         products.push(
-            lab.create_product(&format!("Product {product_idx}"), 100 + product_idx)
+            writers
+                .create_product(&format!("Product {product_idx}"), 100 + product_idx)
                 .await
                 .id,
         );
@@ -38,10 +40,11 @@ async fn random_workload(lab: &Lab, seed: u64) -> (Vec<String>, String) {
     for _ in 0..30 {
         let user = &users[rng.random_range(0..users.len())];
         let product = &products[rng.random_range(0..products.len())];
-        orders.push(lab.place(user, product, rng.random_range(1..=5)).await);
+        orders.push(writers.place(user, product, rng.random_range(1..=5)).await);
     }
     for product in products.iter().take(3) {
-        lab.products
+        writers
+            .products
             .clone()
             .update_product(products_pb::UpdateProductRequest {
                 id: product.clone(),
@@ -56,7 +59,7 @@ async fn random_workload(lab: &Lab, seed: u64) -> (Vec<String>, String) {
     for _ in 0..5 {
         let order = &orders[rng.random_range(0..orders.len())];
         // Picking one twice is fine: the second cancellation is refused.
-        let _ = lab
+        let _ = writers
             .orders
             .clone()
             .cancel_order(orders_pb::CancelOrderRequest {
@@ -66,7 +69,8 @@ async fn random_workload(lab: &Lab, seed: u64) -> (Vec<String>, String) {
             .await;
     }
     let deleted = users.pop().expect("five users");
-    lab.users
+    writers
+        .users
         .clone()
         .delete_user(users_pb::DeleteUserRequest {
             id: deleted.clone(),
@@ -106,7 +110,7 @@ async fn assert_modes_agree(lab: &Lab, users: &[String], deleted: &str) {
 
 async fn sync_and_async_answer_a_random_workload_identically_once_caught_up(backend: Backend) {
     let lab = Lab::start(backend).await;
-    let (users, deleted) = random_workload(&lab, 7).await;
+    let (users, deleted) = random_workload(&lab.writers, 7).await;
     lab.caught_up().await;
     assert_modes_agree(&lab, &users, &deleted).await;
 
@@ -161,9 +165,9 @@ async fn sync_and_async_answer_a_random_workload_identically_once_caught_up(back
 
 async fn with_users_down_sync_fails_naming_users_while_async_answers(backend: Backend) {
     let mut lab = Lab::start(backend).await;
-    let user = lab.register("Ada").await.id;
-    let product = lab.create_product("Mug", 1250).await.id;
-    lab.place(&user, &product, 2).await;
+    let user = lab.writers.register("Ada").await.id;
+    let product = lab.writers.create_product("Mug", 1250).await.id;
+    lab.writers.place(&user, &product, 2).await;
     lab.caught_up().await;
 
     lab.users_server
@@ -201,13 +205,13 @@ async fn after_downtime_and_after_a_rebuild_the_projection_converges_with_nothin
     backend: Backend,
 ) {
     let mut lab = Lab::start(backend).await;
-    let user = lab.register("Grace").await.id;
-    let product = lab.create_product("Kettle", 2500).await.id;
-    lab.place(&user, &product, 1).await;
+    let user = lab.writers.register("Grace").await.id;
+    let product = lab.writers.create_product("Kettle", 2500).await.id;
+    lab.writers.place(&user, &product, 1).await;
     lab.caught_up().await;
 
     lab.stop_async().await;
-    let late_product = lab.create_product("Teapot", 1999).await.id;
+    let late_product = lab.writers.create_product("Teapot", 1999).await.id;
     let mut placed = Vec::new();
     for quantity in 1..=20 {
         let product = if quantity % 2 == 0 {
@@ -215,9 +219,10 @@ async fn after_downtime_and_after_a_rebuild_the_projection_converges_with_nothin
         } else {
             &late_product
         };
-        placed.push(lab.place(&user, product, quantity).await);
+        placed.push(lab.writers.place(&user, product, quantity).await);
     }
-    lab.orders
+    lab.writers
+        .orders
         .clone()
         .cancel_order(orders_pb::CancelOrderRequest {
             id: placed[3].id.clone(),
@@ -244,4 +249,71 @@ async fn after_downtime_and_after_a_rebuild_the_projection_converges_with_nothin
         .await
         .expect("async answers");
     assert_eq!(sync, rebuilt, "a rebuild reaches the same state");
+}
+
+/// What a purchases answer says, without the ids and times that differ between two systems
+/// given the same workload.
+fn shape(
+    answer: (Option<pb::User>, Vec<pb::Purchase>, Vec<String>),
+) -> (String, Vec<(String, i64, i32, i32)>, usize) {
+    let (user, purchases, tokens) = answer;
+    (
+        user.map(|user| user.name).unwrap_or_default(),
+        purchases
+            .into_iter()
+            .map(|purchase| {
+                let product = purchase.product.unwrap_or_default();
+                (
+                    product.title,
+                    product.price_cents,
+                    purchase.quantity,
+                    purchase.status,
+                )
+            })
+            .collect(),
+        tokens.len(),
+    )
+}
+
+async fn the_monolith_answers_the_same_workload_with_the_same_purchases(backend: Backend) {
+    let lab = Lab::start(backend).await;
+    let (users, _) = random_workload(&lab.writers, 11).await;
+    lab.caught_up().await;
+
+    let monolith = crate::helpers::Monolith::start(backend).await;
+    let (monolith_users, monolith_deleted) = random_workload(&monolith.writers, 11).await;
+    for (user, monolith_user) in users.iter().zip(&monolith_users) {
+        let microservices = shape(
+            all_pages(&lab.asynchronous, user, 4)
+                .await
+                .expect("async answers"),
+        );
+        let joined = shape(
+            all_pages(&monolith.purchases, monolith_user, 4)
+                .await
+                .expect("monolith answers"),
+        );
+        assert_eq!(
+            microservices, joined,
+            "same workload, same purchases, same paging"
+        );
+    }
+    assert_status(
+        monolith
+            .purchases
+            .clone()
+            .list_user_purchases(list(&monolith_deleted, 0, ""))
+            .await,
+        Code::NotFound,
+        &monolith_deleted,
+    );
+    let answer = monolith
+        .purchases
+        .clone()
+        .list_user_purchases(list(&monolith_users[0], 0, ""))
+        .await
+        .expect("monolith answers")
+        .into_inner();
+    assert_eq!(answer.mode(), pb::Mode::Monolith);
+    assert!(answer.freshness.expect("freshness").live);
 }

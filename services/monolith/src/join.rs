@@ -1,0 +1,129 @@
+//! Purchases as the monolith answers them: one query joining users, orders and products.
+
+use platform::db::{Database, StoreError};
+use platform::paging::Cursor;
+use purchases::{
+    Freshness, OrderStatus, Page, ProductView, PurchaseSource, PurchaseView, PurchasesError, Query,
+    UserView,
+};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct JoinSource {
+    db: Database,
+}
+
+impl JoinSource {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+impl PurchaseSource for JoinSource {
+    async fn list(
+        &self,
+        query: Query,
+        _deadline: Option<std::time::Duration>,
+    ) -> Result<Page, PurchasesError> {
+        let after = query.after.unwrap_or(Cursor {
+            sort_key: i64::MAX,
+            id: Uuid::max(),
+        });
+        // The user's row comes back even without orders (LEFT JOIN), so one query answers
+        // both "who" and "what"; one row more than the page tells whether another follows.
+        let rows = sqlx::query(
+            "SELECT u.name, u.deleted_at,
+                    o.id AS order_id, o.status, o.quantity, o.placed_at, o.product_id,
+                    p.title, p.image_url, p.price_cents
+             FROM users u
+             LEFT JOIN orders o
+               ON o.user_id = u.id AND (o.placed_at < $2 OR (o.placed_at = $2 AND o.id < $3))
+             LEFT JOIN products p ON p.id = o.product_id
+             WHERE u.id = $1
+             ORDER BY o.placed_at DESC, o.id DESC
+             LIMIT $4",
+        )
+        .bind(query.user_id.to_string())
+        .bind(after.sort_key)
+        .bind(after.id.to_string())
+        .bind(i64::from(query.page_size) + 1)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let Some(first) = rows.first() else {
+            return Err(PurchasesError::UserNotFound(query.user_id));
+        };
+        if first
+            .try_get::<Option<i64>, _>("deleted_at")
+            .map_err(StoreError::from)?
+            .is_some()
+        {
+            return Err(PurchasesError::UserNotFound(query.user_id));
+        }
+        let name: String = first.try_get("name").map_err(StoreError::from)?;
+        let mut purchases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(purchase) = decode(row)? {
+                purchases.push(purchase);
+            }
+        }
+        let more = purchases.len() > query.page_size as usize;
+        purchases.truncate(query.page_size as usize);
+        let next = if more {
+            Page::next_cursor(&purchases, query.page_size)
+        } else {
+            None
+        };
+        Ok(Page {
+            user: UserView {
+                id: query.user_id,
+                name,
+            },
+            purchases,
+            next,
+            freshness: Freshness::Live,
+        })
+    }
+}
+
+/// A joined row's purchase; None for the user-only row of a user without (more) orders.
+fn decode(row: &AnyRow) -> Result<Option<PurchaseView>, StoreError> {
+    let Some(order_id) = row.try_get::<Option<String>, _>("order_id")? else {
+        return Ok(None);
+    };
+    let uuid = |raw: &str, column: &str| -> Result<Uuid, StoreError> {
+        raw.parse()
+            .map_err(|_| StoreError::Corrupt(format!("{column} {raw:?} is not a UUID")))
+    };
+    let status = match row.try_get::<String, _>("status")?.as_str() {
+        "placed" => OrderStatus::Placed,
+        "cancelled" => OrderStatus::Cancelled,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown order status {other:?}"
+            )));
+        }
+    };
+    let product_id = uuid(&row.try_get::<String, _>("product_id")?, "product_id")?;
+    let product = match row.try_get::<Option<String>, _>("title")? {
+        Some(title) => Some(ProductView {
+            id: product_id,
+            title,
+            image_url: row.try_get("image_url")?,
+            price_cents: row.try_get("price_cents")?,
+        }),
+        None => None,
+    };
+    let quantity: i64 = row.try_get("quantity")?;
+    Ok(Some(PurchaseView {
+        order_id: uuid(&order_id, "order_id")?,
+        status,
+        quantity: i32::try_from(quantity)
+            .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?,
+        placed_at_micros: row.try_get("placed_at")?,
+        product_id,
+        product,
+    }))
+}
