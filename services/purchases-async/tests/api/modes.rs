@@ -251,11 +251,14 @@ async fn after_downtime_and_after_a_rebuild_the_projection_converges_with_nothin
     assert_eq!(sync, rebuilt, "a rebuild reaches the same state");
 }
 
+/// A purchase as (product title, price, quantity, status).
+type PurchaseShape = (String, i64, i32, i32);
+
 /// What a purchases answer says, without the ids and times that differ between two systems
-/// given the same workload.
+/// given the same workload: the user's name, the purchases, and how many pages.
 fn shape(
     answer: (Option<pb::User>, Vec<pb::Purchase>, Vec<String>),
-) -> (String, Vec<(String, i64, i32, i32)>, usize) {
+) -> (String, Vec<PurchaseShape>, usize) {
     let (user, purchases, tokens) = answer;
     (
         user.map(|user| user.name).unwrap_or_default(),
