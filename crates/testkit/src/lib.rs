@@ -7,6 +7,7 @@
 mod database;
 mod nats;
 mod outbox;
+mod proxy;
 mod server;
 mod tools;
 
@@ -14,6 +15,7 @@ pub use database::{TestDatabase, postgres_admin_url};
 pub use nats::{UNREACHABLE_NATS, connect, publish_event, publish_raw, start_nats, stream_events};
 pub use outbox::{outbox_events, payload};
 pub use platform::db::Backend;
+pub use proxy::DelayProxy;
 pub use server::RunningServer;
 pub use tools::{grpcurl, workspace_root};
 

@@ -15,7 +15,7 @@ use natsd::NatsServer;
 use outbox::RelayArgs;
 use platform::config::CommonArgs;
 use platform::nats::NatsArgs;
-use testkit::{Backend, RunningServer, TestDatabase};
+use testkit::{Backend, DelayProxy, RunningServer, TestDatabase};
 use tonic::transport::Channel;
 
 fn any_port() -> std::net::SocketAddr {
@@ -101,8 +101,9 @@ pub struct Lab {
     pub nats: NatsServer,
     pub users_server: Option<RunningServer>,
     pub _products_server: RunningServer,
+    pub products_proxy: DelayProxy,
     pub _orders_server: RunningServer,
-    pub _sync_server: RunningServer,
+    pub sync_server: RunningServer,
     pub async_server: Option<RunningServer>,
     pub async_db: TestDatabase,
     _dbs: Vec<TestDatabase>,
@@ -159,11 +160,13 @@ impl Lab {
             orders_app.run_until_stopped(stop)
         });
 
+        // purchases-sync reaches products through a proxy a test can slow down.
+        let products_proxy = DelayProxy::start(products_server.addr()).await;
         let sync_app = purchases_sync::Application::build(purchases_sync::Config {
             listen: any_port(),
             users_url: users_server.url(),
             orders_url: orders_server.url(),
-            products_url: products_server.url(),
+            products_url: products_proxy.url(),
             fanout: purchases_sync::Fanout::Parallel,
             call_timeout_ms: 2_000,
             max_calls_per_dependency: 64,
@@ -188,8 +191,9 @@ impl Lab {
             nats,
             users_server: Some(users_server),
             _products_server: products_server,
+            products_proxy,
             _orders_server: orders_server,
-            _sync_server: sync_server,
+            sync_server,
             async_server: None,
             async_db,
             _dbs: vec![users_db, products_db, orders_db],
@@ -307,7 +311,7 @@ pub async fn all_pages(
 /// The monolith on a database of its own.
 pub struct Monolith {
     pub _db: TestDatabase,
-    pub _server: RunningServer,
+    pub server: RunningServer,
     pub writers: Writers,
     pub purchases: PurchaseServiceClient<Channel>,
 }
@@ -328,7 +332,7 @@ impl Monolith {
             _db: db,
             writers: Writers::new(channel.clone(), channel.clone(), channel.clone()),
             purchases: PurchaseServiceClient::new(channel),
-            _server: server,
+            server,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Service D end to end: the real owning services, purchases-sync and purchases-async in one
 //! runtime over a real nats-server, on SQLite and PostgreSQL.
 
+mod grpcurl;
 mod helpers;
 mod modes;

@@ -7,7 +7,9 @@ use contracts::purchases::v1 as pb;
 use contracts::users::v1 as users_pb;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use std::time::Duration;
 use testkit::{Backend, assert_status, backend_tests};
+
 use tonic::Code;
 
 use crate::helpers::{Lab, Writers, all_pages, list};
@@ -17,6 +19,7 @@ backend_tests!(
     with_users_down_sync_fails_naming_users_while_async_answers,
     after_downtime_and_after_a_rebuild_the_projection_converges_with_nothing_lost,
     the_monolith_answers_the_same_workload_with_the_same_purchases,
+    with_products_slowed_sync_misses_a_deadline_that_async_meets,
 );
 
 /// Registrations, product creations and updates, orders, cancellations and a deleted user,
@@ -319,4 +322,51 @@ async fn the_monolith_answers_the_same_workload_with_the_same_purchases(backend:
         .into_inner();
     assert_eq!(answer.mode(), pb::Mode::Monolith);
     assert!(answer.freshness.expect("freshness").live);
+}
+
+async fn with_products_slowed_sync_misses_a_deadline_that_async_meets(backend: Backend) {
+    let lab = Lab::start(backend).await;
+    let user = lab.writers.register("Hedy").await.id;
+    let product = lab.writers.create_product("Lamp", 4200).await.id;
+    lab.writers.place(&user, &product, 1).await;
+    lab.caught_up().await;
+    // Warm both paths so connection set-up is not part of what follows.
+    lab.sync
+        .clone()
+        .list_user_purchases(list(&user, 0, ""))
+        .await
+        .expect("sync answers");
+
+    // Products now takes at least 300 ms to hear any request: a caller allowing 150 ms
+    // cannot get an answer through purchases-sync, whose deadline propagation says which
+    // dependency was too slow; purchases-async never asks products.
+    lab.products_proxy.set_delay(Duration::from_millis(300));
+    let with_deadline = || {
+        let mut request = tonic::Request::new(list(&user, 0, ""));
+        request.set_timeout(Duration::from_millis(150));
+        request
+    };
+    let status = lab
+        .sync
+        .clone()
+        .list_user_purchases(with_deadline())
+        .await
+        .expect_err("products cannot answer in time");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("products"), "{status:?}");
+    let answer = lab
+        .asynchronous
+        .clone()
+        .list_user_purchases(with_deadline())
+        .await
+        .expect("purchases-async does not depend on products")
+        .into_inner();
+    assert_eq!(answer.purchases.len(), 1);
+
+    lab.products_proxy.set_delay(Duration::ZERO);
+    lab.sync
+        .clone()
+        .list_user_purchases(list(&user, 0, ""))
+        .await
+        .expect("sync recovers with products");
 }
