@@ -3,7 +3,7 @@
 use testkit::Backend;
 use tokio::process::Command;
 
-use crate::helpers::{Lab, Monolith};
+use system::{Lab, Monolith};
 
 async fn grpcurl(args: &[&str]) -> String {
     let output = Command::new(testkit::grpcurl())

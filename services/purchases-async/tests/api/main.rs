@@ -2,5 +2,4 @@
 //! runtime over a real nats-server, on SQLite and PostgreSQL.
 
 mod grpcurl;
-mod helpers;
 mod modes;

@@ -12,7 +12,7 @@ use testkit::{Backend, assert_status, backend_tests};
 
 use tonic::Code;
 
-use crate::helpers::{Lab, Writers, all_pages, list};
+use system::{Lab, Writers, all_pages, list};
 
 backend_tests!(
     sync_and_async_answer_a_random_workload_identically_once_caught_up,
@@ -286,7 +286,7 @@ async fn the_monolith_answers_the_same_workload_with_the_same_purchases(backend:
     let (users, _) = random_workload(&lab.writers, 11).await;
     lab.caught_up().await;
 
-    let monolith = crate::helpers::Monolith::start(backend).await;
+    let monolith = system::Monolith::start(backend).await;
     let (monolith_users, monolith_deleted) = random_workload(&monolith.writers, 11).await;
     for (user, monolith_user) in users.iter().zip(&monolith_users) {
         let microservices = shape(

@@ -1,5 +1,9 @@
-//! A whole system in the test's runtime: nats-server, users, products, orders, purchases-sync
-//! and purchases-async, each on port 0 with a database of its own.
+//! The whole system in the caller's runtime, for integration tests and benchmarks:
+//! nats-server, users, products, orders, purchases-sync and purchases-async ([`Lab`]), and
+//! the monolith ([`Monolith`]), each on port 0 with a database of its own. Clients for the
+//! writes a workload makes ([`Writers`]) and for reading every page of an answer.
+//!
+//! Test support: failures to start panic with the reason, as a test harness should.
 
 use std::time::Duration;
 
@@ -97,6 +101,7 @@ impl Writers {
     }
 }
 
+#[derive(Debug)]
 pub struct Lab {
     pub nats: NatsServer,
     pub users_server: Option<RunningServer>,
@@ -309,6 +314,7 @@ pub async fn all_pages(
 }
 
 /// The monolith on a database of its own.
+#[derive(Debug)]
 pub struct Monolith {
     pub _db: TestDatabase,
     pub server: RunningServer,
