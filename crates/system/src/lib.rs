@@ -109,11 +109,15 @@ pub struct Lab {
     pub products_proxy: DelayProxy,
     pub _orders_server: RunningServer,
     pub sync_server: RunningServer,
+    pub _sequential_server: RunningServer,
     pub async_server: Option<RunningServer>,
     pub async_db: TestDatabase,
     _dbs: Vec<TestDatabase>,
     pub writers: Writers,
+    /// purchases-sync with the parallel fan-out.
     pub sync: PurchaseServiceClient<Channel>,
+    /// purchases-sync with the sequential fan-out.
+    pub sync_sequential: PurchaseServiceClient<Channel>,
     pub asynchronous: PurchaseServiceClient<Channel>,
 }
 
@@ -167,20 +171,29 @@ impl Lab {
 
         // purchases-sync reaches products through a proxy a test can slow down.
         let products_proxy = DelayProxy::start(products_server.addr()).await;
-        let sync_app = purchases_sync::Application::build(purchases_sync::Config {
+        let sync_config = |fanout| purchases_sync::Config {
             listen: any_port(),
             users_url: users_server.url(),
             orders_url: orders_server.url(),
             products_url: products_proxy.url(),
-            fanout: purchases_sync::Fanout::Parallel,
+            fanout,
             call_timeout_ms: 2_000,
             max_calls_per_dependency: 64,
             common: CommonArgs::default(),
-        })
-        .await
-        .expect("purchases-sync starts");
+        };
+        let sync_app =
+            purchases_sync::Application::build(sync_config(purchases_sync::Fanout::Parallel))
+                .await
+                .expect("purchases-sync starts");
         let sync_server = RunningServer::spawn(sync_app.local_addr(), |stop| {
             sync_app.run_until_stopped(stop)
+        });
+        let sequential_app =
+            purchases_sync::Application::build(sync_config(purchases_sync::Fanout::Sequential))
+                .await
+                .expect("purchases-sync (sequential) starts");
+        let sequential_server = RunningServer::spawn(sequential_app.local_addr(), |stop| {
+            sequential_app.run_until_stopped(stop)
         });
 
         let async_db = TestDatabase::create(backend).await;
@@ -191,6 +204,7 @@ impl Lab {
                 orders_server.channel(),
             ),
             sync: PurchaseServiceClient::new(sync_server.channel()),
+            sync_sequential: PurchaseServiceClient::new(sequential_server.channel()),
             // Replaced by start_async below.
             asynchronous: PurchaseServiceClient::new(sync_server.channel()),
             nats,
@@ -199,6 +213,7 @@ impl Lab {
             products_proxy,
             _orders_server: orders_server,
             sync_server,
+            _sequential_server: sequential_server,
             async_server: None,
             async_db,
             _dbs: vec![users_db, products_db, orders_db],

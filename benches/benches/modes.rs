@@ -1,0 +1,135 @@
+//! The purchases question answered by each mode, on identical data, in one run: a bare tonic
+//! round trip (grpc.health.v1 Check, no database: the floor), purchases-sync with the
+//! parallel and the sequential fan-out, purchases-async and the monolith, for users with 1,
+//! 10 and 100 purchases. Everything runs in this process on loopback over SQLite.
+//!
+//! Run: `cargo bench -p benches --bench modes`; `-- --test` runs each case once.
+//! How to read it: compare each mode with `echo` in the same group. purchases-sync needs at
+//! least three sequential round trips (caller -> D, then users and orders together, then
+//! products); purchases-async and the monolith one plus a local read.
+
+use std::time::Duration;
+
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use system::{Lab, Monolith, Writers};
+use testkit::Backend;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const PURCHASES_PER_USER: [usize; 3] = [1, 10, 100];
+
+struct Fixture {
+    _lab: Lab,
+    _monolith: Monolith,
+    echo: HealthClient<Channel>,
+    modes: Vec<(&'static str, PurchaseServiceClient<Channel>)>,
+    /// Per size: the user in the microservices, the user in the monolith.
+    users: Vec<(usize, String, String)>,
+}
+
+/// A user with `n` purchases spread over a few products.
+async fn user_with_purchases(writers: &Writers, n: usize) -> String {
+    let user = writers.register(&format!("Buyer of {n}")).await.id;
+    let mut products = Vec::new();
+    for product_idx in 0..n.min(10) {
+        let price = 100 + i64::try_from(product_idx).unwrap_or(0);
+        products.push(
+            writers
+                .create_product(&format!("Product {product_idx}"), price)
+                .await
+                .id,
+        );
+    }
+    for order_idx in 0..n {
+        writers
+            .place(&user, &products[order_idx % products.len()], 1)
+            .await;
+    }
+    user
+}
+
+async fn fixture() -> Fixture {
+    let lab = Lab::start(Backend::Sqlite).await;
+    let monolith = Monolith::start(Backend::Sqlite).await;
+    let mut users = Vec::new();
+    for n in PURCHASES_PER_USER {
+        let user = user_with_purchases(&lab.writers, n).await;
+        let monolith_user = user_with_purchases(&monolith.writers, n).await;
+        users.push((n, user, monolith_user));
+    }
+    lab.caught_up().await;
+    let echo = HealthClient::new(lab.sync_server.channel());
+    let modes = vec![
+        ("sync", lab.sync.clone()),
+        ("sync-sequential", lab.sync_sequential.clone()),
+        ("async", lab.asynchronous.clone()),
+        ("monolith", monolith.purchases.clone()),
+    ];
+    Fixture {
+        _lab: lab,
+        _monolith: monolith,
+        echo,
+        modes,
+        users,
+    }
+}
+
+fn modes(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let fixture = runtime.block_on(fixture());
+    for (n, user, monolith_user) in &fixture.users {
+        let mut group = c.benchmark_group(format!("purchases/{n}"));
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
+        group.bench_function("echo", |b| {
+            b.to_async(&runtime).iter(|| {
+                let mut echo = fixture.echo.clone();
+                async move {
+                    echo.check(HealthCheckRequest::default())
+                        .await
+                        .expect("the echo answers")
+                }
+            });
+        });
+        for (mode, client) in &fixture.modes {
+            let user = if *mode == "monolith" {
+                monolith_user
+            } else {
+                user
+            };
+            let request = pb::ListUserPurchasesRequest {
+                user_id: user.clone(),
+                page_size: 100,
+                page_token: String::new(),
+            };
+            group.bench_with_input(BenchmarkId::new(*mode, n), &request, |b, request| {
+                b.to_async(&runtime).iter(|| {
+                    let mut client = client.clone();
+                    let request = request.clone();
+                    async move {
+                        let answer = client
+                            .list_user_purchases(request)
+                            .await
+                            .expect("the mode answers")
+                            .into_inner();
+                        assert_eq!(answer.purchases.len(), *n, "every purchase is answered");
+                        answer
+                    }
+                });
+            });
+        }
+        group.finish();
+    }
+    drop(fixture);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
+criterion_group!(benches, modes);
+criterion_main!(benches);
