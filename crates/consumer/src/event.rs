@@ -134,6 +134,14 @@ pub trait Projection: Send + Sync + 'static {
         events: &[Event],
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 
+    /// Called after the transaction holding `events` (as given to `apply`) has committed: the
+    /// place to bring anything kept outside the database, such as an in-memory view, in step
+    /// with it. Must not fail: what it cannot do it must repair later by itself.
+    fn committed(&self, events: &[Event]) -> impl Future<Output = ()> + Send {
+        let _ = events;
+        async {}
+    }
+
     /// Whether `apply` also wants stale events, for a projection that can use a late event
     /// to fill in facts that never change (an order's product, say) even though the newer
     /// state is already there. Most projections want only fresh ones.

@@ -231,13 +231,13 @@ impl<P: Projection> Consumer<P> {
 
         let mut careful = false;
         let mut backoff = Duration::from_millis(50);
-        let counts = loop {
+        let (counts, applied) = loop {
             let attempt = tokio::select! {
                 attempt = self.apply(&incoming, careful) => attempt,
                 () = cancel.cancelled() => return false,
             };
             match attempt {
-                Ok(counts) => break counts,
+                Ok(outcome) => break outcome,
                 Err(BatchError::Failed(error)) if !careful => {
                     tracing::warn!(consumer = %self.spec.name, error = %platform::status::error_chain(&error), "batch failed; applying its events one at a time");
                     careful = true;
@@ -252,6 +252,9 @@ impl<P: Projection> Consumer<P> {
                 }
             }
         };
+        if !applied.is_empty() {
+            self.projection.committed(&applied).await;
+        }
         // Committed: only now may the server forget these events. A lost ack means a
         // redelivery, which the version check turns into skips.
         if let Err(error) = last.ack().await {
@@ -305,7 +308,11 @@ impl<P: Projection> Consumer<P> {
 
     /// One attempt at a batch, in one transaction. In careful mode each event gets a
     /// savepoint, so one that fails is dead-lettered without undoing the others.
-    async fn apply(&self, incoming: &[Incoming], careful: bool) -> Result<BatchCounts, BatchError> {
+    async fn apply(
+        &self,
+        incoming: &[Incoming],
+        careful: bool,
+    ) -> Result<(BatchCounts, Vec<Event>), BatchError> {
         let consumer = self.spec.name.as_str();
         let mut tx = self.db.begin_write().await?;
         let owned_keys: Vec<AggregateKey> = incoming
@@ -323,6 +330,7 @@ impl<P: Projection> Consumer<P> {
         let mut counts = BatchCounts::default();
         let mut raised: HashMap<AggregateKey, u64> = HashMap::new();
         let mut to_apply: Vec<Event> = Vec::new();
+        let mut applied_alone: Vec<Event> = Vec::new();
         for item in incoming {
             let event = match item {
                 Incoming::Poison(letter) => {
@@ -349,9 +357,12 @@ impl<P: Projection> Consumer<P> {
                     continue;
                 }
             }
-            if careful && !self.apply_alone(&mut tx, &event).await? {
-                counts.n_dead_lettered += 1;
-                continue;
+            if careful {
+                if !self.apply_alone(&mut tx, &event).await? {
+                    counts.n_dead_lettered += 1;
+                    continue;
+                }
+                applied_alone.push(event.clone());
             }
             if let Freshness::AfterGap { missing } = freshness {
                 counts.n_gaps += 1;
@@ -392,7 +403,8 @@ impl<P: Projection> Consumer<P> {
         )
         .await?;
         tx.commit().await?;
-        Ok(counts)
+        let applied = if careful { applied_alone } else { to_apply };
+        Ok((counts, applied))
     }
 
     /// Applies one event under a savepoint, retrying failures up to `max_attempts`. Returns

@@ -8,6 +8,7 @@ pub mod config;
 pub mod projection;
 pub mod startup;
 pub mod store;
+pub mod view;
 
 pub use config::Config;
 pub use startup::Application;

@@ -2,11 +2,15 @@
 //! duplicates and late arrivals (except for orders, see [`Purchases`]), so each event here is
 //! newer than what the table holds and is written over it.
 
+use std::sync::Arc;
+
 use consumer::{ApplyError, Event, Projection, parse_payload_id};
 use contracts::events::v1 as events;
 use prost::Name as _;
 use sqlx::AnyConnection;
 use uuid::Uuid;
+
+use crate::view::View;
 
 /// The durable consumers' name on every stream.
 pub const CONSUMER: &str = "purchases";
@@ -14,19 +18,40 @@ pub const CONSUMER: &str = "purchases";
 /// The streams the projection follows.
 pub const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
 
-#[derive(Debug, Clone, Copy)]
-pub struct Users;
+#[derive(Debug, Clone)]
+pub struct Users {
+    pub view: Arc<View>,
+}
 
-#[derive(Debug, Clone, Copy)]
-pub struct Products;
+#[derive(Debug, Clone)]
+pub struct Products {
+    pub view: Arc<View>,
+}
 
 /// Orders. Wants late events too: an order's placement carries facts that never change
 /// (user, product, quantity, time), so a placement that arrives after its cancellation
 /// (possible only when delivery is reordered) still fills them in.
-#[derive(Debug, Clone, Copy)]
-pub struct Purchases;
+#[derive(Debug, Clone)]
+pub struct Purchases {
+    pub view: Arc<View>,
+}
+
+/// The aggregates a committed batch touched, for the view to read back.
+fn touched(events: &[Event]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = events
+        .iter()
+        .filter_map(|event| event.envelope.aggregate_id.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
 
 impl Projection for Users {
+    async fn committed(&self, events: &[Event]) {
+        self.view.refresh_users(&touched(events)).await;
+    }
+
     async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let event_type = event.event_type();
@@ -73,6 +98,10 @@ async fn upsert_user(
 }
 
 impl Projection for Products {
+    async fn committed(&self, events: &[Event]) {
+        self.view.refresh_products(&touched(events)).await;
+    }
+
     async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let event_type = event.event_type();
@@ -104,6 +133,10 @@ impl Projection for Products {
 }
 
 impl Projection for Purchases {
+    async fn committed(&self, events: &[Event]) {
+        self.view.refresh_orders(&touched(events)).await;
+    }
+
     fn wants_stale(&self) -> bool {
         true
     }

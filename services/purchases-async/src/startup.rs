@@ -13,6 +13,7 @@ use purchases::{Mode, PurchaseApi};
 use crate::config::Config;
 use crate::projection::{CONSUMER, Products, Purchases, STREAMS, Users};
 use crate::store::ProjectionReader;
+use crate::view::View;
 
 /// purchases-async with its database migrated, its consumers running and its port bound.
 #[derive(Debug)]
@@ -37,29 +38,33 @@ impl Application {
         if config.rebuild {
             rebuild(&db, &nats).await?;
         }
+        let view = View::load(db.clone())
+            .await
+            .context("load the projection into memory")?;
         let [users, products, orders] = STREAMS;
         let users = Consumer::new(
             db.clone(),
             nats.clone(),
             ConsumerSpec::new(CONSUMER, users),
-            Users,
+            Users { view: view.clone() },
         );
         let products = Consumer::new(
             db.clone(),
             nats.clone(),
             ConsumerSpec::new(CONSUMER, products),
-            Products,
+            Products { view: view.clone() },
         );
         let orders = Consumer::new(
             db.clone(),
             nats,
             ConsumerSpec::new(CONSUMER, orders),
-            Purchases,
+            Purchases { view: view.clone() },
         );
         let (users, products, orders) =
             tokio::try_join!(users, products, orders).context("read the projection's positions")?;
         let reader = ProjectionReader::new(
             db,
+            view,
             vec![
                 (STREAMS[0], users.status()),
                 (STREAMS[1], products.status()),
