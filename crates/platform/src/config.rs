@@ -11,10 +11,6 @@ pub struct CommonArgs {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
-    /// Most database connections the service holds open.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = Self::DEFAULT_DB_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub db_max_connections: u32,
-
     /// Longest a request may run on the server, in milliseconds, whatever the caller's deadline.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = Self::DEFAULT_REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
@@ -28,7 +24,6 @@ impl Default for CommonArgs {
     fn default() -> Self {
         Self {
             log_format: LogFormat::Pretty,
-            db_max_connections: Self::DEFAULT_DB_MAX_CONNECTIONS,
             request_timeout_ms: Self::DEFAULT_REQUEST_TIMEOUT_MS,
             max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
         }
@@ -36,16 +31,8 @@ impl Default for CommonArgs {
 }
 
 impl CommonArgs {
-    pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 8;
     pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
     pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 1024;
-
-    pub fn database_config(&self, url: &str) -> crate::db::DatabaseConfig {
-        crate::db::DatabaseConfig {
-            max_connections: self.db_max_connections,
-            ..crate::db::DatabaseConfig::new(url)
-        }
-    }
 
     pub fn server_settings(&self) -> crate::server::ServerSettings {
         crate::server::ServerSettings {
@@ -53,6 +40,34 @@ impl CommonArgs {
             max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
                 .unwrap_or(usize::MAX),
             ..crate::server::ServerSettings::default()
+        }
+    }
+}
+
+/// Settings of a service's own database, flattened into the `Config` of each service that
+/// has one (the database URL stays with the service: its flag and variable carry its name).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// Most database connections the service holds open.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = Self::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_max_connections: u32,
+}
+
+impl Default for DatabaseArgs {
+    fn default() -> Self {
+        Self {
+            db_max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl DatabaseArgs {
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+    pub fn database_config(&self, url: &str) -> crate::db::DatabaseConfig {
+        crate::db::DatabaseConfig {
+            max_connections: self.db_max_connections,
+            ..crate::db::DatabaseConfig::new(url)
         }
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::CommonArgs;
+use crate::config::{CommonArgs, DatabaseArgs};
 use crate::db::{Database, Migrations};
 use crate::server::{GrpcServer, ServiceSet};
 
@@ -36,10 +36,11 @@ impl ServiceHost {
         name: &'static str,
         listen: SocketAddr,
         database_url: &str,
+        database: &DatabaseArgs,
         common: &CommonArgs,
         migrations: impl IntoIterator<Item = Migrations>,
     ) -> anyhow::Result<Self> {
-        let db = Database::connect(&common.database_config(database_url))
+        let db = Database::connect(&database.database_config(database_url))
             .await
             .with_context(|| format!("open the {name} database"))?;
         db.migrate(migrations)

@@ -17,7 +17,7 @@ use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use natsd::NatsServer;
 use outbox::RelayArgs;
-use platform::config::CommonArgs;
+use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 use testkit::{Backend, DelayProxy, RunningServer, TestDatabase};
 use tonic::transport::Channel;
@@ -133,6 +133,7 @@ impl Lab {
             database_url: users_db.url().to_owned(),
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
+            db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })
         .await
@@ -147,6 +148,7 @@ impl Lab {
             database_url: products_db.url().to_owned(),
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
+            db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })
         .await
@@ -161,6 +163,7 @@ impl Lab {
             database_url: orders_db.url().to_owned(),
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
+            db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })
         .await
@@ -229,6 +232,7 @@ impl Lab {
             database_url: self.async_db.url().to_owned(),
             nats: NatsArgs::new(self.nats.url()),
             rebuild,
+            db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })
         .await
@@ -343,6 +347,7 @@ impl Monolith {
         let app = monolith::Application::build(monolith::Config {
             listen: any_port(),
             database_url: db.url().to_owned(),
+            db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })
         .await

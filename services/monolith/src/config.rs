@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use platform::config::CommonArgs;
+use platform::config::{CommonArgs, DatabaseArgs};
 
 /// The monolith: users, products, orders and purchases in one process and one database.
 #[derive(Debug, Clone, clap::Parser)]
@@ -15,6 +15,9 @@ pub struct Config {
     /// sqlite:// path (created if absent) or postgres:// URL of the one database.
     #[arg(long, env = "MONOLITH_DATABASE_URL", default_value = "sqlite://data/monolith.db", value_parser = platform::config::parse_database_url)]
     pub database_url: String,
+
+    #[command(flatten)]
+    pub db: DatabaseArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,

@@ -38,6 +38,7 @@ impl Application {
             "monolith",
             config.listen,
             &config.database_url,
+            &config.db,
             &config.common,
             migrations,
         )

@@ -33,6 +33,7 @@ impl Application {
             "orders",
             config.listen,
             &config.database_url,
+            &config.db,
             &config.common,
             migrations,
         )

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use outbox::RelayArgs;
-use platform::config::CommonArgs;
+use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 
 /// The products service: owns the product catalogue.
@@ -23,6 +23,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub relay: RelayArgs,
+
+    #[command(flatten)]
+    pub db: DatabaseArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,

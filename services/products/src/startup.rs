@@ -26,6 +26,7 @@ impl Application {
             "products",
             config.listen,
             &config.database_url,
+            &config.db,
             &config.common,
             migrations,
         )

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use platform::config::CommonArgs;
+use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 
 /// purchases-async: Service D from an event-fed projection.
@@ -28,6 +28,9 @@ pub struct Config {
     /// start before serving (the durable consumers are recreated).
     #[arg(long, env = "REBUILD", default_value_t = false)]
     pub rebuild: bool,
+
+    #[command(flatten)]
+    pub db: DatabaseArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,

@@ -29,6 +29,7 @@ impl Application {
             "purchases-async",
             config.listen,
             &config.database_url,
+            &config.db,
             &config.common,
             migrations,
         )

@@ -26,6 +26,7 @@ impl Application {
             "users",
             config.listen,
             &config.database_url,
+            &config.db,
             &config.common,
             migrations,
         )

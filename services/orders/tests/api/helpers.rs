@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use contracts::events::v1 as events;
 use natsd::NatsServer;
 use outbox::RelayArgs;
-use platform::config::CommonArgs;
+use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 use uuid::Uuid;
 
@@ -39,6 +39,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         database_url: db.url().to_owned(),
         nats: NatsArgs::new(nats.url()),
         relay: RelayArgs::default(),
+        db: DatabaseArgs::default(),
         common: CommonArgs::default(),
     };
     let app = Application::build(config)

@@ -1,7 +1,7 @@
 use contracts::users::v1 as pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use outbox::RelayArgs;
-use platform::config::CommonArgs;
+use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 use testkit::{Backend, RunningServer, TestDatabase};
 use tonic::transport::Channel;
@@ -22,6 +22,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         // The feed to NATS has tests of its own; these run without it, as a service must.
         nats: NatsArgs::new(testkit::UNREACHABLE_NATS),
         relay: RelayArgs::default(),
+        db: DatabaseArgs::default(),
         common: CommonArgs::default(),
     };
     let app = Application::build(config)
