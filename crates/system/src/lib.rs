@@ -227,7 +227,17 @@ impl Lab {
 
     /// Starts purchases-async on its database (again, after a stop).
     pub async fn start_async(&mut self, rebuild: bool) {
+        self.start_async_reading_from(rebuild, purchases_async::ReadFrom::Memory)
+            .await;
+    }
+
+    pub async fn start_async_reading_from(
+        &mut self,
+        rebuild: bool,
+        read_from: purchases_async::ReadFrom,
+    ) {
         let app = purchases_async::Application::build(purchases_async::Config {
+            read_from,
             listen: any_port(),
             database_url: self.async_db.url().to_owned(),
             nats: NatsArgs::new(self.nats.url()),

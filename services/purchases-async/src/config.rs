@@ -29,11 +29,22 @@ pub struct Config {
     #[arg(long, env = "REBUILD", default_value_t = false)]
     pub rebuild: bool,
 
+    /// Where reads are served from: `memory`, a copy of the projection kept in step with it
+    /// after every commit (fast), or `database`, the projection's tables through SQL.
+    #[arg(long, env = "READ_FROM", value_enum, default_value_t = ReadFrom::Memory)]
+    pub read_from: ReadFrom,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadFrom {
+    Memory,
+    Database,
 }
 
 impl AsRef<CommonArgs> for Config {

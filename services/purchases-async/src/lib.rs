@@ -10,7 +10,7 @@ pub mod startup;
 pub mod store;
 pub mod view;
 
-pub use config::Config;
+pub use config::{Config, ReadFrom};
 pub use startup::Application;
 
 /// The projection's schema.

@@ -10,7 +10,7 @@ use platform::host::ServiceHost;
 use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
 use purchases::{Mode, PurchaseApi};
 
-use crate::config::Config;
+use crate::config::{Config, ReadFrom};
 use crate::projection::{CONSUMER, Products, Purchases, STREAMS, Users};
 use crate::store::ProjectionReader;
 use crate::view::View;
@@ -65,7 +65,7 @@ impl Application {
             tokio::try_join!(users, products, orders).context("read the projection's positions")?;
         let reader = ProjectionReader::new(
             db,
-            view,
+            (config.read_from == ReadFrom::Memory).then_some(view),
             vec![
                 (STREAMS[0], users.status()),
                 (STREAMS[1], products.status()),
