@@ -3,6 +3,9 @@
 //! parallel and the sequential fan-out, purchases-async and the monolith, for users with 1,
 //! 10 and 100 purchases. Everything runs in this process on loopback over SQLite.
 //!
+//! `async-sql` is purchases-async reading its projection through SQL (`--read-from
+//! database`) instead of its in-memory view: the view's gain, measured in the same run.
+//!
 //! Run: `cargo bench -p benches --bench modes`; `-- --test` runs each case once.
 //! How to read it: compare each mode with `echo` in the same group. purchases-sync needs at
 //! least three sequential round trips (caller -> D, then users and orders together, then
@@ -23,6 +26,7 @@ const PURCHASES_PER_USER: [usize; 3] = [1, 10, 100];
 
 struct Fixture {
     _lab: Lab,
+    _second_async: (testkit::TestDatabase, testkit::RunningServer),
     _monolith: Monolith,
     echo: HealthClient<Channel>,
     modes: Vec<(&'static str, PurchaseServiceClient<Channel>)>,
@@ -61,15 +65,44 @@ async fn fixture() -> Fixture {
         users.push((n, user, monolith_user));
     }
     lab.caught_up().await;
+    // The same projection read through SQL instead of memory: a second purchases-async with
+    // its own database and consumers, waited for until it has every purchase.
+    let (second_db, second_server, async_sql) = lab
+        .start_second_async("purchases-sql", purchases_async::ReadFrom::Database)
+        .await;
+    for (n, user, _) in &users {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let answered = async_sql
+                .clone()
+                .list_user_purchases(pb::ListUserPurchasesRequest {
+                    user_id: user.clone(),
+                    page_size: 100,
+                    page_token: String::new(),
+                })
+                .await
+                .map(|answer| answer.into_inner().purchases.len());
+            if answered.is_ok_and(|len| len == *n) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second projection never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let echo = HealthClient::new(lab.sync_server.channel());
     let modes = vec![
         ("sync", lab.sync.clone()),
         ("sync-sequential", lab.sync_sequential.clone()),
         ("async", lab.asynchronous.clone()),
+        ("async-sql", async_sql),
         ("monolith", monolith.purchases.clone()),
     ];
     Fixture {
         _lab: lab,
+        _second_async: (second_db, second_server),
         _monolith: monolith,
         echo,
         modes,

@@ -103,6 +103,7 @@ impl Writers {
 
 #[derive(Debug)]
 pub struct Lab {
+    pub backend: Backend,
     pub nats: NatsServer,
     pub users_server: Option<RunningServer>,
     pub _products_server: RunningServer,
@@ -201,6 +202,7 @@ impl Lab {
 
         let async_db = TestDatabase::create(backend).await;
         let mut lab = Self {
+            backend,
             writers: Writers::new(
                 users_server.channel(),
                 products_server.channel(),
@@ -238,6 +240,7 @@ impl Lab {
     ) {
         let app = purchases_async::Application::build(purchases_async::Config {
             read_from,
+            consumer_name: "purchases".into(),
             listen: any_port(),
             database_url: self.async_db.url().to_owned(),
             nats: NatsArgs::new(self.nats.url()),
@@ -250,6 +253,31 @@ impl Lab {
         let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
         self.asynchronous = PurchaseServiceClient::new(server.channel());
         self.async_server = Some(server);
+    }
+
+    /// A second purchases-async with a projection of its own (own database, own durable
+    /// consumers), e.g. to compare read paths side by side.
+    pub async fn start_second_async(
+        &self,
+        consumer_name: &str,
+        read_from: purchases_async::ReadFrom,
+    ) -> (TestDatabase, RunningServer, PurchaseServiceClient<Channel>) {
+        let db = TestDatabase::create(self.backend).await;
+        let app = purchases_async::Application::build(purchases_async::Config {
+            listen: any_port(),
+            database_url: db.url().to_owned(),
+            nats: NatsArgs::new(self.nats.url()),
+            rebuild: false,
+            consumer_name: consumer_name.to_owned(),
+            read_from,
+            db: DatabaseArgs::default(),
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("a second purchases-async starts");
+        let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
+        let client = PurchaseServiceClient::new(server.channel());
+        (db, server, client)
     }
 
     pub async fn stop_async(&mut self) {

@@ -29,6 +29,12 @@ pub struct Config {
     #[arg(long, env = "REBUILD", default_value_t = false)]
     pub rebuild: bool,
 
+    /// Name of the durable consumers on USERS, PRODUCTS and ORDERS. Two projections with
+    /// different names follow the streams independently (a second copy, a blue/green rebuild);
+    /// two processes with the same name would split the events between them.
+    #[arg(long, env = "PURCHASES_CONSUMER", default_value = crate::projection::CONSUMER, value_parser = parse_consumer_name)]
+    pub consumer_name: String,
+
     /// Where reads are served from: `memory`, a copy of the projection kept in step with it
     /// after every commit (fast), or `database`, the projection's tables through SQL.
     #[arg(long, env = "READ_FROM", value_enum, default_value_t = ReadFrom::Memory)]
@@ -39,6 +45,22 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// JetStream consumer names: letters, digits, `-` and `_`, at most 64.
+fn parse_consumer_name(raw: &str) -> Result<String, String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "{raw:?} is not a consumer name: use 1 to 64 letters, digits, '-' or '_'"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

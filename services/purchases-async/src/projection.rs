@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::view::View;
 
-/// The durable consumers' name on every stream.
+/// The durable consumers' default name on every stream.
 pub const CONSUMER: &str = "purchases";
 
 /// The streams the projection follows.

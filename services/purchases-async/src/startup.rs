@@ -11,7 +11,7 @@ use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
 use purchases::{Mode, PurchaseApi};
 
 use crate::config::{Config, ReadFrom};
-use crate::projection::{CONSUMER, Products, Purchases, STREAMS, Users};
+use crate::projection::{Products, Purchases, STREAMS, Users};
 use crate::store::ProjectionReader;
 use crate::view::View;
 
@@ -37,7 +37,7 @@ impl Application {
         let nats = platform::nats::connect(&config.nats, "purchases-async").await?;
         let db = host.database().clone();
         if config.rebuild {
-            rebuild(&db, &nats).await?;
+            rebuild(&db, &nats, &config.consumer_name).await?;
         }
         let view = View::load(db.clone())
             .await
@@ -46,19 +46,19 @@ impl Application {
         let users = Consumer::new(
             db.clone(),
             nats.clone(),
-            ConsumerSpec::new(CONSUMER, users),
+            ConsumerSpec::new(config.consumer_name.clone(), users),
             Users { view: view.clone() },
         );
         let products = Consumer::new(
             db.clone(),
             nats.clone(),
-            ConsumerSpec::new(CONSUMER, products),
+            ConsumerSpec::new(config.consumer_name.clone(), products),
             Products { view: view.clone() },
         );
         let orders = Consumer::new(
             db.clone(),
             nats,
-            ConsumerSpec::new(CONSUMER, orders),
+            ConsumerSpec::new(config.consumer_name.clone(), orders),
             Purchases { view: view.clone() },
         );
         let (users, products, orders) =
@@ -98,13 +98,17 @@ impl Application {
 /// Empties the projection and deletes the durable consumers, so they are created afresh and
 /// deliver every stream from its first event. Needs NATS: a rebuild that could not reset the
 /// consumers would resume where they stood and leave the projection half empty.
-async fn rebuild(db: &platform::db::Database, nats: &async_nats::Client) -> anyhow::Result<()> {
+async fn rebuild(
+    db: &platform::db::Database,
+    nats: &async_nats::Client,
+    consumer_name: &str,
+) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(nats.clone());
     for stream in STREAMS {
         match js.get_stream(stream).await {
             Ok(stream) => {
                 // Absent already is fine.
-                let _ = stream.delete_consumer(CONSUMER).await;
+                let _ = stream.delete_consumer(consumer_name).await;
             }
             Err(error) => {
                 use async_nats::jetstream::context::GetStreamErrorKind;
@@ -121,7 +125,7 @@ async fn rebuild(db: &platform::db::Database, nats: &async_nats::Client) -> anyh
             .execute(&mut *tx)
             .await?;
     }
-    consumer::reset(&mut tx, CONSUMER).await?;
+    consumer::reset(&mut tx, consumer_name).await?;
     tx.commit().await?;
     tracing::info!("projection emptied; replaying USERS, PRODUCTS and ORDERS from the start");
     Ok(())
