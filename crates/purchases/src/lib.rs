@@ -7,6 +7,8 @@
 //! [`PurchaseSource`]; this crate makes sure they are indistinguishable from outside except
 //! where the difference is the point (mode, freshness, failures of dependencies).
 
+pub mod rows;
+
 use std::future::Future;
 
 use contracts::purchases::v1 as pb;

@@ -2,12 +2,8 @@
 
 use platform::db::{Database, StoreError};
 use platform::paging::Cursor;
-use purchases::{
-    Freshness, OrderStatus, Page, ProductView, PurchaseSource, PurchaseView, PurchasesError, Query,
-    UserView,
-};
+use purchases::{Freshness, Page, PurchaseSource, PurchasesError, Query, UserView};
 use sqlx::Row as _;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -65,7 +61,7 @@ impl PurchaseSource for JoinSource {
         let name: String = first.try_get("name").map_err(StoreError::from)?;
         let mut purchases = Vec::with_capacity(rows.len());
         for row in &rows {
-            if let Some(purchase) = decode(row)? {
+            if let Some(purchase) = purchases::rows::decode_purchase(row)? {
                 purchases.push(purchase);
             }
         }
@@ -86,44 +82,4 @@ impl PurchaseSource for JoinSource {
             freshness: Freshness::Live,
         })
     }
-}
-
-/// A joined row's purchase; None for the user-only row of a user without (more) orders.
-fn decode(row: &AnyRow) -> Result<Option<PurchaseView>, StoreError> {
-    let Some(order_id) = row.try_get::<Option<String>, _>("order_id")? else {
-        return Ok(None);
-    };
-    let uuid = |raw: &str, column: &str| -> Result<Uuid, StoreError> {
-        raw.parse()
-            .map_err(|_| StoreError::Corrupt(format!("{column} {raw:?} is not a UUID")))
-    };
-    let status = match row.try_get::<String, _>("status")?.as_str() {
-        "placed" => OrderStatus::Placed,
-        "cancelled" => OrderStatus::Cancelled,
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "unknown order status {other:?}"
-            )));
-        }
-    };
-    let product_id = uuid(&row.try_get::<String, _>("product_id")?, "product_id")?;
-    let product = match row.try_get::<Option<String>, _>("title")? {
-        Some(title) => Some(ProductView {
-            id: product_id,
-            title,
-            image_url: row.try_get("image_url")?,
-            price_cents: row.try_get("price_cents")?,
-        }),
-        None => None,
-    };
-    let quantity: i64 = row.try_get("quantity")?;
-    Ok(Some(PurchaseView {
-        order_id: uuid(&order_id, "order_id")?,
-        status,
-        quantity: i32::try_from(quantity)
-            .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?,
-        placed_at_micros: row.try_get("placed_at")?,
-        product_id,
-        product,
-    }))
 }

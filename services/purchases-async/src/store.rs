@@ -6,12 +6,8 @@ use std::sync::Arc;
 use consumer::Position;
 use platform::db::{Database, StoreError};
 use platform::paging::Cursor;
-use purchases::{
-    Freshness, OrderStatus, Page, ProductView, PurchaseSource, PurchaseView, PurchasesError, Query,
-    StreamPosition, UserView,
-};
+use purchases::{Freshness, Page, PurchaseSource, PurchasesError, Query, StreamPosition, UserView};
 use sqlx::Row as _;
-use sqlx::any::AnyRow;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -117,7 +113,13 @@ impl PurchaseSource for ProjectionReader {
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::from)?;
-        let mut purchases = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let mut purchases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // placed_at is filtered non-null, so every row is a complete purchase.
+            if let Some(purchase) = purchases::rows::decode_purchase(row)? {
+                purchases.push(purchase);
+            }
+        }
         // One row more than the page tells whether another page follows.
         let more = purchases.len() > query.page_size as usize;
         purchases.truncate(query.page_size as usize);
@@ -136,42 +138,4 @@ impl PurchaseSource for ProjectionReader {
             freshness,
         })
     }
-}
-
-fn decode(row: &AnyRow) -> Result<PurchaseView, StoreError> {
-    let uuid = |column: &str| -> Result<Uuid, StoreError> {
-        let raw: String = row.try_get(column)?;
-        raw.parse()
-            .map_err(|_| StoreError::Corrupt(format!("{column} {raw:?} is not a UUID")))
-    };
-    let status = match row.try_get::<String, _>("status")?.as_str() {
-        "placed" => OrderStatus::Placed,
-        "cancelled" => OrderStatus::Cancelled,
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "unknown order status {other:?}"
-            )));
-        }
-    };
-    let quantity: i64 = row.try_get("quantity")?;
-    let product_id = uuid("product_id")?;
-    let title: Option<String> = row.try_get("title")?;
-    let product = match title {
-        Some(title) => Some(ProductView {
-            id: product_id,
-            title,
-            image_url: row.try_get("image_url")?,
-            price_cents: row.try_get("price_cents")?,
-        }),
-        None => None,
-    };
-    Ok(PurchaseView {
-        order_id: uuid("order_id")?,
-        status,
-        quantity: i32::try_from(quantity)
-            .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?,
-        placed_at_micros: row.try_get("placed_at")?,
-        product_id,
-        product,
-    })
 }

@@ -227,9 +227,7 @@ impl View {
 }
 
 fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, StoreError> {
-    let raw: String = row.try_get(column)?;
-    raw.parse()
-        .map_err(|_| StoreError::Corrupt(format!("{column} {raw:?} is not a UUID")))
+    purchases::rows::stored_uuid(&row.try_get::<String, _>(column)?, column)
 }
 
 fn decode_user(row: &AnyRow) -> Result<(Uuid, String, bool), StoreError> {
@@ -268,9 +266,7 @@ fn decode_purchase(row: &AnyRow) -> Result<DecodedPurchase, StoreError> {
     else {
         return Ok((order_id, user_id, None, None));
     };
-    let product_id = product_id
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("product_id {product_id:?} is not a UUID")))?;
+    let product_id = purchases::rows::stored_uuid(&product_id, "product_id")?;
     let quantity = i32::try_from(quantity)
         .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?;
     Ok((
