@@ -107,15 +107,17 @@ pub struct Page {
 }
 
 impl Page {
-    /// The cursor after the last purchase of a full page, else none.
-    pub fn next_cursor(purchases: &[PurchaseView], page_size: u32) -> Option<Cursor> {
-        (purchases.len() >= page_size as usize)
-            .then(|| purchases.last())
-            .flatten()
-            .map(|last| Cursor {
-                sort_key: last.placed_at_micros,
-                id: last.order_id,
-            })
+    /// Cuts purchases read with one more than the page to the page, and returns where the
+    /// next page starts when that extra one was there (else there is no next page).
+    pub fn cut(purchases: &mut Vec<PurchaseView>, page_size: u32) -> Option<Cursor> {
+        if purchases.len() <= page_size as usize {
+            return None;
+        }
+        purchases.truncate(page_size as usize);
+        purchases.last().map(|last| Cursor {
+            sort_key: last.placed_at_micros,
+            id: last.order_id,
+        })
     }
 }
 

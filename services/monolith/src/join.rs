@@ -65,13 +65,7 @@ impl PurchaseSource for JoinSource {
                 purchases.push(purchase);
             }
         }
-        let more = purchases.len() > query.page_size as usize;
-        purchases.truncate(query.page_size as usize);
-        let next = if more {
-            Page::next_cursor(&purchases, query.page_size)
-        } else {
-            None
-        };
+        let next = Page::cut(&mut purchases, query.page_size);
         Ok(Page {
             user: UserView {
                 id: query.user_id,

@@ -63,12 +63,8 @@ impl PurchaseSource for ProjectionReader {
         // Taken before reading, so the answer is at least as fresh as it claims.
         let freshness = self.freshness();
         if let Some(view) = self.view.as_ref().filter(|view| view.is_trusted()) {
-            let (user, purchases, more) = view.page(&query)?;
-            let next = if more {
-                Page::next_cursor(&purchases, query.page_size)
-            } else {
-                None
-            };
+            let (user, mut purchases) = view.page(&query)?;
+            let next = Page::cut(&mut purchases, query.page_size);
             return Ok(Page {
                 user,
                 purchases,
@@ -120,14 +116,7 @@ impl PurchaseSource for ProjectionReader {
                 purchases.push(purchase);
             }
         }
-        // One row more than the page tells whether another page follows.
-        let more = purchases.len() > query.page_size as usize;
-        purchases.truncate(query.page_size as usize);
-        let next = if more {
-            Page::next_cursor(&purchases, query.page_size)
-        } else {
-            None
-        };
+        let next = Page::cut(&mut purchases, query.page_size);
         Ok(Page {
             user: UserView {
                 id: query.user_id,

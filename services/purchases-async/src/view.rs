@@ -178,11 +178,9 @@ impl View {
         Ok(())
     }
 
-    /// The same answer as the SQL read path, from memory.
-    pub fn page(
-        &self,
-        query: &Query,
-    ) -> Result<(UserView, Vec<PurchaseView>, bool), PurchasesError> {
+    /// The same rows as the SQL read path, from memory: the user and up to one purchase more
+    /// than the page (see `Page::cut`).
+    pub fn page(&self, query: &Query) -> Result<(UserView, Vec<PurchaseView>), PurchasesError> {
         let state = self
             .state
             .read()
@@ -196,15 +194,11 @@ impl View {
             None => Bound::Unbounded,
         };
         let mut purchases = Vec::new();
-        let mut more = false;
         if let Some(index) = state.by_user.get(&query.user_id) {
-            for ((Reverse(placed_at), Reverse(order_id)), row) in
-                index.range((start, Bound::Unbounded))
+            for ((Reverse(placed_at), Reverse(order_id)), row) in index
+                .range((start, Bound::Unbounded))
+                .take(query.page_size as usize + 1)
             {
-                if purchases.len() == query.page_size as usize {
-                    more = true;
-                    break;
-                }
                 purchases.push(PurchaseView {
                     order_id: *order_id,
                     status: row.status,
@@ -221,7 +215,6 @@ impl View {
                 name,
             },
             purchases,
-            more,
         ))
     }
 }
