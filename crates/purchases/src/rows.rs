@@ -1,0 +1,58 @@
+//! Reading purchases back from SQL, for the modes that answer from a database (the
+//! projection's tables, the monolith's join). Both select the same columns under the same
+//! names: order_id, status, quantity, placed_at, product_id, title, image_url, price_cents.
+
+use platform::db::StoreError;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::{OrderStatus, ProductView, PurchaseView};
+
+impl OrderStatus {
+    /// The status as the tables store it ("placed", "cancelled").
+    pub fn parse_stored(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "placed" => Ok(Self::Placed),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown order status {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A stored UUID; anything else means the table is corrupt.
+pub fn stored_uuid(raw: &str, column: &str) -> Result<Uuid, StoreError> {
+    raw.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{column} {raw:?} is not a UUID")))
+}
+
+/// A row's purchase, with its product when the row has one (`title` not null). None when the
+/// row carries no order at all (`order_id` null: a LEFT JOIN's user-only row).
+pub fn decode_purchase(row: &AnyRow) -> Result<Option<PurchaseView>, StoreError> {
+    let Some(order_id) = row.try_get::<Option<String>, _>("order_id")? else {
+        return Ok(None);
+    };
+    let status = OrderStatus::parse_stored(&row.try_get::<String, _>("status")?)?;
+    let product_id = stored_uuid(&row.try_get::<String, _>("product_id")?, "product_id")?;
+    let product = match row.try_get::<Option<String>, _>("title")? {
+        Some(title) => Some(ProductView {
+            id: product_id,
+            title,
+            image_url: row.try_get("image_url")?,
+            price_cents: row.try_get("price_cents")?,
+        }),
+        None => None,
+    };
+    let quantity: i64 = row.try_get("quantity")?;
+    Ok(Some(PurchaseView {
+        order_id: stored_uuid(&order_id, "order_id")?,
+        status,
+        quantity: i32::try_from(quantity)
+            .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?,
+        placed_at_micros: row.try_get("placed_at")?,
+        product_id,
+        product,
+    }))
+}
