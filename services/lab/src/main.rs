@@ -1,0 +1,210 @@
+//! The lab: one command that starts the whole system (a nats-server, users, products, orders,
+//! purchases-sync, purchases-async and the monolith, as child processes), seeds it through
+//! the public APIs, and shows sync, async and monolith side by side.
+//!
+//! It owns process supervision (children die with the lab, stop in order, and are reported by
+//! name when they fail), the seed data set, the demo's measurements and its report. It owns
+//! no business logic: everything it does goes through the services' gRPC APIs.
+
+mod binaries;
+mod children;
+mod demo;
+mod measure;
+mod report;
+mod seed;
+mod topology;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::demo::DemoArgs;
+use crate::seed::SeedArgs;
+use crate::up::{LabState, RunningLab, UpOptions};
+
+/// The sync-vs-async lab.
+#[derive(Debug, Parser)]
+#[command(name = "lab", version, about)]
+struct Cli {
+    /// Where every service keeps its data, logs, and where reports are written.
+    #[arg(long, global = true, env = "LAB_DATA_DIR", default_value = "data/lab")]
+    data_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start everything, wait until every service is SERVING, and run until Ctrl-C.
+    Up(UpArgs),
+    /// Load a data set into a running lab (started with `lab up` on the same --data-dir).
+    Seed(SeedArgs),
+    /// On an empty data dir: up, seed, compare the modes, stop a service, write a report.
+    Demo {
+        #[command(flatten)]
+        up: UpArgs,
+        #[command(flatten)]
+        seed: SeedArgs,
+        #[command(flatten)]
+        demo: DemoArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct UpArgs {
+    /// Use free ports chosen at start instead of the services' default ports.
+    #[arg(long)]
+    ephemeral_ports: bool,
+    /// Use this NATS server (JetStream enabled) instead of starting one.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Put every service on this PostgreSQL server, each in a database of its own
+    /// (lab_users, lab_products, ...; created when absent), instead of SQLite files.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+}
+
+impl UpArgs {
+    fn options(&self, data_dir: PathBuf) -> UpOptions {
+        UpOptions {
+            data_dir,
+            ephemeral_ports: self.ephemeral_ports,
+            nats_url: self.nats_url.clone(),
+            postgres: self.postgres.clone(),
+        }
+    }
+
+    fn storage(&self) -> String {
+        match &self.postgres {
+            Some(url) => format!("PostgreSQL ({url}), a database per service"),
+            None => "SQLite, a file per service".to_owned(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lab: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("lab: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit code after Ctrl-C, as shells expect (128 + SIGINT).
+const INTERRUPTED: u8 = 130;
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => up(args.options(cli.data_dir)).await,
+        Command::Seed(args) => {
+            let state = LabState::read(&cli.data_dir)?;
+            let started = std::time::Instant::now();
+            let (microservices, monolith) = demo::targets(&state.endpoints);
+            let seeded = seed::seed(&args, microservices, monolith, &cli.data_dir).await?;
+            println!(
+                "Seeded {} users, {} products and {} orders ({} cancelled) into the microservices and the monolith in {:.1} s; ids in {}",
+                seeded.users.len(),
+                seeded.products,
+                seeded.orders,
+                seeded.cancelled,
+                started.elapsed().as_secs_f64(),
+                seed::Seeded::path(&cli.data_dir).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { up, seed, demo } => {
+            demo::prepare_empty(&cli.data_dir)?;
+            let options = up.options(cli.data_dir);
+            let storage = up.storage();
+            let started = std::time::Instant::now();
+            println!("Starting nats-server and the six services...");
+            let mut lab = tokio::select! {
+                lab = RunningLab::start(&options) => lab?,
+                () = platform::server::shutdown_signal() => return Ok(ExitCode::from(INTERRUPTED)),
+            };
+            println!("{}", lab.describe());
+            let outcome = tokio::select! {
+                report = demo::run(&mut lab, &seed, &demo, &storage) => Some(report),
+                () = platform::server::shutdown_signal() => None,
+            };
+            let stopped = lab.shutdown().await;
+            let Some(report) = outcome else {
+                return Ok(ExitCode::from(INTERRUPTED));
+            };
+            let report = report?;
+            stopped?;
+            print!("{}", report.terminal());
+            let written = report.write(&options.data_dir)?;
+            println!(
+                "\nReport: {} (also {} and {}). Demo took {:.0} s.",
+                written.html.display(),
+                written.markdown.display(),
+                written.json.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn up(options: UpOptions) -> anyhow::Result<ExitCode> {
+    println!("Starting nats-server and the six services...");
+    let mut lab = tokio::select! {
+        lab = RunningLab::start(&options) => lab?,
+        () = platform::server::shutdown_signal() => return Ok(ExitCode::from(INTERRUPTED)),
+    };
+    println!("Every service is SERVING.\n\n{}", lab.describe());
+    println!(
+        "Load data with `lab seed --data-dir {}`. Ctrl-C stops everything.",
+        options.data_dir.display()
+    );
+    let crashed = tokio::select! {
+        () = platform::server::shutdown_signal() => None,
+        crashed = watch_for_crashes(&mut lab) => Some(crashed),
+    };
+    println!("Stopping...");
+    lab.shutdown().await?;
+    match crashed {
+        None => Ok(ExitCode::SUCCESS),
+        Some((service, status)) => {
+            anyhow::bail!(
+                "{service} exited on its own ({status}); see its log in the data dir's logs/"
+            )
+        }
+    }
+}
+
+async fn watch_for_crashes(lab: &mut RunningLab) -> (topology::Service, String) {
+    loop {
+        if let Some(crashed) = lab.crashed() {
+            return crashed;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,292 @@
+//! What the demo measures: latency per mode, freshness of the projection, and what each mode
+//! does while a service it may depend on is down.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::seed::SeededUser;
+
+/// The ways of answering that the demo compares, plus the floor they are read against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// grpc.health.v1 Check: one round trip, no data. The floor.
+    Echo,
+    Sync,
+    Async,
+    Monolith,
+}
+
+impl Mode {
+    pub const COMPARED: [Self; 3] = [Self::Sync, Self::Async, Self::Monolith];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Echo => "echo",
+            Self::Sync => "sync",
+            Self::Async => "async",
+            Self::Monolith => "monolith",
+        }
+    }
+}
+
+/// A client per mode, with the user id each system knows a seeded user by.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub echo: HealthClient<Channel>,
+    pub sync: PurchaseServiceClient<Channel>,
+    pub asynchronous: PurchaseServiceClient<Channel>,
+    pub monolith: PurchaseServiceClient<Channel>,
+}
+
+/// How one call ended: Ok, or the gRPC code's name.
+pub type Outcome = Result<(), (tonic::Code, String)>;
+
+impl Clients {
+    /// One call in `mode` for `user`, with a deadline so a hung dependency shows as
+    /// DEADLINE_EXCEEDED instead of stalling the demo.
+    pub async fn call(&self, mode: Mode, user: &SeededUser, page_size: i32) -> Outcome {
+        let purchases = |client: &PurchaseServiceClient<Channel>, user_id: &str| {
+            let mut client = client.clone();
+            let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
+                user_id: user_id.to_owned(),
+                page_size,
+                page_token: String::new(),
+            });
+            request.set_timeout(Duration::from_secs(2));
+            async move { client.list_user_purchases(request).await.map(drop) }
+        };
+        let result = match mode {
+            Mode::Echo => self
+                .echo
+                .clone()
+                .check(HealthCheckRequest::default())
+                .await
+                .map(drop),
+            Mode::Sync => purchases(&self.sync, &user.microservices).await,
+            Mode::Async => purchases(&self.asynchronous, &user.microservices).await,
+            Mode::Monolith => purchases(&self.monolith, &user.monolith).await,
+        };
+        result.map_err(|status| (status.code(), status.message().to_owned()))
+    }
+}
+
+/// Latency percentiles and outcomes of a series of calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub requests: u64,
+    pub ok: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// Failed calls by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// One error message per code, as the caller saw it.
+    pub example_errors: BTreeMap<String, String>,
+}
+
+/// Records outcomes and latencies.
+#[derive(Debug)]
+pub struct Recorder {
+    histogram: Histogram<u64>,
+    requests: u64,
+    errors: BTreeMap<String, u64>,
+    examples: BTreeMap<String, String>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            // 1 us to 60 s at 3 significant digits.
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("constant histogram bounds are valid"),
+            requests: 0,
+            errors: BTreeMap::new(),
+            examples: BTreeMap::new(),
+        }
+    }
+}
+
+impl Recorder {
+    pub fn record(&mut self, elapsed: Duration, outcome: &Outcome) {
+        self.requests += 1;
+        let micros = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.histogram.saturating_record(micros);
+        if let Err((code, message)) = outcome {
+            let name = format!("{code:?}");
+            *self.errors.entry(name.clone()).or_default() += 1;
+            self.examples.entry(name).or_insert_with(|| message.clone());
+        }
+    }
+
+    pub fn finish(&self) -> Latency {
+        let failed: u64 = self.errors.values().sum();
+        Latency {
+            requests: self.requests,
+            ok: self.requests - failed,
+            p50_us: self.histogram.value_at_quantile(0.5),
+            p90_us: self.histogram.value_at_quantile(0.9),
+            p99_us: self.histogram.value_at_quantile(0.99),
+            max_us: self.histogram.max(),
+            errors: self.errors.clone(),
+            example_errors: self.examples.clone(),
+        }
+    }
+}
+
+/// `requests` calls one after another (one in flight: latency, not throughput), cycling
+/// through the users, after a short warm-up.
+pub async fn latency(
+    clients: &Clients,
+    mode: Mode,
+    users: &[SeededUser],
+    requests: u32,
+) -> Latency {
+    let warm_up = (requests / 20).max(10);
+    for index in 0..warm_up {
+        let _ = clients
+            .call(mode, &users[index as usize % users.len()], 50)
+            .await;
+    }
+    let mut recorder = Recorder::default();
+    for index in 0..requests {
+        let user = &users[index as usize % users.len()];
+        let started = Instant::now();
+        let outcome = clients.call(mode, user, 50).await;
+        recorder.record(started.elapsed(), &outcome);
+    }
+    recorder.finish()
+}
+
+/// Time from an order's PlaceOrder acknowledgement to its first appearance in
+/// purchases-async's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Freshness {
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// Orders that had not appeared when the wait ran out.
+    pub never_seen: u64,
+}
+
+/// How long the demo waits for one order to reach the projection before counting it lost.
+const FRESHNESS_LIMIT: Duration = Duration::from_secs(10);
+
+pub async fn freshness(
+    orders: OrderServiceClient<Channel>,
+    asynchronous: &PurchaseServiceClient<Channel>,
+    users: &[SeededUser],
+    product_id: &str,
+    samples: u32,
+) -> anyhow::Result<Freshness> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .expect("constant histogram bounds are valid");
+    let mut never_seen = 0;
+    for index in 0..samples {
+        let user = &users[index as usize % users.len()];
+        let order_id = crate::seed::place(
+            orders.clone(),
+            user.microservices.clone(),
+            product_id.to_owned(),
+            1,
+        )
+        .await?;
+        let placed = Instant::now();
+        loop {
+            // The newest purchase comes first, so a page of one shows it once it is there.
+            let newest = asynchronous
+                .clone()
+                .list_user_purchases(pb::ListUserPurchasesRequest {
+                    user_id: user.microservices.clone(),
+                    page_size: 1,
+                    page_token: String::new(),
+                })
+                .await
+                .ok()
+                .and_then(|answer| answer.into_inner().purchases.into_iter().next());
+            if newest.is_some_and(|purchase| purchase.order_id == order_id) {
+                let micros = u64::try_from(placed.elapsed().as_micros()).unwrap_or(u64::MAX);
+                histogram.saturating_record(micros.max(1));
+                break;
+            }
+            if placed.elapsed() > FRESHNESS_LIMIT {
+                never_seen += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    Ok(Freshness {
+        samples: histogram.len(),
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        max_us: histogram.max(),
+        never_seen,
+    })
+}
+
+/// `calls` per mode while something is broken.
+pub async fn during_fault(
+    clients: &Clients,
+    users: &[SeededUser],
+    calls: u32,
+) -> BTreeMap<Mode, Latency> {
+    let mut outcomes = BTreeMap::new();
+    for mode in Mode::COMPARED {
+        let mut recorder = Recorder::default();
+        for index in 0..calls {
+            let started = Instant::now();
+            let outcome = clients
+                .call(mode, &users[index as usize % users.len()], 50)
+                .await;
+            recorder.record(started.elapsed(), &outcome);
+        }
+        outcomes.insert(mode, recorder.finish());
+    }
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorder_counts_errors_by_code_and_keeps_one_message() {
+        let mut recorder = Recorder::default();
+        recorder.record(Duration::from_micros(100), &Ok(()));
+        for message in ["users down", "users still down"] {
+            recorder.record(
+                Duration::from_micros(300),
+                &Err((tonic::Code::Unavailable, message.to_owned())),
+            );
+        }
+        let latency = recorder.finish();
+        assert_eq!((latency.requests, latency.ok), (3, 1));
+        assert_eq!(latency.errors.get("Unavailable"), Some(&2));
+        assert_eq!(
+            latency
+                .example_errors
+                .get("Unavailable")
+                .map(String::as_str),
+            Some("users down")
+        );
+        assert!(
+            latency.p50_us >= 299 && latency.p50_us <= 301,
+            "{}",
+            latency.p50_us
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! What the lab runs: the services, their ports and databases, and how each is started.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every service the lab starts, in start order: owners first, so the readers find them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    Users,
+    Products,
+    Orders,
+    PurchasesSync,
+    PurchasesAsync,
+    Monolith,
+}
+
+impl Service {
+    pub const ALL: [Self; 6] = [
+        Self::Users,
+        Self::Products,
+        Self::Orders,
+        Self::PurchasesSync,
+        Self::PurchasesAsync,
+        Self::Monolith,
+    ];
+
+    /// The binary's name, which is also how the lab names the service.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Users => "users",
+            Self::Products => "products",
+            Self::Orders => "orders",
+            Self::PurchasesSync => "purchases-sync",
+            Self::PurchasesAsync => "purchases-async",
+            Self::Monolith => "monolith",
+        }
+    }
+
+    /// The service's own default address, so a lab on default ports matches the README and
+    /// each service's `--help`.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Users => 50051,
+            Self::Products => 50052,
+            Self::Orders => 50053,
+            Self::Monolith => 50060,
+            Self::PurchasesSync => 50061,
+            Self::PurchasesAsync => 50062,
+        }
+    }
+
+    /// The database the service owns, if any (a file name on SQLite, a database name on
+    /// PostgreSQL).
+    pub fn database(self) -> Option<&'static str> {
+        match self {
+            Self::Users => Some("users"),
+            Self::Products => Some("products"),
+            Self::Orders => Some("orders"),
+            Self::PurchasesSync => None,
+            Self::PurchasesAsync => Some("purchases_async"),
+            Self::Monolith => Some("monolith"),
+        }
+    }
+
+    fn uses_nats(self) -> bool {
+        !matches!(self, Self::PurchasesSync | Self::Monolith)
+    }
+
+    /// gRPC services it serves, for the grpcurl examples.
+    pub fn example(self, addr: SocketAddr) -> String {
+        let call =
+            |method: &str, body: &str| format!("grpcurl -plaintext -d '{body}' {addr} {method}");
+        match self {
+            Self::Users => call(
+                "users.v1.UserService/CreateUser",
+                r#"{"email":"ada@example.com","name":"Ada"}"#,
+            ),
+            Self::Products => call(
+                "products.v1.ProductService/ListProducts",
+                r#"{"page_size":3}"#,
+            ),
+            Self::Orders => format!("grpcurl -plaintext {addr} describe orders.v1.OrderService"),
+            Self::PurchasesSync | Self::PurchasesAsync | Self::Monolith => call(
+                "purchases.v1.PurchaseService/ListUserPurchases",
+                r#"{"user_id":"<a user id from the seed, see seed.json>","page_size":5}"#,
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where each service's data lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Storage {
+    /// One SQLite file per service under this directory.
+    Sqlite(PathBuf),
+    /// One database per service on this server (a postgres:// URL without a database, or
+    /// with one that is only used to connect).
+    Postgres(String),
+}
+
+impl Storage {
+    pub fn database_url(&self, database: &str) -> Result<String, TopologyError> {
+        match self {
+            Self::Sqlite(dir) => Ok(format!(
+                "sqlite://{}",
+                dir.join(format!("{database}.db")).display()
+            )),
+            Self::Postgres(base) => {
+                let mut url =
+                    url::Url::parse(base).map_err(|error| TopologyError::PostgresUrl {
+                        url: base.clone(),
+                        reason: error.to_string(),
+                    })?;
+                url.set_path(&format!("lab_{database}"));
+                Ok(url.to_string())
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(
+        "port {port} for {service} is in use ({source}): stop what holds it (another lab?), or run the lab with --ephemeral-ports"
+    )]
+    PortInUse {
+        service: Service,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free loopback port for {service}")]
+    NoFreePort {
+        service: Service,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--postgres {url:?} is not a URL: {reason}")]
+    PostgresUrl { url: String, reason: String },
+}
+
+/// The addresses of one lab, written to `lab.json` in the data dir while it runs so that
+/// `lab seed` and scripts can find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub services: BTreeMap<Service, SocketAddr>,
+    pub nats_url: String,
+}
+
+impl Endpoints {
+    pub fn addr(&self, service: Service) -> SocketAddr {
+        self.services
+            .get(&service)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], service.default_port())))
+    }
+
+    pub fn url(&self, service: Service) -> String {
+        format!("http://{}", self.addr(service))
+    }
+
+    /// A lazily connected channel to the service.
+    pub fn channel(&self, service: Service) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url(service))
+            .expect("a loopback URL is a valid endpoint")
+            .tcp_nodelay(true)
+            .connect_lazy()
+    }
+
+    /// The services' default addresses, each checked free; or free ephemeral ones.
+    pub fn allocate(ephemeral: bool, nats_url: String) -> Result<Self, TopologyError> {
+        let mut services = BTreeMap::new();
+        // Held until all are chosen, so no two services get the same ephemeral port.
+        let mut held = Vec::new();
+        for service in Service::ALL {
+            let port = if ephemeral { 0 } else { service.default_port() };
+            let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|source| {
+                if ephemeral {
+                    TopologyError::NoFreePort { service, source }
+                } else {
+                    TopologyError::PortInUse {
+                        service,
+                        port,
+                        source,
+                    }
+                }
+            })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| TopologyError::NoFreePort { service, source })?;
+            services.insert(service, addr);
+            held.push(listener);
+        }
+        Ok(Self { services, nats_url })
+    }
+
+    /// Command-line arguments for one service. Every setting the lab relies on is passed
+    /// explicitly, so nothing in the caller's environment changes what runs.
+    pub fn args(
+        &self,
+        service: Service,
+        storage: &Storage,
+    ) -> Result<Vec<OsString>, TopologyError> {
+        let mut args: Vec<OsString> = vec![
+            "--listen".into(),
+            self.addr(service).to_string().into(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        if let Some(database) = service.database() {
+            args.push("--database-url".into());
+            args.push(storage.database_url(database)?.into());
+        }
+        if service.uses_nats() {
+            args.push("--nats-url".into());
+            args.push(self.nats_url.clone().into());
+        }
+        if service == Service::PurchasesSync {
+            for (flag, dependency) in [
+                ("--users-url", Service::Users),
+                ("--orders-url", Service::Orders),
+                ("--products-url", Service::Products),
+            ] {
+                args.push(flag.into());
+                args.push(self.url(dependency).into());
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// `lab.json` in a data dir.
+pub fn state_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("lab.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_urls_get_a_database_per_service() {
+        let storage = Storage::Postgres("postgres://postgres@127.0.0.1:5432/postgres".into());
+        assert_eq!(
+            storage.database_url("purchases_async").ok().as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/lab_purchases_async")
+        );
+        let storage = Storage::Sqlite(PathBuf::from("data/lab"));
+        assert_eq!(
+            storage.database_url("users").ok().as_deref(),
+            Some("sqlite://data/lab/users.db")
+        );
+    }
+
+    #[test]
+    fn sync_is_pointed_at_the_owning_services() {
+        let endpoints = Endpoints::allocate(true, "nats://127.0.0.1:1".into())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let args = endpoints
+            .args(Service::PurchasesSync, &Storage::Sqlite(PathBuf::from("d")))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        let users = endpoints.url(Service::Users);
+        assert!(
+            args.windows(2)
+                .any(|pair| pair[0] == "--users-url" && pair[1] == users)
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|arg| arg == "--database-url" || arg == "--nats-url")
+        );
+        let ports: std::collections::HashSet<u16> =
+            endpoints.services.values().map(SocketAddr::port).collect();
+        assert_eq!(
+            ports.len(),
+            Service::ALL.len(),
+            "every service has a port of its own"
+        );
+    }
+}

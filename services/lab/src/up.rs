@@ -1,0 +1,298 @@
+//! Bringing the whole system up and down: a nats-server (or an external one), then every
+//! service as a child process, each waited for until grpc.health.v1 says SERVING.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use natsd::{NatsServer, NatsServerOptions, SyncPolicy};
+use serde::{Deserialize, Serialize};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::children::ServiceProcess;
+use crate::topology::{Endpoints, Service, Storage, state_file};
+
+/// How long a service may take to report SERVING. Generous: on a cold machine the first
+/// start runs migrations.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub ephemeral_ports: bool,
+    pub nats_url: Option<String>,
+    pub postgres: Option<String>,
+}
+
+/// What `lab.json` holds while a lab runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub lab_pid: u32,
+    pub endpoints: Endpoints,
+    /// Every process the lab started (services and nats-server), by name.
+    pub pids: BTreeMap<String, u32>,
+}
+
+impl LabState {
+    /// The running lab's state for this data dir.
+    pub fn read(data_dir: &Path) -> anyhow::Result<Self> {
+        let path = state_file(data_dir);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no lab is running on {}: start one with `lab up --data-dir {}`",
+                data_dir.display(),
+                data_dir.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a lab state", path.display()))
+    }
+}
+
+#[derive(Debug)]
+pub struct RunningLab {
+    pub endpoints: Endpoints,
+    pub data_dir: PathBuf,
+    nats: Option<NatsServer>,
+    processes: BTreeMap<Service, ServiceProcess>,
+}
+
+impl RunningLab {
+    pub async fn start(options: &UpOptions) -> anyhow::Result<Self> {
+        let data_dir = &options.data_dir;
+        refuse_if_running(data_dir)?;
+        let logs = data_dir.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+        std::fs::write(
+            data_dir.join(MARKER),
+            "Written by the lab: `lab demo` may empty this directory.\n",
+        )
+        .with_context(|| format!("cannot write in the data dir {}", data_dir.display()))?;
+        let binaries = crate::binaries::locate().await?;
+
+        let storage = match &options.postgres {
+            Some(url) => {
+                create_databases(url).await?;
+                Storage::Postgres(url.clone())
+            }
+            None => Storage::Sqlite(data_dir.clone()),
+        };
+        // Ports are checked before anything starts, so a clash is reported up front.
+        let placeholder = String::new();
+        let mut endpoints = Endpoints::allocate(options.ephemeral_ports, placeholder)?;
+
+        let nats = match &options.nats_url {
+            Some(url) => {
+                endpoints.nats_url = url.clone();
+                None
+            }
+            None => {
+                let server = NatsServer::start(NatsServerOptions {
+                    sync: SyncPolicy::Always,
+                    store_dir: Some(data_dir.join("nats")),
+                    port: None,
+                })
+                .await
+                .context("cannot start nats-server")?;
+                endpoints.nats_url = server.url();
+                Some(server)
+            }
+        };
+
+        let mut lab = Self {
+            endpoints,
+            data_dir: data_dir.clone(),
+            nats,
+            processes: BTreeMap::new(),
+        };
+        for service in Service::ALL {
+            let args = lab.endpoints.args(service, &storage)?;
+            let binary = binaries[&service].clone();
+            let log = logs.join(format!("{service}.log"));
+            lab.processes.insert(
+                service,
+                ServiceProcess::new(service.name(), binary, args, log),
+            );
+        }
+        // Started together, waited for together: they do not depend on each other to start.
+        for process in lab.processes.values_mut() {
+            process.start()?;
+        }
+        for service in Service::ALL {
+            lab.wait_healthy(service).await?;
+        }
+        lab.write_state()?;
+        Ok(lab)
+    }
+
+    /// Waits until the service answers SERVING, failing early with its log when it exits.
+    pub async fn wait_healthy(&mut self, service: Service) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + HEALTHY_WITHIN;
+        let mut health = HealthClient::new(self.endpoints.channel(service));
+        loop {
+            let process = self
+                .processes
+                .get_mut(&service)
+                .context("the lab does not run this service")?;
+            if let Some(status) = process.exited() {
+                anyhow::bail!(
+                    "{service} exited while starting ({status}); the end of its log ({}):\n{}",
+                    process.log().display(),
+                    process.log_tail(20)
+                );
+            }
+            let check = tokio::time::timeout(
+                Duration::from_secs(1),
+                health.check(HealthCheckRequest::default()),
+            )
+            .await;
+            if let Ok(Ok(answer)) = check
+                && answer.into_inner().status == ServingStatus::Serving as i32
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{service} did not report SERVING within {HEALTHY_WITHIN:?}; the end of its log ({}):\n{}",
+                    process.log().display(),
+                    process.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops one service gracefully (a fault for the demo).
+    pub async fn stop_service(&mut self, service: Service) -> anyhow::Result<()> {
+        if let Some(process) = self.processes.get_mut(&service) {
+            process.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped service again and waits for it.
+    pub async fn restart_service(&mut self, service: Service) -> anyhow::Result<()> {
+        if let Some(process) = self.processes.get_mut(&service) {
+            process.start()?;
+        }
+        self.wait_healthy(service).await?;
+        self.write_state()
+    }
+
+    /// The first service that has exited on its own, if any.
+    pub fn crashed(&mut self) -> Option<(Service, String)> {
+        self.processes
+            .iter_mut()
+            .find_map(|(service, process)| process.exited().map(|status| (*service, status)))
+    }
+
+    /// Readers first, owners next, NATS last: nothing is left waiting on what is gone.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for process in self.processes.values_mut().rev() {
+            if let Err(error) = process.stop().await {
+                first_error.get_or_insert(anyhow::Error::from(error));
+            }
+        }
+        if let Some(nats) = self.nats.as_mut()
+            && let Err(error) = nats.stop().await
+        {
+            first_error.get_or_insert(anyhow::Error::from(error));
+        }
+        let _ = std::fs::remove_file(state_file(&self.data_dir));
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn write_state(&self) -> anyhow::Result<()> {
+        let mut pids: BTreeMap<String, u32> = self
+            .processes
+            .iter()
+            .filter_map(|(service, process)| Some((service.name().to_owned(), process.pid()?)))
+            .collect();
+        if let Some(pid) = self.nats.as_ref().and_then(NatsServer::pid) {
+            pids.insert("nats-server".to_owned(), pid);
+        }
+        let state = LabState {
+            lab_pid: std::process::id(),
+            endpoints: self.endpoints.clone(),
+            pids,
+        };
+        let path = state_file(&self.data_dir);
+        let text = serde_json::to_string_pretty(&state)?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Where each service listens, and something to try.
+    pub fn describe(&self) -> String {
+        let mut text = String::from("service           address            try\n");
+        for service in Service::ALL {
+            let addr = self.endpoints.addr(service);
+            text.push_str(&format!(
+                "{:<17} {:<18} {}\n",
+                service.name(),
+                addr,
+                service.example(addr)
+            ));
+        }
+        text.push_str(&format!("nats              {}\n", self.endpoints.nats_url));
+        text.push_str(&format!(
+            "logs              {}\n",
+            self.data_dir.join("logs").display()
+        ));
+        text
+    }
+}
+
+/// Marks a data dir as the lab's, so the demo may empty it.
+const MARKER: &str = ".lab-data-dir";
+
+pub fn is_lab_data_dir(data_dir: &Path) -> bool {
+    data_dir.join(MARKER).is_file()
+}
+
+pub fn refuse_if_running(data_dir: &Path) -> anyhow::Result<()> {
+    let Ok(state) = LabState::read(data_dir) else {
+        return Ok(());
+    };
+    let alive = rustix::process::Pid::from_raw(state.lab_pid.cast_signed())
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+    if alive && state.lab_pid != std::process::id() {
+        anyhow::bail!(
+            "a lab (pid {}) is already running on {}: stop it first, or use another --data-dir",
+            state.lab_pid,
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// One database per service on the server, created when absent.
+async fn create_databases(url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::postgres::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {url}"))?;
+    for service in Service::ALL {
+        let Some(database) = service.database() else {
+            continue;
+        };
+        let name = format!("lab_{database}");
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                .bind(&name)
+                .fetch_optional(&mut conn)
+                .await?;
+        if exists.is_none() {
+            // The name is ours (lab_ + a fixed service name), never user input.
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("cannot create the database {name}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The lab binary end to end: `lab up` brings up every service (called here through the real
+//! grpcurl), `lab seed` loads data into it, Ctrl-C or a kill leaves no process behind, and
+//! `lab demo` writes a report with a figure for every mode.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+fn lab(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts `lab up` on free ports and waits for its state file.
+async fn up(data_dir: &Path) -> (Child, Value) {
+    let mut child = lab(data_dir)
+        .args(["up", "--ephemeral-ports"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the lab starts");
+    let state_file = data_dir.join("lab.json");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&state_file)
+            && let Ok(state) = serde_json::from_str::<Value>(&text)
+        {
+            return (child, state);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("lab up exited before it was up: {status}");
+        }
+        assert!(Instant::now() < deadline, "lab up never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pids(state: &Value) -> Vec<(String, u32)> {
+    state["pids"]
+        .as_object()
+        .expect("pids in lab.json")
+        .iter()
+        .map(|(name, pid)| (name.clone(), pid.as_u64().expect("a pid") as u32))
+        .collect()
+}
+
+/// Alive means present and not a zombie waiting for a reaper.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1.trim_start().to_owned();
+            after_name.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+async fn all_gone(pids: &[(String, u32)]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<_> = pids.iter().filter(|(_, pid)| alive(*pid)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, signal).expect("the lab can be signalled");
+}
+
+async fn grpcurl(args: &[&str]) -> String {
+    let output = Command::new(testkit::grpcurl())
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut child, state) = up(dir.path()).await;
+    let pids = pids(&state);
+    assert_eq!(pids.len(), 7, "six services and nats-server: {pids:?}");
+    let addr = |service: &str| {
+        state["endpoints"]["services"][service]
+            .as_str()
+            .expect("an address")
+            .to_owned()
+    };
+
+    for (service, api) in [
+        ("users", "users.v1.UserService"),
+        ("products", "products.v1.ProductService"),
+        ("orders", "orders.v1.OrderService"),
+        ("purchases-sync", "purchases.v1.PurchaseService"),
+        ("purchases-async", "purchases.v1.PurchaseService"),
+        ("monolith", "orders.v1.OrderService"),
+    ] {
+        let listed = grpcurl(&["-plaintext", &addr(service), "list"]).await;
+        assert!(listed.contains(api), "{service} lists {api}: {listed}");
+    }
+
+    let seeded = lab(dir.path())
+        .args(["seed", "--users", "5", "--products", "3", "--orders", "20"])
+        .output()
+        .await
+        .expect("lab seed runs");
+    assert!(
+        seeded.status.success(),
+        "lab seed: {}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("seed.json")).expect("seed.json"),
+    )
+    .expect("seed.json is JSON");
+    let users = seed["users"].as_array().expect("users");
+    assert_eq!(users.len(), 5);
+    let buyer = users
+        .iter()
+        .max_by_key(|user| user["purchases"].as_u64())
+        .expect("a user");
+    let expected = buyer["purchases"].as_u64().expect("a count") as usize;
+    for (service, user) in [
+        ("purchases-sync", &buyer["microservices"]),
+        ("purchases-async", &buyer["microservices"]),
+        ("monolith", &buyer["monolith"]),
+    ] {
+        let body = format!(r#"{{"user_id":{user},"page_size":100}}"#);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer: Value = serde_json::from_str(
+                &grpcurl(&[
+                    "-plaintext",
+                    "-d",
+                    &body,
+                    &addr(service),
+                    "purchases.v1.PurchaseService/ListUserPurchases",
+                ])
+                .await,
+            )
+            .expect("grpcurl prints JSON");
+            let got = answer["purchases"].as_array().map_or(0, Vec::len);
+            if got == expected {
+                break;
+            }
+            // Only the projection may lag, and only for a moment.
+            assert!(
+                service == "purchases-async" && Instant::now() < deadline,
+                "{service} answered {got} of {expected} purchases"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    signal(&child, rustix::process::Signal::INT);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the lab stops after Ctrl-C")
+        .expect("the lab's status");
+    assert!(status.success(), "lab up ended with {status}");
+    all_gone(&pids).await;
+    assert!(
+        !dir.path().join("lab.json").exists(),
+        "the state file goes with the lab"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lab_takes_its_processes_with_it() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut child, state) = up(dir.path()).await;
+    let pids = pids(&state);
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait().await;
+    all_gone(&pids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_demo_reports_a_figure_for_every_mode() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data_dir = dir.path().join("lab");
+    let output = lab(&data_dir)
+        .args([
+            "demo",
+            "--ephemeral-ports",
+            "--users",
+            "20",
+            "--products",
+            "10",
+            "--orders",
+            "100",
+            "--requests",
+            "100",
+            "--freshness-samples",
+            "10",
+            "--fault-calls",
+            "10",
+        ])
+        .output()
+        .await
+        .expect("lab demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "lab demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir.join("report.json")).expect("report.json"),
+    )
+    .expect("the report is JSON");
+    for mode in ["echo", "sync", "async", "monolith"] {
+        let latency = &report["latency"][mode];
+        assert_eq!(
+            latency["ok"], 100,
+            "{mode} answered every request: {latency}"
+        );
+        assert!(
+            latency["p50_us"].as_u64().is_some_and(|p50| p50 > 0),
+            "{mode}"
+        );
+        assert!(stdout.contains(mode), "the terminal table shows {mode}");
+    }
+    assert_eq!(report["freshness"]["samples"], 10);
+    assert_eq!(report["freshness"]["never_seen"], 0);
+    let during = &report["fault"]["during"];
+    assert_eq!(during["sync"]["ok"], 0, "sync fails without users");
+    assert!(
+        during["sync"]["example_errors"]["Unavailable"]
+            .as_str()
+            .is_some_and(|message| message.contains("users")),
+        "sync names the users service: {during}"
+    );
+    assert_eq!(during["async"]["ok"], 10, "async answers without users");
+    assert_eq!(during["monolith"]["ok"], 10);
+    assert_eq!(report["fault"]["after"]["sync"]["ok"], 10, "sync recovers");
+    for file in ["report.md", "report.html"] {
+        let text = std::fs::read_to_string(data_dir.join(file)).expect("the report file");
+        assert!(
+            text.contains("async") && text.contains("monolith"),
+            "{file}"
+        );
+    }
+    let html = std::fs::read_to_string(data_dir.join("report.html")).expect("report.html");
+    assert!(html.contains("<svg"), "the HTML report has charts");
+
+    // A second demo on the same dir starts from empty again.
+    std::fs::write(data_dir.join("stray"), "x").expect("a file");
+    let again = lab(&data_dir)
+        .args([
+            "demo",
+            "--ephemeral-ports",
+            "--users",
+            "2",
+            "--products",
+            "1",
+            "--orders",
+            "2",
+        ])
+        .args([
+            "--requests",
+            "10",
+            "--freshness-samples",
+            "1",
+            "--fault-calls",
+            "1",
+        ])
+        .output()
+        .await
+        .expect("lab demo runs");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        !data_dir.join("stray").exists(),
+        "the lab's data dir was emptied"
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_with_foreign_files_is_refused_not_emptied() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("thesis.tex"), "precious").expect("a file");
+    let output = lab(dir.path())
+        .args(["demo", "--ephemeral-ports"])
+        .output()
+        .await
+        .expect("lab demo runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("empty data dir"), "{stderr}");
+    assert!(dir.path().join("thesis.tex").exists());
+}
