@@ -52,6 +52,14 @@ enum Command {
         #[command(flatten)]
         demo: DemoArgs,
     },
+    /// Exit 0 if the gRPC service at ADDR (host:port) reports SERVING on grpc.health.v1,
+    /// else 1: the health check of compose.yaml's containers.
+    Probe {
+        addr: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -122,6 +130,17 @@ const INTERRUPTED: u8 = 130;
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args.options(cli.data_dir)).await,
+        Command::Probe { addr, timeout_ms } => {
+            let serving = tokio::time::timeout(Duration::from_millis(timeout_ms), probe(&addr))
+                .await
+                .map_err(|_| anyhow::anyhow!("{addr} did not answer within {timeout_ms} ms"))??;
+            if serving {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("lab: {addr} answers but is not SERVING");
+                Ok(ExitCode::FAILURE)
+            }
+        }
         Command::Seed(args) => {
             let state = LabState::read(&cli.data_dir)?;
             let started = std::time::Instant::now();
@@ -142,6 +161,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::prepare_empty(&cli.data_dir)?;
             let options = up.options(cli.data_dir);
             let storage = up.storage();
+            // Built first (when run through cargo), so the timing below is the demo's own.
+            binaries::locate().await?;
             let started = std::time::Instant::now();
             println!("Starting nats-server and the six services...");
             let mut lab = tokio::select! {
@@ -198,6 +219,21 @@ async fn up(options: UpOptions) -> anyhow::Result<ExitCode> {
             )
         }
     }
+}
+
+async fn probe(addr: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to {addr}: {error}"))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .map_err(|status| anyhow::anyhow!("{addr}: {}", status.message()))?;
+    Ok(answer.into_inner().status
+        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
 }
 
 async fn watch_for_crashes(lab: &mut RunningLab) -> (topology::Service, String) {

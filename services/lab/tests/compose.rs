@@ -1,0 +1,161 @@
+//! What can be checked of compose.yaml without a Docker engine: it parses, it names every
+//! service with the services' default ports and URLs, and the per-service database script
+//! really isolates the services on a PostgreSQL server (the local one).
+
+use std::path::Path;
+
+use serde_yaml::Value;
+use sqlx::Connection as _;
+
+fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn compose() -> Value {
+    let text = std::fs::read_to_string(workspace().join("compose.yaml")).expect("compose.yaml");
+    let mut value: Value = serde_yaml::from_str(&text).expect("compose.yaml is YAML");
+    value.apply_merge().expect("merge keys resolve");
+    value
+}
+
+fn env<'a>(service: &'a Value, key: &str) -> &'a str {
+    service["environment"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is set"))
+}
+
+#[test]
+fn compose_names_every_service_on_its_default_port() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let names: Vec<&str> = services.keys().filter_map(Value::as_str).collect();
+    for (name, port, listen_var) in [
+        ("users", 50051, "USERS_LISTEN"),
+        ("products", 50052, "PRODUCTS_LISTEN"),
+        ("orders", 50053, "ORDERS_LISTEN"),
+        ("monolith", 50060, "MONOLITH_LISTEN"),
+        ("purchases-sync", 50061, "PURCHASES_SYNC_LISTEN"),
+        ("purchases-async", 50062, "PURCHASES_ASYNC_LISTEN"),
+    ] {
+        assert!(names.contains(&name), "{name} is in compose.yaml");
+        let service = &compose["services"][name];
+        assert_eq!(
+            service["command"][0].as_str(),
+            Some(name),
+            "{name} runs its binary"
+        );
+        assert_eq!(env(service, listen_var), format!("0.0.0.0:{port}"));
+        assert_eq!(
+            service["ports"][0].as_str(),
+            Some(format!("{port}:{port}").as_str()),
+            "{name} publishes its default port"
+        );
+        let probe = service["healthcheck"]["test"]
+            .as_sequence()
+            .expect("a health check");
+        assert_eq!(
+            probe.last().and_then(Value::as_str),
+            Some(format!("127.0.0.1:{port}").as_str()),
+            "{name}'s health check probes its own port"
+        );
+        assert!(
+            service["depends_on"].is_mapping(),
+            "{name} waits for what it needs"
+        );
+    }
+    for name in ["nats", "postgres"] {
+        assert!(names.contains(&name), "{name} is in compose.yaml");
+        assert!(compose["services"][name]["healthcheck"].is_mapping());
+    }
+    let sync = &compose["services"]["purchases-sync"];
+    assert_eq!(env(sync, "USERS_URL"), "http://users:50051");
+    assert_eq!(env(sync, "ORDERS_URL"), "http://orders:50053");
+    assert_eq!(env(sync, "PRODUCTS_URL"), "http://products:50052");
+    // Each service's database URL names its own database with its own role.
+    for (name, var, database) in [
+        ("users", "USERS_DATABASE_URL", "users"),
+        ("products", "PRODUCTS_DATABASE_URL", "products"),
+        ("orders", "ORDERS_DATABASE_URL", "orders"),
+        (
+            "purchases-async",
+            "PURCHASES_ASYNC_DATABASE_URL",
+            "purchases_async",
+        ),
+        ("monolith", "MONOLITH_DATABASE_URL", "monolith"),
+    ] {
+        let url = url::Url::parse(env(&compose["services"][name], var)).expect("a URL");
+        assert_eq!(url.username(), database, "{name} logs in as its own role");
+        assert_eq!(
+            url.path(),
+            format!("/{database}"),
+            "{name} uses its own database"
+        );
+    }
+}
+
+fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+#[tokio::test]
+async fn the_database_script_gives_each_service_a_database_only_it_can_use() {
+    let admin = url::Url::parse(&postgres_url()).expect("a PostgreSQL URL");
+    let prefix = format!("t{}_", uuid::Uuid::now_v7().simple());
+    let status =
+        tokio::process::Command::new(workspace().join("deploy/postgres/init-databases.sh"))
+            .env("DB_PREFIX", &prefix)
+            .env("PGHOST", admin.host_str().unwrap_or("127.0.0.1"))
+            .env("PGPORT", admin.port().unwrap_or(5432).to_string())
+            .env("PGUSER", admin.username())
+            .env_remove("POSTGRES_USER")
+            .status()
+            .await
+            .expect("the script runs");
+    assert!(status.success(), "init-databases.sh failed: {status}");
+
+    let url_as = |role: &str, database: &str| {
+        let mut url = admin.clone();
+        url.set_username(role).expect("a username");
+        url.set_password(Some(role)).expect("a password");
+        url.set_path(database);
+        url.to_string()
+    };
+    let users = format!("{prefix}users");
+    let orders = format!("{prefix}orders");
+    // Its own database: it may create and read tables there.
+    let mut own = sqlx::postgres::PgConnection::connect(&url_as(&users, &users))
+        .await
+        .expect("users reaches its own database");
+    sqlx::query("CREATE TABLE accounts (id BIGINT PRIMARY KEY)")
+        .execute(&mut own)
+        .await
+        .expect("users owns its schema");
+    own.close().await.expect("closes");
+    // Another service's database: refused at the door.
+    let refused = sqlx::postgres::PgConnection::connect(&url_as(&users, &orders)).await;
+    let error = refused.expect_err("users cannot connect to orders' database");
+    assert!(
+        error.to_string().contains("permission denied"),
+        "refused for lack of permission: {error}"
+    );
+
+    let mut conn = sqlx::postgres::PgConnection::connect(&postgres_url())
+        .await
+        .expect("admin connection");
+    for service in ["users", "products", "orders", "purchases_async", "monolith"] {
+        let name = format!("{prefix}{service}");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop database");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS \"{name}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop role");
+    }
+}
