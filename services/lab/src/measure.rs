@@ -95,6 +95,11 @@ pub struct Latency {
     pub example_errors: BTreeMap<String, String>,
 }
 
+/// Microseconds from 1 us to 60 s at 3 significant digits.
+fn micros_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
 /// Records outcomes and latencies.
 #[derive(Debug)]
 pub struct Recorder {
@@ -107,9 +112,7 @@ pub struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Self {
-            // 1 us to 60 s at 3 significant digits.
-            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
-                .expect("constant histogram bounds are valid"),
+            histogram: micros_histogram(),
             requests: 0,
             errors: BTreeMap::new(),
             examples: BTreeMap::new(),
@@ -192,8 +195,7 @@ pub async fn freshness(
     product_id: &str,
     samples: u32,
 ) -> anyhow::Result<Freshness> {
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .expect("constant histogram bounds are valid");
+    let mut histogram = micros_histogram();
     let mut never_seen = 0;
     for index in 0..samples {
         let user = &users[index as usize % users.len()];
