@@ -6,6 +6,10 @@
 //! `async-sql` is purchases-async reading its projection through SQL (`--read-from
 //! database`) instead of its in-memory view: the view's gain, measured in the same run.
 //!
+//! `injected/<ms>` adds that much latency to every call the owning services answer (their
+//! fault layer), for the user with 10 purchases: purchases-sync pays it once per stage of its
+//! fan-out (twice in parallel, three times in sequence), purchases-async not at all.
+//!
 //! Run: `cargo bench -p benches --bench modes`; `-- --test` runs each case once.
 //! How to read it: compare each mode with `echo` in the same group. purchases-sync needs at
 //! least three sequential round trips (caller -> D, then users and orders together, then
@@ -23,9 +27,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 const PURCHASES_PER_USER: [usize; 3] = [1, 10, 100];
+const INJECTED_MS: [u64; 3] = [0, 1, 5];
 
 struct Fixture {
-    _lab: Lab,
+    lab: Lab,
     _second_async: (testkit::TestDatabase, testkit::RunningServer),
     _monolith: Monolith,
     echo: HealthClient<Channel>,
@@ -101,7 +106,7 @@ async fn fixture() -> Fixture {
         ("monolith", monolith.purchases.clone()),
     ];
     Fixture {
-        _lab: lab,
+        lab,
         _second_async: (second_db, second_server),
         _monolith: monolith,
         echo,
@@ -137,31 +142,73 @@ fn modes(c: &mut Criterion) {
             } else {
                 user
             };
-            let request = pb::ListUserPurchasesRequest {
-                user_id: user.clone(),
-                page_size: 100,
-                page_token: String::new(),
-            };
-            group.bench_with_input(BenchmarkId::new(*mode, n), &request, |b, request| {
-                b.to_async(&runtime).iter(|| {
-                    let mut client = client.clone();
-                    let request = request.clone();
-                    async move {
-                        let answer = client
-                            .list_user_purchases(request)
-                            .await
-                            .expect("the mode answers")
-                            .into_inner();
-                        assert_eq!(answer.purchases.len(), *n, "every purchase is answered");
-                        answer
-                    }
-                });
-            });
+            bench_mode(&mut group, &runtime, mode, client, user, *n, &n.to_string());
         }
         group.finish();
     }
+
+    let (n, user, _) = fixture
+        .users
+        .iter()
+        .find(|(n, _, _)| *n == 10)
+        .expect("a user with 10 purchases");
+    for ms in INJECTED_MS {
+        fixture.lab.faults.set_latency(Duration::from_millis(ms));
+        let mut group = c.benchmark_group(format!("injected/{ms}ms"));
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
+        for (mode, client) in fixture
+            .modes
+            .iter()
+            .filter(|(mode, _)| ["sync", "sync-sequential", "async"].contains(mode))
+        {
+            bench_mode(
+                &mut group,
+                &runtime,
+                mode,
+                client,
+                user,
+                *n,
+                &format!("{ms}ms"),
+            );
+        }
+        group.finish();
+    }
+    fixture.lab.faults.set_latency(Duration::ZERO);
     drop(fixture);
     runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// One mode answering `user`'s `n` purchases, checked on every call.
+fn bench_mode(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    mode: &str,
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+    n: usize,
+    parameter: &str,
+) {
+    let request = pb::ListUserPurchasesRequest {
+        user_id: user.to_owned(),
+        page_size: 100,
+        page_token: String::new(),
+    };
+    group.bench_with_input(BenchmarkId::new(mode, parameter), &request, |b, request| {
+        b.to_async(runtime).iter(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move {
+                let answer = client
+                    .list_user_purchases(request)
+                    .await
+                    .expect("the mode answers")
+                    .into_inner();
+                assert_eq!(answer.purchases.len(), n, "every purchase is answered");
+                answer
+            }
+        });
+    });
 }
 
 criterion_group!(benches, modes);

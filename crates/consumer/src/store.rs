@@ -20,20 +20,34 @@ pub(crate) async fn load_versions(
     keys: &[&AggregateKey],
 ) -> Result<HashMap<AggregateKey, u64>, StoreError> {
     let mut versions = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(CHUNK) {
-        let placeholders = numbered(2, chunk.len());
-        // Only numbered placeholders are interpolated; the values are bound.
-        let sql = format!(
-            "SELECT aggregate_type, aggregate_id, version FROM consumer_versions
-             WHERE consumer = $1 AND aggregate_id IN ({placeholders})"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(consumer);
-        for (_, id) in chunk {
-            query = query.bind(id.as_str());
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            let key = (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?);
-            versions.insert(key, version_from_db(row.try_get("version")?)?);
+    // Looked up per aggregate type so the whole primary key (consumer, type, id) serves the
+    // query: with the type left out, SQLite can only use the key's first column and scans
+    // every version this consumer ever stored, once per batch.
+    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (aggregate_type, aggregate_id) in keys {
+        by_type
+            .entry(aggregate_type.as_str())
+            .or_default()
+            .push(aggregate_id.as_str());
+    }
+    for (aggregate_type, ids) in by_type {
+        for chunk in ids.chunks(CHUNK) {
+            let placeholders = numbered(3, chunk.len());
+            // Only numbered placeholders are interpolated; the values are bound.
+            let sql = format!(
+                "SELECT aggregate_type, aggregate_id, version FROM consumer_versions
+                 WHERE consumer = $1 AND aggregate_type = $2 AND aggregate_id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(consumer)
+                .bind(aggregate_type);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let key = (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?);
+                versions.insert(key, version_from_db(row.try_get("version")?)?);
+            }
         }
     }
     Ok(versions)

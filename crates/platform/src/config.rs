@@ -18,6 +18,11 @@ pub struct CommonArgs {
     /// Most requests served at once across all connections; past it, requests are shed with RESOURCE_EXHAUSTED.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = Self::DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_concurrent_requests: u64,
+
+    /// The handle of the server's fault layer: empty unless a test, a benchmark or the fault
+    /// admin API sets faults through it.
+    #[arg(skip)]
+    pub faults: fault::Faults,
 }
 
 impl Default for CommonArgs {
@@ -26,19 +31,24 @@ impl Default for CommonArgs {
             log_format: LogFormat::Pretty,
             request_timeout_ms: Self::DEFAULT_REQUEST_TIMEOUT_MS,
             max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            faults: fault::Faults::default(),
         }
     }
 }
 
 impl CommonArgs {
     pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
-    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 1024;
+    /// Enough for thousands of requests a second at millisecond latencies (Little's law); past
+    /// it, queueing would only add latency, so the excess is shed. `lab bench` showed 1024
+    /// letting admitted requests of a saturated monolith wait 300-400 ms.
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 256;
 
     pub fn server_settings(&self) -> crate::server::ServerSettings {
         crate::server::ServerSettings {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
                 .unwrap_or(usize::MAX),
+            faults: self.faults.clone(),
             ..crate::server::ServerSettings::default()
         }
     }

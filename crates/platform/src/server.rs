@@ -25,14 +25,20 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// How long in-flight requests get to finish after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// Faults injected into this server's application methods (none unless someone sets them).
+    pub faults: fault::Faults,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 1024,
+            max_concurrent_requests: usize::try_from(
+                crate::config::CommonArgs::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            )
+            .unwrap_or(usize::MAX),
             shutdown_grace: Duration::from_secs(15),
+            faults: fault::Faults::default(),
         }
     }
 }
@@ -173,7 +179,10 @@ impl GrpcServer {
                     .load_shed()
                     .layer(GlobalConcurrencyLimitLayer::new(
                         settings.max_concurrent_requests,
-                    )),
+                    ))
+                    // Innermost, so an injected delay holds a permit as a slow handler would,
+                    // and an injected failure is shed and timed out like a real one.
+                    .layer(fault::FaultLayer::new(settings.faults.clone())),
             )
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(self.incoming, signal);

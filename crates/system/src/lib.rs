@@ -101,6 +101,40 @@ impl Writers {
     }
 }
 
+/// The fault handles of the three owning services.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerFaults {
+    pub users: fault::Faults,
+    pub products: fault::Faults,
+    pub orders: fault::Faults,
+}
+
+impl OwnerFaults {
+    /// The same latency on every application call of all three (replacing other faults).
+    pub fn set_latency(&self, latency: Duration) {
+        for faults in [&self.users, &self.products, &self.orders] {
+            let set = if latency.is_zero() {
+                Vec::new()
+            } else {
+                vec![
+                    fault::Fault::new(fault::Target::All)
+                        .with_latency(fault::Latency::fixed(latency)),
+                ]
+            };
+            faults
+                .replace(set)
+                .expect("a fixed latency under a minute is a valid fault");
+        }
+    }
+}
+
+fn with_faults(faults: &fault::Faults) -> CommonArgs {
+    CommonArgs {
+        faults: faults.clone(),
+        ..CommonArgs::default()
+    }
+}
+
 #[derive(Debug)]
 pub struct Lab {
     pub backend: Backend,
@@ -108,11 +142,13 @@ pub struct Lab {
     pub users_server: Option<RunningServer>,
     pub _products_server: RunningServer,
     pub products_proxy: DelayProxy,
-    pub _orders_server: RunningServer,
+    pub orders_server: RunningServer,
     pub sync_server: RunningServer,
     pub _sequential_server: RunningServer,
     pub async_server: Option<RunningServer>,
     pub async_db: TestDatabase,
+    /// The fault layers of users, products and orders, e.g. to add latency to every call.
+    pub faults: OwnerFaults,
     _dbs: Vec<TestDatabase>,
     pub writers: Writers,
     /// purchases-sync with the parallel fan-out.
@@ -127,6 +163,7 @@ impl Lab {
         testkit::init_tracing();
         let nats = testkit::start_nats().await;
         let nats_args = NatsArgs::new(nats.url());
+        let faults = OwnerFaults::default();
 
         let users_db = TestDatabase::create(backend).await;
         let users_app = users::Application::build(users::Config {
@@ -135,7 +172,7 @@ impl Lab {
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
             db: DatabaseArgs::default(),
-            common: CommonArgs::default(),
+            common: with_faults(&faults.users),
         })
         .await
         .expect("users starts");
@@ -150,7 +187,7 @@ impl Lab {
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
             db: DatabaseArgs::default(),
-            common: CommonArgs::default(),
+            common: with_faults(&faults.products),
         })
         .await
         .expect("products starts");
@@ -165,7 +202,7 @@ impl Lab {
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
             db: DatabaseArgs::default(),
-            common: CommonArgs::default(),
+            common: with_faults(&faults.orders),
         })
         .await
         .expect("orders starts");
@@ -216,11 +253,12 @@ impl Lab {
             users_server: Some(users_server),
             _products_server: products_server,
             products_proxy,
-            _orders_server: orders_server,
+            orders_server,
             sync_server,
             _sequential_server: sequential_server,
             async_server: None,
             async_db,
+            faults,
             _dbs: vec![users_db, products_db, orders_db],
         };
         lab.start_async(false).await;

@@ -37,14 +37,16 @@ pub async fn locate() -> Result<BTreeMap<Service, PathBuf>, BinariesError> {
     let paths = |dir: &Path| -> BTreeMap<Service, PathBuf> {
         Service::ALL
             .into_iter()
-            .map(|service| (service, dir.join(service.name())))
+            .map(|service| (service, dir.join(service.binary())))
             .collect()
     };
     let missing = |found: &BTreeMap<Service, PathBuf>| -> Vec<String> {
         found
             .iter()
             .filter(|(_, path)| !path.is_file())
-            .map(|(service, _)| service.name().to_owned())
+            .map(|(service, _)| service.binary().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect()
     };
     let found = paths(&dir);
@@ -90,8 +92,10 @@ async fn build(
             command.arg("--profile").arg(profile);
         }
     }
-    for service in Service::ALL {
-        command.arg("-p").arg(service.name());
+    let packages: std::collections::BTreeSet<&str> =
+        Service::ALL.into_iter().map(Service::binary).collect();
+    for package in packages {
+        command.arg("-p").arg(package);
     }
     let shown = format!("cargo build ({} missing)", missing.join(", "));
     eprintln!("lab: building the services first: {}", missing.join(", "));

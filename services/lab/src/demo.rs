@@ -14,7 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::measure::{self, Clients, Mode};
 use crate::report::{DataSet, Fault, Report};
-use crate::seed::{SeedArgs, SeededUser, Target};
+use crate::seed::{SeedArgs, Seeded, SeededUser, Target};
 use crate::topology::{Endpoints, Service};
 use crate::up::RunningLab;
 
@@ -38,6 +38,9 @@ pub fn clients(endpoints: &Endpoints) -> Clients {
     Clients {
         echo: HealthClient::new(endpoints.channel(Service::PurchasesAsync)),
         sync: PurchaseServiceClient::new(endpoints.channel(Service::PurchasesSync)),
+        sync_sequential: PurchaseServiceClient::new(
+            endpoints.channel(Service::PurchasesSyncSequential),
+        ),
         asynchronous: PurchaseServiceClient::new(endpoints.channel(Service::PurchasesAsync)),
         monolith: PurchaseServiceClient::new(endpoints.channel(Service::Monolith)),
     }
@@ -68,22 +71,8 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let endpoints = lab.endpoints.clone();
     let clients = clients(&endpoints);
-    let (microservices, monolith) = targets(&endpoints);
 
-    println!(
-        "Seeding {} users, {} products and {} orders into the microservices and the monolith...",
-        seed_args.users, seed_args.products, seed_args.orders
-    );
-    let started = Instant::now();
-    let seeded = crate::seed::seed(seed_args, microservices, monolith, &lab.data_dir).await?;
-    let seconds_to_seed = started.elapsed().as_secs_f64();
-    let caught_up_at = Instant::now();
-    wait_until_projected(&clients.asynchronous, &seeded.users).await?;
-    let seconds_for_projection_to_catch_up = caught_up_at.elapsed().as_secs_f64();
-    println!(
-        "Seeded in {seconds_to_seed:.1} s; purchases-async held every purchase {seconds_for_projection_to_catch_up:.2} s later."
-    );
-
+    let (seeded, data) = seed_and_wait(lab, seed_args).await?;
     let mut latency = BTreeMap::new();
     for mode in [Mode::Echo, Mode::Sync, Mode::Async, Mode::Monolith] {
         println!("Measuring {} ({} requests)...", mode.name(), args.requests);
@@ -114,27 +103,10 @@ pub async fn run(
     let after = measure::during_fault(&clients, &seeded.users, args.fault_calls).await;
 
     Ok(Report {
-        generated_at: crate::report::rfc3339(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_secs())
-                .unwrap_or_default(),
-        ),
-        machine: format!(
-            "{} cores, {} {}",
-            std::thread::available_parallelism().map_or(0, usize::from),
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        ),
+        generated_at: crate::report::now_rfc3339(),
+        machine: crate::report::machine(),
         storage: storage.to_owned(),
-        data: DataSet {
-            users: seeded.users.len(),
-            products: seeded.products,
-            orders: seeded.orders,
-            cancelled: seeded.cancelled,
-            seconds_to_seed,
-            seconds_for_projection_to_catch_up,
-        },
+        data,
         latency,
         freshness,
         fault: Fault {
@@ -143,6 +115,37 @@ pub async fn run(
             after,
         },
     })
+}
+
+/// Seeds both systems and waits until purchases-async holds every seeded purchase.
+pub async fn seed_and_wait(
+    lab: &RunningLab,
+    seed_args: &SeedArgs,
+) -> anyhow::Result<(Seeded, DataSet)> {
+    let (microservices, monolith) = targets(&lab.endpoints);
+    let asynchronous = PurchaseServiceClient::new(lab.endpoints.channel(Service::PurchasesAsync));
+    println!(
+        "Seeding {} users, {} products and {} orders into the microservices and the monolith...",
+        seed_args.users, seed_args.products, seed_args.orders
+    );
+    let started = Instant::now();
+    let seeded = crate::seed::seed(seed_args, microservices, monolith, &lab.data_dir).await?;
+    let seconds_to_seed = started.elapsed().as_secs_f64();
+    let caught_up_at = Instant::now();
+    wait_until_projected(&asynchronous, &seeded.users).await?;
+    let seconds_for_projection_to_catch_up = caught_up_at.elapsed().as_secs_f64();
+    println!(
+        "Seeded in {seconds_to_seed:.1} s; purchases-async held every purchase {seconds_for_projection_to_catch_up:.2} s later."
+    );
+    let data = DataSet {
+        users: seeded.users.len(),
+        products: seeded.products,
+        orders: seeded.orders,
+        cancelled: seeded.cancelled,
+        seconds_to_seed,
+        seconds_for_projection_to_catch_up,
+    };
+    Ok((seeded, data))
 }
 
 /// Waits until purchases-async answers every seeded user with all of their purchases.

@@ -6,9 +6,13 @@
 //! name when they fail), the seed data set, the demo's measurements and its report. It owns
 //! no business logic: everything it does goes through the services' gRPC APIs.
 
+mod bench;
+mod bench_report;
 mod binaries;
 mod children;
+mod cpu;
 mod demo;
+mod footprint;
 mod measure;
 mod report;
 mod seed;
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::demo::DemoArgs;
 use crate::seed::SeedArgs;
 use crate::up::{LabState, RunningLab, UpOptions};
@@ -52,6 +57,16 @@ enum Command {
         #[command(flatten)]
         demo: DemoArgs,
     },
+    /// On an empty data dir: up, seed, then load every mode at a series of rates up to
+    /// saturation, time the projection's freshness, and write bench.json and bench.html.
+    Bench {
+        #[command(flatten)]
+        up: UpArgs,
+        #[command(flatten)]
+        seed: SeedArgs,
+        #[command(flatten)]
+        bench: BenchArgs,
+    },
     /// Exit 0 if the gRPC service at ADDR (host:port) reports SERVING on grpc.health.v1,
     /// else 1: the health check of compose.yaml's containers.
     Probe {
@@ -74,6 +89,17 @@ struct UpArgs {
     /// (lab_users, lab_products, ...; created when absent), instead of SQLite files.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// When the lab's own nats-server writes JetStream data to disk: `always` (an
+    /// acknowledged event is on disk) or `lazy` (JetStream's default: flushed every two
+    /// minutes, faster, lost with the machine).
+    #[arg(long, value_enum, default_value_t = Fsync::Always)]
+    nats_fsync: Fsync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fsync {
+    Always,
+    Lazy,
 }
 
 impl UpArgs {
@@ -83,6 +109,18 @@ impl UpArgs {
             ephemeral_ports: self.ephemeral_ports,
             nats_url: self.nats_url.clone(),
             postgres: self.postgres.clone(),
+            nats_sync: match self.nats_fsync {
+                Fsync::Always => natsd::SyncPolicy::Always,
+                Fsync::Lazy => natsd::SyncPolicy::Lazy,
+            },
+        }
+    }
+
+    fn nats_fsync_name(&self) -> &'static str {
+        match (&self.nats_url, self.nats_fsync) {
+            (Some(_), _) => "as configured on the external server",
+            (None, Fsync::Always) => "always",
+            (None, Fsync::Lazy) => "lazy",
         }
     }
 
@@ -158,44 +196,87 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { up, seed, demo } => {
-            demo::prepare_empty(&cli.data_dir)?;
-            let options = up.options(cli.data_dir);
             let storage = up.storage();
-            // Built first (when run through cargo), so the timing below is the demo's own.
-            binaries::locate().await?;
-            let started = std::time::Instant::now();
-            println!("Starting nats-server and the six services...");
-            let mut lab = tokio::select! {
-                lab = RunningLab::start(&options) => lab?,
-                () = platform::server::shutdown_signal() => return Ok(ExitCode::from(INTERRUPTED)),
-            };
-            println!("{}", lab.describe());
-            let outcome = tokio::select! {
-                report = demo::run(&mut lab, &seed, &demo, &storage) => Some(report),
-                () = platform::server::shutdown_signal() => None,
-            };
-            let stopped = lab.shutdown().await;
-            let Some(report) = outcome else {
+            let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
+                demo::run(lab, &seed, &demo, &storage).await
+            })
+            .await?;
+            let Some((report, took)) = outcome else {
                 return Ok(ExitCode::from(INTERRUPTED));
             };
-            let report = report?;
-            stopped?;
             print!("{}", report.terminal());
-            let written = report.write(&options.data_dir)?;
+            let written = report.write(&cli.data_dir)?;
             println!(
                 "\nReport: {} (also {} and {}). Demo took {:.0} s.",
                 written.html.display(),
                 written.markdown.display(),
                 written.json.display(),
-                started.elapsed().as_secs_f64()
+                took.as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { up, seed, bench } => {
+            let storage = up.storage();
+            let fsync = up.nats_fsync_name();
+            let settings = bench.settings();
+            let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
+                let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
+                println!(
+                    "Loading each mode at {:?} requests/s, {} ms per step, with {} background orders/s...",
+                    settings.rates, settings.step_ms, settings.write_rate
+                );
+                bench::run(lab, &seeded, &settings, &storage, fsync).await
+            })
+            .await?;
+            let Some((report, took)) = outcome else {
+                return Ok(ExitCode::from(INTERRUPTED));
+            };
+            print!("{}", bench_report::terminal(&report));
+            let (json, html) = bench::write(&report, &cli.data_dir, bench.json.as_deref())?;
+            println!(
+                "\nResults: {} and {}. Bench took {:.0} s.",
+                json.display(),
+                html.display(),
+                took.as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Empties the data dir (if the lab wrote it), starts a lab, runs `work` on it and stops the
+/// lab, whatever `work` did. None when interrupted by Ctrl-C or SIGTERM.
+async fn on_fresh_lab<T>(
+    data_dir: &std::path::Path,
+    up: &UpArgs,
+    work: impl AsyncFnOnce(&mut RunningLab) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<(T, Duration)>> {
+    demo::prepare_empty(data_dir)?;
+    let options = up.options(data_dir.to_path_buf());
+    // Built first (when run through cargo), so the timing below is the run's own.
+    binaries::locate().await?;
+    let started = std::time::Instant::now();
+    println!("Starting nats-server and the services...");
+    let mut lab = tokio::select! {
+        lab = RunningLab::start(&options) => lab?,
+        () = platform::server::shutdown_signal() => return Ok(None),
+    };
+    println!("{}", lab.describe());
+    let outcome = tokio::select! {
+        outcome = work(&mut lab) => Some(outcome),
+        () = platform::server::shutdown_signal() => None,
+    };
+    let stopped = lab.shutdown().await;
+    let Some(outcome) = outcome else {
+        return Ok(None);
+    };
+    let outcome = outcome?;
+    stopped?;
+    Ok(Some((outcome, started.elapsed())))
+}
+
 async fn up(options: UpOptions) -> anyhow::Result<ExitCode> {
-    println!("Starting nats-server and the six services...");
+    println!("Starting nats-server and the services...");
     let mut lab = tokio::select! {
         lab = RunningLab::start(&options) => lab?,
         () = platform::server::shutdown_signal() => return Ok(ExitCode::from(INTERRUPTED)),

@@ -22,6 +22,8 @@ pub enum Mode {
     /// grpc.health.v1 Check: one round trip, no data. The floor.
     Echo,
     Sync,
+    /// purchases-sync calling its dependencies one after another.
+    SyncSequential,
     Async,
     Monolith,
 }
@@ -33,6 +35,7 @@ impl Mode {
         match self {
             Self::Echo => "echo",
             Self::Sync => "sync",
+            Self::SyncSequential => "sync-sequential",
             Self::Async => "async",
             Self::Monolith => "monolith",
         }
@@ -44,6 +47,7 @@ impl Mode {
 pub struct Clients {
     pub echo: HealthClient<Channel>,
     pub sync: PurchaseServiceClient<Channel>,
+    pub sync_sequential: PurchaseServiceClient<Channel>,
     pub asynchronous: PurchaseServiceClient<Channel>,
     pub monolith: PurchaseServiceClient<Channel>,
 }
@@ -73,6 +77,7 @@ impl Clients {
                 .await
                 .map(drop),
             Mode::Sync => purchases(&self.sync, &user.microservices).await,
+            Mode::SyncSequential => purchases(&self.sync_sequential, &user.microservices).await,
             Mode::Async => purchases(&self.asynchronous, &user.microservices).await,
             Mode::Monolith => purchases(&self.monolith, &user.monolith).await,
         };
@@ -96,13 +101,15 @@ pub struct Latency {
 }
 
 /// Microseconds from 1 us to 60 s at 3 significant digits.
-fn micros_histogram() -> Histogram<u64> {
+pub fn micros_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 /// Records outcomes and latencies.
 #[derive(Debug)]
 pub struct Recorder {
+    // Every outcome's latency: the demo calls one at a time, so a failure's time is as telling
+    // as a success's.
     histogram: Histogram<u64>,
     requests: u64,
     errors: BTreeMap<String, u64>,

@@ -235,15 +235,10 @@ impl Report {
             ],
         )];
         let markdown = escape(&self.markdown());
-        format!(
-            r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Lab report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; color: #222; }}
-svg text {{ font-size: 12px; fill: #222; }}
-pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
-</style></head><body>
-<h1>Sync vs async vs monolith</h1>
+        page(
+            "Lab report",
+            &format!(
+                r#"<h1>Sync vs async vs monolith</h1>
 <p>Generated {generated} on {machine}. Storage: {storage}.</p>
 <h2>Latency (us, one request in flight)</h2>
 {latency}
@@ -253,17 +248,33 @@ pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
 {fault}
 <h2>All figures</h2>
 <pre>{markdown}</pre>
-</body></html>
 "#,
-            generated = escape(&self.generated_at),
-            machine = escape(&self.machine),
-            storage = escape(&self.storage),
-            latency = bar_chart(&latency_bars, "us"),
-            freshness = bar_chart(&freshness_bars, "us"),
-            what = escape(&self.fault.what),
-            fault = bar_chart(&fault_bars, "%"),
+                generated = escape(&self.generated_at),
+                machine = escape(&self.machine),
+                storage = escape(&self.storage),
+                latency = bar_chart(&latency_bars, "us"),
+                freshness = bar_chart(&freshness_bars, "us"),
+                what = escape(&self.fault.what),
+                fault = bar_chart(&fault_bars, "%"),
+            ),
         )
     }
+}
+
+/// A self-contained HTML page around `body`.
+pub(crate) fn page(title: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 64rem; margin: 2rem auto; color: #222; }}
+svg text {{ font-size: 12px; fill: #222; }}
+pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
+</style></head><body>
+{body}</body></html>
+"#,
+        title = escape(title),
+    )
 }
 
 fn errors(latency: &Latency) -> String {
@@ -278,7 +289,7 @@ fn errors(latency: &Latency) -> String {
         .join(", ")
 }
 
-fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -301,7 +312,7 @@ fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
     text
 }
 
-fn markdown_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn markdown_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
     let mut text = format!("| {} |\n|", headers.join(" | "));
     text.push_str(&"---|".repeat(N));
     text.push('\n');
@@ -311,7 +322,7 @@ fn markdown_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> 
     text
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -319,7 +330,7 @@ fn escape(text: &str) -> String {
 }
 
 /// Horizontal grouped bars: one group per label, one bar per series value.
-fn bar_chart(groups: &[(String, Vec<(String, f64)>)], unit: &str) -> String {
+pub(crate) fn bar_chart(groups: &[(String, Vec<(String, f64)>)], unit: &str) -> String {
     const COLORS: [&str; 3] = ["#4e79a7", "#f28e2b", "#e15759"];
     const LABEL_WIDTH: f64 = 110.0;
     const CHART_WIDTH: f64 = 520.0;
@@ -365,6 +376,38 @@ fn bar_chart(groups: &[(String, Vec<(String, f64)>)], unit: &str) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// The current time as RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or_default(),
+    )
+}
+
+/// The hardware line of a report: cores, OS, architecture, and the CPU model when known.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        });
+    let mut line = format!(
+        "{} cores, {} {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    if let Some(model) = model {
+        line.push_str(&format!(", {model}"));
+    }
+    line
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time, without a date library.

@@ -171,6 +171,8 @@ pub struct Seeded {
     pub products: usize,
     /// A product of the microservices, to order more of.
     pub sample_product: String,
+    /// The same product in the monolith.
+    pub sample_monolith_product: String,
     pub orders: usize,
     pub cancelled: usize,
 }
@@ -198,7 +200,7 @@ pub async fn seed(
         ProgressStyle::with_template("seeding {bar:40} {pos}/{len} writes ({per_sec}, {eta} left)")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let ((micro_users, micro_products), (mono_users, _)) = tokio::try_join!(
+    let ((micro_users, micro_products), (mono_users, mono_products)) = tokio::try_join!(
         apply(&plan, microservices, &progress),
         apply(&plan, monolith, &progress)
     )?;
@@ -220,6 +222,7 @@ pub async fn seed(
             .collect(),
         products: plan.products.len(),
         sample_product: micro_products.into_iter().next().unwrap_or_default(),
+        sample_monolith_product: mono_products.into_iter().next().unwrap_or_default(),
         orders: plan.orders.len(),
         cancelled: plan.orders.iter().filter(|order| order.cancel).count(),
     };

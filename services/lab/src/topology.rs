@@ -15,27 +15,38 @@ pub enum Service {
     Products,
     Orders,
     PurchasesSync,
+    /// purchases-sync again, with `--fanout sequential`: the cost of not overlapping calls.
+    PurchasesSyncSequential,
     PurchasesAsync,
     Monolith,
 }
 
 impl Service {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Users,
         Self::Products,
         Self::Orders,
         Self::PurchasesSync,
+        Self::PurchasesSyncSequential,
         Self::PurchasesAsync,
         Self::Monolith,
     ];
 
-    /// The binary's name, which is also how the lab names the service.
+    /// How the lab names the service (its log file, its entry in lab.json).
     pub fn name(self) -> &'static str {
+        match self {
+            Self::PurchasesSyncSequential => "purchases-sync-sequential",
+            other => other.binary(),
+        }
+    }
+
+    /// The binary (and cargo package) that runs it.
+    pub fn binary(self) -> &'static str {
         match self {
             Self::Users => "users",
             Self::Products => "products",
             Self::Orders => "orders",
-            Self::PurchasesSync => "purchases-sync",
+            Self::PurchasesSync | Self::PurchasesSyncSequential => "purchases-sync",
             Self::PurchasesAsync => "purchases-async",
             Self::Monolith => "monolith",
         }
@@ -51,6 +62,7 @@ impl Service {
             Self::Monolith => 50060,
             Self::PurchasesSync => 50061,
             Self::PurchasesAsync => 50062,
+            Self::PurchasesSyncSequential => 50063,
         }
     }
 
@@ -61,14 +73,17 @@ impl Service {
             Self::Users => Some("users"),
             Self::Products => Some("products"),
             Self::Orders => Some("orders"),
-            Self::PurchasesSync => None,
+            Self::PurchasesSync | Self::PurchasesSyncSequential => None,
             Self::PurchasesAsync => Some("purchases_async"),
             Self::Monolith => Some("monolith"),
         }
     }
 
     fn uses_nats(self) -> bool {
-        !matches!(self, Self::PurchasesSync | Self::Monolith)
+        !matches!(
+            self,
+            Self::PurchasesSync | Self::PurchasesSyncSequential | Self::Monolith
+        )
     }
 
     /// gRPC services it serves, for the grpcurl examples.
@@ -85,7 +100,10 @@ impl Service {
                 r#"{"page_size":3}"#,
             ),
             Self::Orders => format!("grpcurl -plaintext {addr} describe orders.v1.OrderService"),
-            Self::PurchasesSync | Self::PurchasesAsync | Self::Monolith => call(
+            Self::PurchasesSync
+            | Self::PurchasesSyncSequential
+            | Self::PurchasesAsync
+            | Self::Monolith => call(
                 "purchases.v1.PurchaseService/ListUserPurchases",
                 r#"{"user_id":"<a user id from the seed, see seed.json>","page_size":5}"#,
             ),
@@ -226,7 +244,10 @@ impl Endpoints {
             args.push("--nats-url".into());
             args.push(self.nats_url.clone().into());
         }
-        if service == Service::PurchasesSync {
+        if matches!(
+            service,
+            Service::PurchasesSync | Service::PurchasesSyncSequential
+        ) {
             for (flag, dependency) in [
                 ("--users-url", Service::Users),
                 ("--orders-url", Service::Orders),
@@ -235,6 +256,10 @@ impl Endpoints {
                 args.push(flag.into());
                 args.push(self.url(dependency).into());
             }
+        }
+        if service == Service::PurchasesSyncSequential {
+            args.push("--fanout".into());
+            args.push("sequential".into());
         }
         Ok(args)
     }

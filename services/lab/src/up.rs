@@ -25,6 +25,7 @@ pub struct UpOptions {
     pub ephemeral_ports: bool,
     pub nats_url: Option<String>,
     pub postgres: Option<String>,
+    pub nats_sync: SyncPolicy,
 }
 
 /// What `lab.json` holds while a lab runs.
@@ -56,6 +57,7 @@ impl LabState {
 pub struct RunningLab {
     pub endpoints: Endpoints,
     pub data_dir: PathBuf,
+    pub storage: Storage,
     nats: Option<NatsServer>,
     processes: BTreeMap<Service, ServiceProcess>,
 }
@@ -92,7 +94,7 @@ impl RunningLab {
             }
             None => {
                 let server = NatsServer::start(NatsServerOptions {
-                    sync: SyncPolicy::Always,
+                    sync: options.nats_sync,
                     store_dir: Some(data_dir.join("nats")),
                     port: None,
                 })
@@ -106,6 +108,7 @@ impl RunningLab {
         let mut lab = Self {
             endpoints,
             data_dir: data_dir.clone(),
+            storage: storage.clone(),
             nats,
             processes: BTreeMap::new(),
         };
@@ -131,39 +134,55 @@ impl RunningLab {
 
     /// Waits until the service answers SERVING, failing early with its log when it exits.
     pub async fn wait_healthy(&mut self, service: Service) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + HEALTHY_WITHIN;
-        let mut health = HealthClient::new(self.endpoints.channel(service));
-        loop {
-            let process = self
-                .processes
-                .get_mut(&service)
-                .context("the lab does not run this service")?;
-            if let Some(status) = process.exited() {
-                anyhow::bail!(
-                    "{service} exited while starting ({status}); the end of its log ({}):\n{}",
-                    process.log().display(),
-                    process.log_tail(20)
-                );
-            }
-            let check = tokio::time::timeout(
-                Duration::from_secs(1),
-                health.check(HealthCheckRequest::default()),
-            )
-            .await;
-            if let Ok(Ok(answer)) = check
-                && answer.into_inner().status == ServingStatus::Serving as i32
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "{service} did not report SERVING within {HEALTHY_WITHIN:?}; the end of its log ({}):\n{}",
-                    process.log().display(),
-                    process.log_tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let channel = self.endpoints.channel(service);
+        let process = self
+            .processes
+            .get_mut(&service)
+            .context("the lab does not run this service")?;
+        wait_serving(service.name(), process, channel).await
+    }
+
+    /// Starts one more purchases-async beside the lab's, with a projection of its own (its
+    /// own database and durable consumers, both named after `name`), rebuilt from the first
+    /// event in the streams, and waits until it serves. The caller stops it.
+    pub async fn start_fresh_projection(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        let binaries = crate::binaries::locate().await?;
+        let binary = binaries
+            .get(&Service::PurchasesAsync)
+            .context("no purchases-async binary")?
+            .clone();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("no free loopback port")?;
+        let database = name.replace('-', "_");
+        if let Storage::Postgres(url) = &self.storage {
+            create_database(url, &format!("lab_{database}")).await?;
         }
+        let args: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            addr.to_string().into(),
+            "--log-format".into(),
+            "json".into(),
+            "--database-url".into(),
+            self.storage.database_url(&database)?.into(),
+            "--nats-url".into(),
+            self.endpoints.nats_url.clone().into(),
+            "--consumer-name".into(),
+            name.into(),
+            // Empties what an earlier run left and resets the consumers to the first event.
+            "--rebuild".into(),
+        ];
+        let log = self.data_dir.join("logs").join(format!("{name}.log"));
+        let mut process = ServiceProcess::new(name, binary, args, log);
+        process.start()?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        wait_serving(name, &mut process, channel).await?;
+        Ok((process, addr))
     }
 
     /// Stops one service gracefully (a fault for the demo).
@@ -207,7 +226,8 @@ impl RunningLab {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn write_state(&self) -> anyhow::Result<()> {
+    /// Every running process the lab started (services and nats-server), by name.
+    pub fn pids(&self) -> BTreeMap<String, u32> {
         let mut pids: BTreeMap<String, u32> = self
             .processes
             .iter()
@@ -216,10 +236,14 @@ impl RunningLab {
         if let Some(pid) = self.nats.as_ref().and_then(NatsServer::pid) {
             pids.insert("nats-server".to_owned(), pid);
         }
+        pids
+    }
+
+    fn write_state(&self) -> anyhow::Result<()> {
         let state = LabState {
             lab_pid: std::process::id(),
             endpoints: self.endpoints.clone(),
-            pids,
+            pids: self.pids(),
         };
         let path = state_file(&self.data_dir);
         let text = serde_json::to_string_pretty(&state)?;
@@ -228,22 +252,61 @@ impl RunningLab {
 
     /// Where each service listens, and something to try.
     pub fn describe(&self) -> String {
-        let mut text = String::from("service           address            try\n");
+        let mut text = String::from("service                    address            try\n");
         for service in Service::ALL {
             let addr = self.endpoints.addr(service);
             text.push_str(&format!(
-                "{:<17} {:<18} {}\n",
+                "{:<26} {:<18} {}\n",
                 service.name(),
                 addr,
                 service.example(addr)
             ));
         }
-        text.push_str(&format!("nats              {}\n", self.endpoints.nats_url));
+        text.push_str(&format!("{:<26} {}\n", "nats", self.endpoints.nats_url));
         text.push_str(&format!(
-            "logs              {}\n",
+            "{:<26} {}\n",
+            "logs",
             self.data_dir.join("logs").display()
         ));
         text
+    }
+}
+
+/// Waits until `process` answers SERVING on `channel`, failing early with its log when it
+/// exits.
+async fn wait_serving(
+    name: &str,
+    process: &mut ServiceProcess,
+    channel: tonic::transport::Channel,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + HEALTHY_WITHIN;
+    let mut health = HealthClient::new(channel);
+    loop {
+        if let Some(status) = process.exited() {
+            anyhow::bail!(
+                "{name} exited while starting ({status}); the end of its log ({}):\n{}",
+                process.log().display(),
+                process.log_tail(20)
+            );
+        }
+        let check = tokio::time::timeout(
+            Duration::from_secs(1),
+            health.check(HealthCheckRequest::default()),
+        )
+        .await;
+        if let Ok(Ok(answer)) = check
+            && answer.into_inner().status == ServingStatus::Serving as i32
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{name} did not report SERVING within {HEALTHY_WITHIN:?}; the end of its log ({}):\n{}",
+                process.log().display(),
+                process.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -280,19 +343,33 @@ async fn create_databases(url: &str) -> anyhow::Result<()> {
         let Some(database) = service.database() else {
             continue;
         };
-        let name = format!("lab_{database}");
-        let exists: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                .bind(&name)
-                .fetch_optional(&mut conn)
-                .await?;
-        if exists.is_none() {
-            // The name is ours (lab_ + a fixed service name), never user input.
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                .execute(&mut conn)
-                .await
-                .with_context(|| format!("cannot create the database {name}"))?;
-        }
+        create_database_on(&mut conn, &format!("lab_{database}")).await?;
+    }
+    Ok(())
+}
+
+async fn create_database(url: &str, name: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::postgres::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {url}"))?;
+    create_database_on(&mut conn, name).await
+}
+
+async fn create_database_on(
+    conn: &mut sqlx::postgres::PgConnection,
+    name: &str,
+) -> anyhow::Result<()> {
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        // The name is ours (lab_ + a fixed name), never user input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("cannot create the database {name}"))?;
     }
     Ok(())
 }

@@ -98,7 +98,11 @@ async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (mut child, state) = up(dir.path()).await;
     let pids = pids(&state);
-    assert_eq!(pids.len(), 7, "six services and nats-server: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        8,
+        "seven services (purchases-sync twice) and nats-server: {pids:?}"
+    );
     let addr = |service: &str| {
         state["endpoints"]["services"][service]
             .as_str()
@@ -296,6 +300,99 @@ async fn lab_demo_reports_a_figure_for_every_mode() {
         !data_dir.join("stray").exists(),
         "the lab's data dir was emptied"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data_dir = dir.path().join("lab");
+    let json = dir.path().join("results").join("bench.json");
+    let output = lab(&data_dir)
+        .args(["bench", "--ephemeral-ports", "--nats-fsync", "lazy"])
+        .args(["--users", "20", "--products", "10", "--orders", "100"])
+        .args([
+            "--rates",
+            "20,40",
+            "--reference-rate",
+            "30",
+            "--step-ms",
+            "500",
+        ])
+        .args(["--write-rate", "20", "--freshness-write-rate", "100"])
+        .args(["--freshness-ms", "500", "--json"])
+        .arg(&json)
+        .output()
+        .await
+        .expect("lab bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "lab bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file"))
+            .expect("the results are JSON");
+    for mode in ["echo", "sync", "sync-sequential", "async", "monolith"] {
+        let summary = &report["summary"][mode];
+        let number = |name: &str| {
+            summary[name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("summary.{mode}.{name} is a number: {summary}"))
+        };
+        assert!(number("p50_us") > 0.0 && number("p99_us") >= number("p50_us"));
+        assert!(number("throughput_rps") > 0.0, "{mode}: {summary}");
+        assert_eq!(
+            number("error_rate"),
+            0.0,
+            "{mode} failed requests: {summary}"
+        );
+        assert!(number("saturation_rps") >= number("throughput_rps") * 0.99);
+        let steps = report["series"][mode]["steps"]
+            .as_array()
+            .expect("the series of steps");
+        let offered: Vec<u64> = steps
+            .iter()
+            .filter_map(|step| step["offered_rps"].as_u64())
+            .collect();
+        assert_eq!(offered, vec![20, 30, 40], "{mode}: every rate, in order");
+        assert!(
+            steps[0]["cpu_pct"]["purchases-async"].is_number(),
+            "CPU per process: {}",
+            steps[0]
+        );
+        assert!(stdout.contains(mode), "the terminal table shows {mode}");
+    }
+    let freshness = &report["freshness"];
+    assert!(
+        freshness["samples"].as_u64().is_some_and(|n| n > 0),
+        "{freshness}"
+    );
+    assert_eq!(freshness["never_seen"], 0, "{freshness}");
+    assert!(freshness["p99_us"].as_u64() >= freshness["p50_us"].as_u64());
+    assert_eq!(report["nats_fsync"], "lazy");
+    assert!(report["background_writes"]["placed"].as_u64() > Some(0));
+    assert_eq!(report["background_writes"]["failed"], 0);
+    for store in [
+        "users",
+        "orders",
+        "purchases-async",
+        "monolith",
+        "jetstream",
+    ] {
+        assert!(
+            report["storage_bytes"][store].as_u64() > Some(0),
+            "{store}: {}",
+            report["storage_bytes"]
+        );
+    }
+    assert!(
+        report["aims"]
+            .as_array()
+            .is_some_and(|aims| aims.iter().any(|aim| aim["name"] == "freshness p99 (ms)"))
+    );
+    let html = std::fs::read_to_string(data_dir.join("bench.html")).expect("bench.html");
+    assert!(html.contains("<polyline") && html.contains("sync-sequential"));
 }
 
 #[tokio::test]

@@ -1,0 +1,1104 @@
+//! `lab bench`: the load generator. Each mode is offered a constant arrival rate (open loop),
+//! step by step up to saturation, while a background writer keeps placing orders so the
+//! projection is under real update load. Then the projection's freshness is timed under a
+//! steady write rate, and the bytes each design stores are counted.
+//!
+//! Latency is measured from when a request was due, not from when it was sent (the
+//! coordinated-omission correction wrk2 makes): when a mode falls behind, the requests that
+//! waited behind it count their wait. The uncorrected figure is kept beside it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+use crate::measure::{Clients, Mode, micros_histogram};
+use crate::seed::{Seeded, SeededUser};
+use crate::topology::{Endpoints, Service};
+use crate::up::RunningLab;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// A smoke run in well under a minute: fewer, shorter steps and a short freshness phase.
+    #[arg(long)]
+    pub quick: bool,
+    /// Offered request rates per second, stepped through in order until the mode saturates
+    /// [default: 100,250,500,1000,2000,4000,8000; with --quick 200,1000,4000].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    pub rates: Vec<u32>,
+    /// How long each rate is held, in milliseconds [default: 5000; with --quick 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub step_ms: Option<u64>,
+    /// The rate offered to every mode alike for the summary (added to the steps).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    pub reference_rate: u32,
+    /// Orders per second placed in the background (in the microservices and the monolith
+    /// alike) while the reads are measured [default: 100; with --quick 50].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=20_000))]
+    pub write_rate: Option<u32>,
+    /// Orders per second placed while freshness is timed.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub freshness_write_rate: u32,
+    /// How long freshness is timed, in milliseconds [default: 10000; with --quick 2000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub freshness_ms: Option<u64>,
+    /// Requests the load generator keeps in flight per mode at most; past it, due requests
+    /// wait (and their wait counts in the corrected latency).
+    #[arg(long, default_value_t = 2_048, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_in_flight: u32,
+    /// Purchases asked for per request (the page size), the same in every mode.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=1_000))]
+    pub page_size: i32,
+    /// Where to write the JSON results [default: DATA_DIR/bench.json].
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The settings one run uses, with the defaults and `--quick` applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub rates: Vec<u32>,
+    pub step_ms: u64,
+    pub reference_rate: u32,
+    pub write_rate: u32,
+    pub freshness_write_rate: u32,
+    pub freshness_ms: u64,
+    pub max_in_flight: u32,
+    pub page_size: i32,
+    /// Every request's deadline.
+    pub deadline_ms: u64,
+}
+
+/// A request that takes longer than this has failed (DEADLINE_EXCEEDED), whatever the mode.
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// A step saturates a mode when it answers less than this share of the offered rate...
+const SATURATED_BELOW: f64 = 0.9;
+/// ... or fails more than this share of requests.
+const SATURATED_ERRORS: f64 = 0.01;
+
+impl BenchArgs {
+    pub fn settings(&self) -> Settings {
+        let mut rates = if self.rates.is_empty() {
+            if self.quick {
+                vec![200, 1_000, 4_000]
+            } else {
+                vec![100, 250, 500, 1_000, 2_000, 4_000, 8_000]
+            }
+        } else {
+            self.rates.clone()
+        };
+        rates.push(self.reference_rate);
+        rates.sort_unstable();
+        rates.dedup();
+        Settings {
+            rates,
+            step_ms: self
+                .step_ms
+                .unwrap_or(if self.quick { 1_000 } else { 5_000 }),
+            reference_rate: self.reference_rate,
+            write_rate: self.write_rate.unwrap_or(if self.quick { 50 } else { 100 }),
+            freshness_write_rate: self.freshness_write_rate,
+            freshness_ms: self
+                .freshness_ms
+                .unwrap_or(if self.quick { 2_000 } else { 10_000 }),
+            max_in_flight: self.max_in_flight,
+            page_size: self.page_size,
+            deadline_ms: u64::try_from(DEADLINE.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The modes the bench compares, in the order they run.
+pub const MODES: [Mode; 5] = [
+    Mode::Echo,
+    Mode::Sync,
+    Mode::SyncSequential,
+    Mode::Async,
+    Mode::Monolith,
+];
+
+/// One rate held for one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub offered_rps: u32,
+    pub seconds: f64,
+    /// Requests that fell due during the step.
+    pub scheduled: u64,
+    pub ok: u64,
+    /// Answered requests per second.
+    pub throughput_rps: f64,
+    /// Latency of answered requests from when they were due (corrected for coordinated
+    /// omission).
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// The same requests timed from when they were sent.
+    pub uncorrected_p50_us: u64,
+    pub uncorrected_p99_us: u64,
+    /// How late the load generator itself sent requests (its own timer), p99.
+    pub send_lag_p99_us: u64,
+    /// Failed or never-sent requests over scheduled ones.
+    pub error_rate: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub example_errors: BTreeMap<String, String>,
+    /// CPU used during the step, by process, in percent of one core.
+    pub cpu_pct: BTreeMap<String, f64>,
+    pub saturated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeResult {
+    pub steps: Vec<Step>,
+    /// The most requests per second the mode answered in any step.
+    pub saturation_rps: f64,
+    /// False when even the highest offered rate did not saturate the mode: then
+    /// `saturation_rps` is a lower bound.
+    pub saturation_reached: bool,
+}
+
+/// The figures scripts read: one reference rate offered to every mode alike.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub throughput_rps: f64,
+    pub error_rate: f64,
+    pub saturation_rps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshnessResult {
+    /// From PlaceOrder's answer to the first read of purchases-async that shows the order
+    /// (an upper bound: the read that first shows it is counted whole).
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub samples: u64,
+    pub never_seen: u64,
+    pub write_rate_offered: u32,
+    pub write_rate_achieved: f64,
+    /// PlaceOrder calls that failed.
+    pub write_errors: u64,
+    /// Writes not sent because 64 were already waiting for orders: orders fell behind.
+    pub writes_skipped: u64,
+    /// Bucketed distribution: (upper bound in us, count).
+    pub distribution: Vec<(u64, u64)>,
+    /// CPU used while writing and timing, by process, in percent of one core.
+    pub cpu_pct: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackgroundWrites {
+    pub offered_rps: u32,
+    pub placed: u64,
+    pub failed: u64,
+    /// Not sent because 64 writes per system were already waiting.
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub generated_at: String,
+    pub machine: String,
+    pub storage: String,
+    pub nats_fsync: String,
+    pub data: BenchData,
+    pub settings: Settings,
+    /// `summary.<mode>` at the reference rate, for `echo`, `sync`, `sync-sequential`,
+    /// `async`, `monolith`.
+    pub summary: BTreeMap<String, Summary>,
+    pub freshness: FreshnessResult,
+    pub catch_up: CatchUp,
+    /// Every step of every mode.
+    pub series: BTreeMap<String, ModeResult>,
+    pub background_writes: BackgroundWrites,
+    /// Bytes on disk per store at the end: what each design keeps, and what the projection
+    /// duplicates.
+    pub storage_bytes: BTreeMap<String, u64>,
+    /// The aims as measured ratios, each with whether this run met it.
+    pub aims: Vec<Aim>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchData {
+    pub users: usize,
+    pub products: usize,
+    pub orders: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Aim {
+    pub name: String,
+    pub measured: f64,
+    pub target: f64,
+    /// `<=` or `>=`.
+    pub comparison: String,
+    pub met: bool,
+}
+
+/// Runs every phase on a running, seeded, caught-up lab.
+pub async fn run(
+    lab: &RunningLab,
+    seeded: &Seeded,
+    settings: &Settings,
+    storage: &str,
+    nats_fsync: &str,
+) -> anyhow::Result<BenchReport> {
+    let endpoints = lab.endpoints.clone();
+    let clients = crate::demo::clients(&endpoints);
+    let users = Arc::new(seeded.users.clone());
+
+    let writer = BackgroundWriter::start(&endpoints, seeded, settings.write_rate);
+    // Rates on the outside, modes inside: the background writer grows the data as the run
+    // goes on, and every mode meets each rate on the same data.
+    let mut steps: BTreeMap<Mode, Vec<Step>> =
+        MODES.iter().map(|mode| (*mode, Vec::new())).collect();
+    let mut saturated: BTreeMap<Mode, bool> = BTreeMap::new();
+    let total_steps = MODES.len() * settings.rates.len();
+    let progress = ProgressBar::new(total_steps as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} steps {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    for &rate in &settings.rates {
+        for mode in MODES {
+            progress.inc(1);
+            // Past saturation a mode is not loaded harder, except to the reference rate, so
+            // the summary compares like with like.
+            if saturated.get(&mode).copied().unwrap_or(false) && rate > settings.reference_rate {
+                continue;
+            }
+            progress.set_prefix(mode.name());
+            progress.set_message(format!("{rate} req/s"));
+            let pids = lab.pids();
+            let cpu_before = crate::cpu::sample(&pids);
+            let step = open_loop(&clients, mode, &users, rate, settings).await;
+            let cpu = crate::cpu::usage(&cpu_before, &crate::cpu::sample(&pids));
+            if step.saturated {
+                saturated.insert(mode, true);
+            }
+            steps.entry(mode).or_default().push(Step {
+                cpu_pct: cpu,
+                ..step
+            });
+        }
+    }
+    let series: BTreeMap<String, ModeResult> = steps
+        .into_iter()
+        .map(|(mode, steps)| {
+            let saturation_rps = steps
+                .iter()
+                .map(|step| step.throughput_rps)
+                .fold(0.0, f64::max);
+            (
+                mode.name().to_owned(),
+                ModeResult {
+                    steps,
+                    saturation_rps,
+                    saturation_reached: saturated.get(&mode).copied().unwrap_or(false),
+                },
+            )
+        })
+        .collect();
+    progress.finish_and_clear();
+    let background_writes = writer.stop().await;
+
+    println!(
+        "Timing freshness: {} orders/s for {:.1} s...",
+        settings.freshness_write_rate,
+        settings.freshness_ms as f64 / 1_000.0
+    );
+    let cpu_before = crate::cpu::sample(&lab.pids());
+    let mut freshness = freshness(&endpoints, &clients.asynchronous, seeded, settings).await;
+    freshness.cpu_pct = crate::cpu::usage(&cpu_before, &crate::cpu::sample(&lab.pids()));
+    println!("Timing a new projection built from every event in the streams...");
+    let catch_up = catch_up(lab, seeded).await?;
+    let storage_bytes = crate::footprint::measure(lab).await;
+
+    let summary: BTreeMap<String, Summary> = series
+        .iter()
+        .filter_map(|(mode, result)| {
+            let step = result
+                .steps
+                .iter()
+                .find(|step| step.offered_rps == settings.reference_rate)?;
+            Some((
+                mode.clone(),
+                Summary {
+                    p50_us: step.p50_us,
+                    p99_us: step.p99_us,
+                    throughput_rps: step.throughput_rps,
+                    error_rate: step.error_rate,
+                    saturation_rps: result.saturation_rps,
+                },
+            ))
+        })
+        .collect();
+    let aims = aims(&summary, &freshness, &catch_up);
+    Ok(BenchReport {
+        generated_at: crate::report::now_rfc3339(),
+        machine: crate::report::machine(),
+        storage: storage.to_owned(),
+        nats_fsync: nats_fsync.to_owned(),
+        data: BenchData {
+            users: seeded.users.len(),
+            products: seeded.products,
+            orders: seeded.orders,
+        },
+        settings: settings.clone(),
+        summary,
+        freshness,
+        catch_up,
+        series,
+        background_writes,
+        storage_bytes,
+        aims,
+    })
+}
+
+fn aims(
+    summary: &BTreeMap<String, Summary>,
+    freshness: &FreshnessResult,
+    catch_up: &CatchUp,
+) -> Vec<Aim> {
+    let get = |mode: &str| summary.get(mode);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    let mut aims = Vec::new();
+    let mut aim = |name: &str, measured: f64, comparison: &str, target: f64| {
+        let met = if comparison == "<=" {
+            measured <= target
+        } else {
+            measured >= target
+        };
+        aims.push(Aim {
+            name: name.to_owned(),
+            measured: (measured * 100.0).round() / 100.0,
+            target,
+            comparison: comparison.to_owned(),
+            met,
+        });
+    };
+    if let (Some(echo), Some(asynchronous)) = (get("echo"), get("async")) {
+        aim(
+            "async p50 / echo p50",
+            ratio(asynchronous.p50_us as f64, echo.p50_us as f64),
+            "<=",
+            1.3,
+        );
+        aim(
+            "async p99 / echo p99",
+            ratio(asynchronous.p99_us as f64, echo.p99_us as f64),
+            "<=",
+            2.0,
+        );
+    }
+    if let (Some(sync), Some(asynchronous)) = (get("sync"), get("async")) {
+        aim(
+            "async saturation / sync saturation",
+            ratio(asynchronous.saturation_rps, sync.saturation_rps),
+            ">=",
+            3.0,
+        );
+    }
+    if let (Some(echo), Some(sync)) = (get("echo"), get("sync")) {
+        // Three round trips one after another: caller to D, users and orders together,
+        // then products.
+        aim(
+            "sync p50 / (3 x echo p50)",
+            ratio(sync.p50_us as f64, 3.0 * echo.p50_us as f64),
+            "<=",
+            1.2,
+        );
+    }
+    aim(
+        "freshness p99 (ms)",
+        freshness.p99_us as f64 / 1_000.0,
+        "<=",
+        5.0,
+    );
+    aim(
+        "catch-up (events/s)",
+        catch_up.events_per_second,
+        ">=",
+        20_000.0,
+    );
+    aims
+}
+
+/// Shared by the requests of one step.
+#[derive(Debug)]
+struct StepRecorder {
+    corrected: Histogram<u64>,
+    uncorrected: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    examples: BTreeMap<String, String>,
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl StepRecorder {
+    fn new() -> Self {
+        Self {
+            corrected: micros_histogram(),
+            uncorrected: micros_histogram(),
+            send_lag: micros_histogram(),
+            ok: 0,
+            errors: BTreeMap::new(),
+            examples: BTreeMap::new(),
+        }
+    }
+
+    fn fail(&mut self, code: &str, message: String) {
+        *self.errors.entry(code.to_owned()).or_default() += 1;
+        self.examples.entry(code.to_owned()).or_insert(message);
+    }
+
+    fn finish(&self, offered_rps: u32, scheduled: u64, seconds: f64) -> Step {
+        let failed = scheduled.saturating_sub(self.ok);
+        let error_rate = if scheduled == 0 {
+            0.0
+        } else {
+            failed as f64 / scheduled as f64
+        };
+        let throughput_rps = self.ok as f64 / seconds.max(f64::EPSILON);
+        let quantile = |histogram: &Histogram<u64>, q: f64| {
+            if histogram.is_empty() {
+                0
+            } else {
+                histogram.value_at_quantile(q)
+            }
+        };
+        Step {
+            offered_rps,
+            seconds,
+            scheduled,
+            ok: self.ok,
+            throughput_rps,
+            p50_us: quantile(&self.corrected, 0.5),
+            p90_us: quantile(&self.corrected, 0.9),
+            p99_us: quantile(&self.corrected, 0.99),
+            p999_us: quantile(&self.corrected, 0.999),
+            max_us: self.corrected.max(),
+            uncorrected_p50_us: quantile(&self.uncorrected, 0.5),
+            uncorrected_p99_us: quantile(&self.uncorrected, 0.99),
+            send_lag_p99_us: quantile(&self.send_lag, 0.99),
+            error_rate,
+            errors: self.errors.clone(),
+            example_errors: self.examples.clone(),
+            cpu_pct: BTreeMap::new(),
+            saturated: throughput_rps < SATURATED_BELOW * f64::from(offered_rps)
+                || error_rate > SATURATED_ERRORS,
+        }
+    }
+}
+
+/// Requests due at `rate` per second for the step's length, each sent when due (by a timer
+/// thread, whose lateness is recorded) unless `max_in_flight` are outstanding.
+async fn open_loop(
+    clients: &Clients,
+    mode: Mode,
+    users: &Arc<Vec<SeededUser>>,
+    rate: u32,
+    settings: &Settings,
+) -> Step {
+    let duration = Duration::from_millis(settings.step_ms);
+    let recorder = Arc::new(Mutex::new(StepRecorder::new()));
+    let in_flight = Arc::new(Semaphore::new(settings.max_in_flight as usize));
+    let tracker = TaskTracker::new();
+    let handle = tokio::runtime::Handle::current();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let page_size = settings.page_size;
+    let pacer = {
+        let (clients, users, recorder, tracker) = (
+            clients.clone(),
+            Arc::clone(users),
+            Arc::clone(&recorder),
+            tracker.clone(),
+        );
+        // A thread of its own: tokio's timer ticks in milliseconds, far coarser than the
+        // gap between requests at a few thousand per second.
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut scheduled = 0_u64;
+            loop {
+                let due = started + interval.mul_f64(scheduled as f64);
+                if due >= started + duration {
+                    break;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let user = users[usize::try_from(scheduled).unwrap_or(0) % users.len()].clone();
+                let (clients, recorder, in_flight) = (
+                    clients.clone(),
+                    Arc::clone(&recorder),
+                    Arc::clone(&in_flight),
+                );
+                tracker.spawn_on(
+                    async move {
+                        let sent_at = Instant::now();
+                        let permit =
+                            tokio::time::timeout_at((due + DEADLINE).into(), in_flight.acquire())
+                                .await;
+                        let Ok(Ok(_permit)) = permit else {
+                            let mut recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+                            recorder.fail(
+                                "ClientBacklog",
+                                format!(
+                                    "the load generator already had its limit of requests in flight for {DEADLINE:?}: the mode is saturated"
+                                ),
+                            );
+                            return;
+                        };
+                        let sent = Instant::now();
+                        let outcome = clients.call(mode, &user, page_size).await;
+                        let done = Instant::now();
+                        let mut recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+                        recorder.send_lag.saturating_record(micros(sent_at - due));
+                        match outcome {
+                            Ok(()) => {
+                                recorder.ok += 1;
+                                recorder.corrected.saturating_record(micros(done - due));
+                                recorder.uncorrected.saturating_record(micros(done - sent));
+                            }
+                            Err((code, message)) => recorder.fail(&format!("{code:?}"), message),
+                        }
+                    },
+                    &handle,
+                );
+                scheduled += 1;
+            }
+            (scheduled, started)
+        })
+    };
+    let fallback = Instant::now();
+    let (scheduled, started) = tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or((0, fallback));
+    tracker.close();
+    tracker.wait().await;
+    // Until the last answer, not the last send: a mode that fell behind finishes its backlog
+    // after the step, and that time is part of what it took.
+    let elapsed = started.elapsed();
+    let recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+    recorder.finish(rate, scheduled, elapsed.as_secs_f64())
+}
+
+/// Places orders at a steady rate in the microservices and the monolith until stopped.
+struct BackgroundWriter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<BackgroundWrites>,
+}
+
+/// Writes in flight at most, per system; past it a due write is skipped and counted failed.
+const MAX_WRITES_IN_FLIGHT: usize = 64;
+
+impl BackgroundWriter {
+    fn start(endpoints: &Endpoints, seeded: &Seeded, rate: u32) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let targets = [
+            (
+                OrderServiceClient::new(endpoints.channel(Service::Orders)),
+                seeded.sample_product.clone(),
+                true,
+            ),
+            (
+                OrderServiceClient::new(endpoints.channel(Service::Monolith)),
+                seeded.sample_monolith_product.clone(),
+                false,
+            ),
+        ];
+        let users = seeded.users.clone();
+        let task = tokio::spawn(async move {
+            let mut written = BackgroundWrites {
+                offered_rps: rate,
+                placed: 0,
+                failed: 0,
+                skipped: 0,
+            };
+            if rate == 0 || users.is_empty() {
+                let _ = stopped.await;
+                return written;
+            }
+            // Placed, failed, skipped.
+            let counts = Arc::new(Mutex::new((0_u64, 0_u64, 0_u64)));
+            let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT * targets.len()));
+            let tracker = TaskTracker::new();
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut index = 0_usize;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = ticks.tick() => {}
+                }
+                let user = &users[index % users.len()];
+                index += 1;
+                for (client, product, microservices) in &targets {
+                    let user_id = if *microservices {
+                        user.microservices.clone()
+                    } else {
+                        user.monolith.clone()
+                    };
+                    let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                        counts.lock().unwrap_or_else(|e| e.into_inner()).2 += 1;
+                        continue;
+                    };
+                    let (client, product, counts) =
+                        (client.clone(), product.clone(), Arc::clone(&counts));
+                    tracker.spawn(async move {
+                        let placed = crate::seed::place(client, user_id, product, 1).await;
+                        drop(permit);
+                        let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                        if placed.is_ok() {
+                            counts.0 += 1;
+                        } else {
+                            counts.1 += 1;
+                        }
+                    });
+                }
+            }
+            tracker.close();
+            tracker.wait().await;
+            let (placed, failed, skipped) = *counts.lock().unwrap_or_else(|e| e.into_inner());
+            written.placed = placed;
+            written.failed = failed;
+            written.skipped = skipped;
+            written
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> BackgroundWrites {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(BackgroundWrites {
+            offered_rps: 0,
+            placed: 0,
+            failed: 0,
+            skipped: 0,
+        })
+    }
+}
+
+/// How long one order may take to appear before it counts as never seen.
+const FRESHNESS_LIMIT: Duration = Duration::from_secs(10);
+/// Orders timed per second at most: each is polled for, and polling is load too.
+const FRESHNESS_SAMPLES_PER_SECOND: u32 = 25;
+
+/// Places orders at `freshness_write_rate` in the microservices and times a share of them
+/// from PlaceOrder's answer to their first appearance in purchases-async, polling back to
+/// back so the resolution is one read.
+async fn freshness(
+    endpoints: &Endpoints,
+    asynchronous: &PurchaseServiceClient<Channel>,
+    seeded: &Seeded,
+    settings: &Settings,
+) -> FreshnessResult {
+    let rate = settings.freshness_write_rate;
+    let every = (rate / FRESHNESS_SAMPLES_PER_SECOND).max(1);
+    let orders = OrderServiceClient::new(endpoints.channel(Service::Orders));
+    let histogram = Arc::new(Mutex::new(micros_histogram()));
+    // Placed, failed, never seen, skipped.
+    let counts = Arc::new(Mutex::new((0_u64, 0_u64, 0_u64, 0_u64)));
+    let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT));
+    let tracker = TaskTracker::new();
+    let duration = Duration::from_millis(settings.freshness_ms);
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut index = 0_u32;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let user = seeded.users[index as usize % seeded.users.len()]
+            .microservices
+            .clone();
+        let timed = index.is_multiple_of(every);
+        index += 1;
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            counts.lock().unwrap_or_else(|e| e.into_inner()).3 += 1;
+            continue;
+        };
+        let (orders, reader, product, histogram, counts) = (
+            orders.clone(),
+            asynchronous.clone(),
+            seeded.sample_product.clone(),
+            Arc::clone(&histogram),
+            Arc::clone(&counts),
+        );
+        tracker.spawn(async move {
+            let placed = crate::seed::place(orders, user.clone(), product, 1).await;
+            drop(permit);
+            let Ok(order_id) = placed else {
+                counts.lock().unwrap_or_else(|e| e.into_inner()).1 += 1;
+                return;
+            };
+            counts.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+            if !timed {
+                return;
+            }
+            let answered = Instant::now();
+            match visible_after(&reader, &user, &order_id, answered).await {
+                Some(elapsed) => histogram
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .saturating_record(micros(elapsed)),
+                None => counts.lock().unwrap_or_else(|e| e.into_inner()).2 += 1,
+            }
+        });
+    }
+    let writing = started.elapsed();
+    tracker.close();
+    tracker.wait().await;
+    let histogram = histogram.lock().unwrap_or_else(|e| e.into_inner());
+    let (placed, failed, never_seen, skipped) = *counts.lock().unwrap_or_else(|e| e.into_inner());
+    let quantile = |q: f64| {
+        if histogram.is_empty() {
+            0
+        } else {
+            histogram.value_at_quantile(q)
+        }
+    };
+    FreshnessResult {
+        p50_us: quantile(0.5),
+        p90_us: quantile(0.9),
+        p99_us: quantile(0.99),
+        max_us: histogram.max(),
+        samples: histogram.len(),
+        never_seen,
+        write_rate_offered: rate,
+        write_rate_achieved: placed as f64 / writing.as_secs_f64().max(f64::EPSILON),
+        write_errors: failed,
+        writes_skipped: skipped,
+        distribution: distribution(&histogram),
+        cpu_pct: BTreeMap::new(),
+    }
+}
+
+/// Reads `user`'s newest purchases back to back until `order_id` is among them.
+async fn visible_after(
+    reader: &PurchaseServiceClient<Channel>,
+    user: &str,
+    order_id: &str,
+    since: Instant,
+) -> Option<Duration> {
+    loop {
+        let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
+            user_id: user.to_owned(),
+            page_size: 20,
+            page_token: String::new(),
+        });
+        request.set_timeout(DEADLINE);
+        let seen = reader
+            .clone()
+            .list_user_purchases(request)
+            .await
+            .is_ok_and(|answer| {
+                answer
+                    .into_inner()
+                    .purchases
+                    .iter()
+                    .any(|purchase| purchase.order_id == order_id)
+            });
+        let elapsed = since.elapsed();
+        if seen {
+            return Some(elapsed);
+        }
+        if elapsed > FRESHNESS_LIMIT {
+            return None;
+        }
+    }
+}
+
+/// A projection built from nothing while the streams hold every event of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUp {
+    /// Events in the three streams.
+    pub events: u64,
+    /// From starting the process to holding every event.
+    pub seconds_from_start: f64,
+    /// Events applied per second once the service was up (its start-up excluded).
+    pub events_per_second: f64,
+}
+
+/// How long a new projection may take to catch up before the bench gives up on it.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(300);
+
+/// Where a projection stands: per stream, the sequence of the last event applied.
+async fn positions(
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+) -> Option<BTreeMap<String, (u64, u64)>> {
+    let answer = client
+        .clone()
+        .list_user_purchases(pb::ListUserPurchasesRequest {
+            user_id: user.to_owned(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some(
+        answer
+            .freshness?
+            .streams
+            .into_iter()
+            .map(|stream| (stream.stream, (stream.sequence, stream.pending)))
+            .collect(),
+    )
+}
+
+/// Starts a second purchases-async that rebuilds its projection from the first event, and
+/// times it until it stands where the lab's own projection stands.
+async fn catch_up(lab: &RunningLab, seeded: &Seeded) -> anyhow::Result<CatchUp> {
+    let user = seeded
+        .users
+        .first()
+        .context("no seeded user to read with")?
+        .microservices
+        .clone();
+    let own = PurchaseServiceClient::new(lab.endpoints.channel(Service::PurchasesAsync));
+    // The writers have stopped: wait until the lab's projection has nothing pending.
+    let deadline = Instant::now() + CATCH_UP_WITHIN;
+    let target = loop {
+        if let Some(now) = positions(&own, &user).await
+            && now.len() == 3
+            && now.values().all(|(_, pending)| *pending == 0)
+        {
+            break now;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "purchases-async still had events pending after {CATCH_UP_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let events: u64 = target.values().map(|(sequence, _)| sequence).sum();
+    let started = Instant::now();
+    let (mut process, addr) = lab.start_fresh_projection("bench-catch-up").await?;
+    let client = PurchaseServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    );
+    let mut first: Option<(Instant, u64)> = None;
+    let outcome = loop {
+        let at = Instant::now();
+        let applied: u64 = positions(&client, &user)
+            .await
+            .map(|now| now.values().map(|(sequence, _)| sequence).sum())
+            .unwrap_or(0);
+        let (since, applied_then) = *first.get_or_insert((at, applied));
+        if applied >= events {
+            let done = Instant::now();
+            let window = done.duration_since(since).as_secs_f64();
+            let after_start = events - applied_then;
+            // When every event was in before the first look, only the whole run can be timed.
+            let events_per_second = if after_start > 0 && window > 0.0 {
+                after_start as f64 / window
+            } else {
+                events as f64 / started.elapsed().as_secs_f64()
+            };
+            break Ok(CatchUp {
+                events,
+                seconds_from_start: done.duration_since(started).as_secs_f64(),
+                events_per_second: events_per_second.round(),
+            });
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "the new projection applied {applied} of {events} events in {CATCH_UP_WITHIN:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    process.stop().await?;
+    outcome
+}
+
+/// Counts per bucket, buckets doubling from 250 us, for the freshness chart.
+fn distribution(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
+    let mut buckets = Vec::new();
+    let mut lower = 0;
+    let mut upper = 250;
+    while lower <= histogram.max() && upper <= 60_000_000 {
+        let count = histogram.count_between(lower, upper);
+        buckets.push((upper, count));
+        lower = upper + 1;
+        upper *= 2;
+    }
+    buckets
+}
+
+/// Writes the JSON and the HTML report; returns their paths.
+pub fn write(
+    report: &BenchReport,
+    data_dir: &Path,
+    json: Option<&Path>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let json_path = json.map_or_else(|| data_dir.join("bench.json"), Path::to_path_buf);
+    let html_path = data_dir.join("bench.html");
+    if let Some(parent) = json_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(&html_path, crate::bench_report::html(report))
+        .with_context(|| format!("cannot write {}", html_path.display()))?;
+    Ok((json_path, html_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> BenchArgs {
+        BenchArgs {
+            quick: false,
+            rates: Vec::new(),
+            step_ms: None,
+            reference_rate: 500,
+            write_rate: None,
+            freshness_write_rate: 1_000,
+            freshness_ms: None,
+            max_in_flight: 2_048,
+            page_size: 10,
+            json: None,
+        }
+    }
+
+    #[test]
+    fn the_reference_rate_is_always_a_step() {
+        let settings = args().settings();
+        assert_eq!(
+            settings.rates,
+            vec![100, 250, 500, 1_000, 2_000, 4_000, 8_000]
+        );
+        let quick = BenchArgs {
+            quick: true,
+            reference_rate: 1_000,
+            ..args()
+        }
+        .settings();
+        assert_eq!(quick.rates, vec![200, 1_000, 4_000]);
+        let odd = BenchArgs {
+            rates: vec![300, 100],
+            reference_rate: 200,
+            ..args()
+        }
+        .settings();
+        assert_eq!(odd.rates, vec![100, 200, 300]);
+        assert_eq!(quick.step_ms, 1_000);
+    }
+
+    #[test]
+    fn a_step_that_falls_behind_or_fails_is_saturated() {
+        let answered = |ok: u64, scheduled: u64| {
+            let mut recorder = StepRecorder::new();
+            for _ in 0..ok {
+                recorder.ok += 1;
+                recorder.corrected.saturating_record(500);
+            }
+            recorder.finish(100, scheduled, 1.0)
+        };
+        let kept_up = answered(100, 100);
+        assert!(!kept_up.saturated);
+        assert_eq!(kept_up.p50_us, 500);
+
+        let failing = answered(95, 100);
+        assert!((failing.error_rate - 0.05).abs() < 1e-9);
+        assert!(failing.saturated, "5% failed, over the 1% bound");
+
+        let behind = answered(80, 80);
+        assert_eq!(behind.error_rate, 0.0);
+        assert!(behind.saturated, "80 per second of 100 offered");
+    }
+
+    #[test]
+    fn aims_compare_measured_ratios() {
+        let summary = |p50, p99, saturation| Summary {
+            p50_us: p50,
+            p99_us: p99,
+            throughput_rps: 200.0,
+            error_rate: 0.0,
+            saturation_rps: saturation,
+        };
+        let mut modes = BTreeMap::new();
+        modes.insert("echo".to_owned(), summary(200, 300, 10_000.0));
+        modes.insert("async".to_owned(), summary(240, 700, 6_000.0));
+        modes.insert("sync".to_owned(), summary(700, 2_000, 1_000.0));
+        let freshness = FreshnessResult {
+            p50_us: 1_000,
+            p90_us: 2_000,
+            p99_us: 6_000,
+            max_us: 9_000,
+            samples: 10,
+            never_seen: 0,
+            write_rate_offered: 1_000,
+            write_rate_achieved: 990.0,
+            write_errors: 0,
+            writes_skipped: 0,
+            distribution: Vec::new(),
+            cpu_pct: BTreeMap::new(),
+        };
+        let catch_up = CatchUp {
+            events: 30_000,
+            seconds_from_start: 2.0,
+            events_per_second: 25_000.0,
+        };
+        let aims = aims(&modes, &freshness, &catch_up);
+        let met = |name: &str| {
+            aims.iter()
+                .find(|aim| aim.name.starts_with(name))
+                .map(|aim| aim.met)
+        };
+        assert_eq!(met("async p50"), Some(true), "1.2x");
+        assert_eq!(met("async p99"), Some(false), "2.33x");
+        assert_eq!(met("async saturation"), Some(true), "6x");
+        assert_eq!(
+            met("sync p50"),
+            Some(true),
+            "700 us against three round trips of 200: 1.17x"
+        );
+        assert_eq!(met("freshness"), Some(false), "6 ms");
+        assert_eq!(met("catch-up"), Some(true), "25k events/s");
+    }
+
+    #[test]
+    fn freshness_buckets_double_and_cover_the_maximum() {
+        let mut histogram = micros_histogram();
+        for value in [100, 300, 700, 700, 5_000] {
+            histogram.saturating_record(value);
+        }
+        let buckets = distribution(&histogram);
+        assert_eq!(buckets[0], (250, 1));
+        assert_eq!(buckets[1], (500, 1));
+        assert_eq!(buckets[2], (1_000, 2));
+        assert_eq!(buckets.iter().map(|(_, count)| count).sum::<u64>(), 5);
+        assert!(buckets.last().is_some_and(|(upper, _)| *upper >= 5_000));
+    }
+}

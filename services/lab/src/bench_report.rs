@@ -1,0 +1,401 @@
+//! How `lab bench` shows its results: tables for the terminal and a Markdown section (the
+//! README's Results are pasted from it), and a self-contained HTML page with SVG charts.
+
+use std::fmt::Write as _;
+
+use crate::bench::{BenchReport, MODES};
+use crate::report::{bar_chart, escape, markdown_table, table};
+
+fn summary_rows(report: &BenchReport) -> Vec<[String; 7]> {
+    let echo = report.summary.get("echo").map(|echo| echo.p50_us.max(1));
+    MODES
+        .iter()
+        .filter_map(|mode| {
+            let name = mode.name();
+            let summary = report.summary.get(name)?;
+            let reached = report
+                .series
+                .get(name)
+                .is_some_and(|series| series.saturation_reached);
+            Some([
+                name.to_owned(),
+                summary.p50_us.to_string(),
+                summary.p99_us.to_string(),
+                echo.map_or("-".to_owned(), |echo| {
+                    format!("{:.2}x", summary.p50_us as f64 / echo as f64)
+                }),
+                format!("{:.0}", summary.throughput_rps),
+                format!("{:.2}%", summary.error_rate * 100.0),
+                format!(
+                    "{}{:.0}",
+                    if reached { "" } else { ">=" },
+                    summary.saturation_rps
+                ),
+            ])
+        })
+        .collect()
+}
+
+const SUMMARY_HEADERS: [&str; 7] = [
+    "mode",
+    "p50 us",
+    "p99 us",
+    "p50 vs echo",
+    "answered/s",
+    "errors",
+    "saturation/s",
+];
+
+fn step_rows(report: &BenchReport) -> Vec<[String; 8]> {
+    let mut rows = Vec::new();
+    for mode in MODES {
+        let Some(series) = report.series.get(mode.name()) else {
+            continue;
+        };
+        for step in &series.steps {
+            let busiest = step
+                .cpu_pct
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or("-".to_owned(), |(name, pct)| format!("{name} {pct:.0}%"));
+            let errors = if step.errors.is_empty() {
+                "-".to_owned()
+            } else {
+                step.errors
+                    .iter()
+                    .map(|(code, count)| format!("{count} {code}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            rows.push([
+                mode.name().to_owned(),
+                step.offered_rps.to_string(),
+                format!("{:.0}", step.throughput_rps),
+                step.p50_us.to_string(),
+                step.p99_us.to_string(),
+                step.p999_us.to_string(),
+                errors,
+                busiest,
+            ]);
+        }
+    }
+    rows
+}
+
+const STEP_HEADERS: [&str; 8] = [
+    "mode",
+    "offered/s",
+    "answered/s",
+    "p50 us",
+    "p99 us",
+    "p99.9 us",
+    "errors",
+    "busiest process (CPU of one core)",
+];
+
+fn aim_rows(report: &BenchReport) -> Vec<[String; 3]> {
+    report
+        .aims
+        .iter()
+        .map(|aim| {
+            [
+                aim.name.clone(),
+                format!(
+                    "{:.2} (aim {} {})",
+                    aim.measured, aim.comparison, aim.target
+                ),
+                if aim.met { "met" } else { "MISSED" }.to_owned(),
+            ]
+        })
+        .collect()
+}
+
+fn storage_line(report: &BenchReport) -> String {
+    let owners: u64 = ["users", "products", "orders"]
+        .iter()
+        .filter_map(|name| report.storage_bytes.get(*name))
+        .sum();
+    let projection = report
+        .storage_bytes
+        .get("purchases-async")
+        .copied()
+        .unwrap_or(0);
+    let monolith = report.storage_bytes.get("monolith").copied().unwrap_or(0);
+    let jetstream = report.storage_bytes.get("jetstream").copied().unwrap_or(0);
+    format!(
+        "Storage: owners {} KiB, purchases-async's projection {} KiB ({:.0}% of the owners, duplicated), JetStream {} KiB, monolith {} KiB.",
+        owners / 1024,
+        projection / 1024,
+        if owners > 0 {
+            projection as f64 / owners as f64 * 100.0
+        } else {
+            0.0
+        },
+        jetstream / 1024,
+        monolith / 1024
+    )
+}
+
+fn freshness_line(report: &BenchReport) -> String {
+    let freshness = &report.freshness;
+    format!(
+        "Freshness at {:.0} orders/s (offered {}): p50 {} us, p99 {} us, max {} us over {} timed orders ({} never seen; {} writes failed, {} skipped because orders fell behind); JetStream fsync {}.",
+        freshness.write_rate_achieved,
+        freshness.write_rate_offered,
+        freshness.p50_us,
+        freshness.p99_us,
+        freshness.max_us,
+        freshness.samples,
+        freshness.never_seen,
+        freshness.write_errors,
+        freshness.writes_skipped,
+        report.nats_fsync
+    )
+}
+
+fn catch_up_line(report: &BenchReport) -> String {
+    let catch_up = &report.catch_up;
+    format!(
+        "Catch-up: a new purchases-async rebuilt its projection from all {} events in {:.2} s from its start, {:.0} events/s once up.",
+        catch_up.events, catch_up.seconds_from_start, catch_up.events_per_second
+    )
+}
+
+pub fn terminal(report: &BenchReport) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\nAt {} requests/s offered to every mode (latency from when each request was due):",
+        report.settings.reference_rate
+    );
+    text.push_str(&table(&SUMMARY_HEADERS, &summary_rows(report)));
+    let _ = writeln!(text, "\n{}", freshness_line(report));
+    let _ = writeln!(text, "{}", catch_up_line(report));
+    let _ = writeln!(text, "{}\n", storage_line(report));
+    let _ = writeln!(text, "Aims (ratios measured in this run):");
+    text.push_str(&table(&["aim", "measured", ""], &aim_rows(report)));
+    text
+}
+
+pub fn markdown(report: &BenchReport) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "Measured {} on {}; storage {}; JetStream fsync {}; {} users, {} products, {} orders seeded; pages of {} purchases; {} ms per step; {} background orders/s.\n",
+        report.generated_at,
+        report.machine,
+        report.storage,
+        report.nats_fsync,
+        report.data.users,
+        report.data.products,
+        report.data.orders,
+        report.settings.page_size,
+        report.settings.step_ms,
+        report.settings.write_rate
+    );
+    let _ = writeln!(
+        text,
+        "At {} requests/s offered to every mode:\n",
+        report.settings.reference_rate
+    );
+    text.push_str(&markdown_table(&SUMMARY_HEADERS, &summary_rows(report)));
+    let _ = writeln!(
+        text,
+        "\n{}\n\n{}\n\n{}\n",
+        freshness_line(report),
+        catch_up_line(report),
+        storage_line(report)
+    );
+    text.push_str(&markdown_table(&["aim", "measured", ""], &aim_rows(report)));
+    text.push_str("\nEvery step:\n\n");
+    text.push_str(&markdown_table(&STEP_HEADERS, &step_rows(report)));
+    text
+}
+
+pub fn html(report: &BenchReport) -> String {
+    let reference: Vec<(String, Vec<(String, f64)>)> = MODES
+        .iter()
+        .filter_map(|mode| {
+            let summary = report.summary.get(mode.name())?;
+            Some((
+                mode.name().to_owned(),
+                vec![
+                    ("p50".to_owned(), summary.p50_us as f64),
+                    ("p99".to_owned(), summary.p99_us as f64),
+                ],
+            ))
+        })
+        .collect();
+    let per_rate = |value: fn(&crate::bench::Step) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        MODES
+            .iter()
+            .filter_map(|mode| {
+                let series = report.series.get(mode.name())?;
+                Some((
+                    mode.name().to_owned(),
+                    series
+                        .steps
+                        .iter()
+                        .map(|step| (f64::from(step.offered_rps), value(step)))
+                        .collect(),
+                ))
+            })
+            .collect()
+    };
+    let p99 = per_rate(|step| step.p99_us as f64);
+    let throughput = per_rate(|step| step.throughput_rps);
+    let freshness: Vec<(String, Vec<(String, f64)>)> = report
+        .freshness
+        .distribution
+        .iter()
+        .map(|(upper, count)| {
+            (
+                format!("<= {:.2} ms", *upper as f64 / 1_000.0),
+                vec![("orders".to_owned(), *count as f64)],
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"<h1>Load: sync vs async vs monolith</h1>
+<p>Open-loop load at a constant rate per step; latency is counted from when each request was
+due, so a mode that falls behind is charged for the wait. Absolute figures vary by machine;
+compare each mode with <code>echo</code> (one bare gRPC round trip) from the same run.</p>
+<h2>Latency at {reference_rate} requests/s (us)</h2>
+{reference}
+<h2>p99 latency against offered rate (us, log scale)</h2>
+{p99}
+<h2>Answered requests/s against offered rate</h2>
+<p>Where a line leaves the diagonal, the mode is saturated: past it, it sheds load with errors or
+falls behind.</p>
+{throughput}
+<h2>Freshness of purchases-async</h2>
+<p>{freshness_line}</p>
+{freshness}
+<h2>All figures</h2>
+<pre>{markdown}</pre>
+"#,
+        reference_rate = report.settings.reference_rate,
+        reference = bar_chart(&reference, "us"),
+        p99 = line_chart(&p99, "offered requests/s", "p99 us", true),
+        throughput = line_chart(&throughput, "offered requests/s", "answered/s", false),
+        freshness_line = escape(&freshness_line(report)),
+        freshness = bar_chart(&freshness, ""),
+        markdown = escape(&markdown(report)),
+    );
+    crate::report::page("Lab bench", &body)
+}
+
+/// Lines over a logarithmic x axis (rates span orders of magnitude), y linear or log.
+fn line_chart(
+    series: &[(String, Vec<(f64, f64)>)],
+    x_label: &str,
+    y_label: &str,
+    log_y: bool,
+) -> String {
+    const COLORS: [&str; 5] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
+    const WIDTH: f64 = 640.0;
+    const HEIGHT: f64 = 300.0;
+    const LEFT: f64 = 70.0;
+    const BOTTOM: f64 = 40.0;
+    let points = || series.iter().flat_map(|(_, points)| points.iter());
+    let (min_x, max_x) = points().fold((f64::MAX, 1.0_f64), |(lo, hi), (x, _)| {
+        (lo.min(x.max(1.0)), hi.max(*x))
+    });
+    let max_y = points().map(|(_, y)| *y).fold(1.0_f64, f64::max);
+    let min_y = if log_y {
+        points()
+            .map(|(_, y)| y.max(1.0))
+            .fold(f64::MAX, f64::min)
+            .min(max_y)
+    } else {
+        0.0
+    };
+    let min_x = min_x.min(max_x);
+    let scale = |value: f64, lo: f64, hi: f64, log: bool| {
+        let (value, lo, hi) = if log {
+            (value.max(1.0).ln(), lo.max(1.0).ln(), hi.max(1.0).ln())
+        } else {
+            (value, lo, hi)
+        };
+        if hi > lo {
+            (value - lo) / (hi - lo)
+        } else {
+            0.5
+        }
+    };
+    let x = |value: f64| LEFT + scale(value, min_x, max_x, true) * (WIDTH - LEFT - 20.0);
+    let y =
+        |value: f64| HEIGHT - BOTTOM - scale(value, min_y, max_y, log_y) * (HEIGHT - BOTTOM - 20.0);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{HEIGHT}" role="img">"#,
+        WIDTH + 150.0
+    );
+    let _ = write!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/><line x1="{LEFT}" y1="20" x2="{LEFT}" y2="{bottom}" stroke="#999"/><text x="{mid}" y="{label_y}">{x_label}</text><text x="5" y="14">{y_label}</text><text x="{LEFT}" y="{tick_y}">{min_x:.0}</text><text x="{right_tick}" y="{tick_y}">{max_x:.0}</text><text x="5" y="{bottom}">{min_y:.0}</text><text x="5" y="28">{max_y:.0}</text>"##,
+        bottom = HEIGHT - BOTTOM,
+        right = WIDTH - 20.0,
+        mid = WIDTH / 2.0,
+        label_y = HEIGHT - 5.0,
+        tick_y = HEIGHT - BOTTOM + 15.0,
+        right_tick = WIDTH - 60.0,
+        x_label = escape(x_label),
+        y_label = escape(y_label),
+    );
+    for (index, (name, points)) in series.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for (px, py) in points {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{} at {px:.0}/s: {py:.0}</title></circle>"#,
+                x(*px),
+                y(*py),
+                escape(name)
+            );
+        }
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+            WIDTH,
+            25.0 + 18.0 * index as f64,
+            WIDTH + 15.0,
+            34.0 + 18.0 * index as f64,
+            escape(name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_charts_place_the_extremes_at_the_edges() {
+        let svg = line_chart(
+            &[(
+                "a<b".to_owned(),
+                vec![(100.0, 10.0), (1_000.0, 100.0), (10_000.0, 1_000.0)],
+            )],
+            "rate",
+            "us",
+            true,
+        );
+        assert!(svg.contains("a&lt;b"));
+        // Log-log: the middle point sits in the middle of both axes.
+        assert!(
+            svg.contains(r#"points="70.0,260.0 345.0,140.0 620.0,20.0""#),
+            "{svg}"
+        );
+    }
+}
