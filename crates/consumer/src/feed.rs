@@ -98,7 +98,7 @@ enum BatchError {
 impl From<StoreError> for BatchError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => Self::Unavailable(error),
+            StoreError::Unavailable(_) | StoreError::ReadUnavailable(_) => Self::Unavailable(error),
             other => Self::Failed(ApplyError::Store(other)),
         }
     }

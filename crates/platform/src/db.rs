@@ -70,6 +70,13 @@ pub enum StoreError {
     /// A stored value that the code cannot read back, e.g. an unknown status.
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// A synchronous SQLite read (see [`crate::sqlite_reads`]) found the database busy or
+    /// could not open it: worth retrying.
+    #[error("the database is unavailable")]
+    ReadUnavailable(#[source] rusqlite::Error),
+    /// A synchronous SQLite read failed otherwise.
+    #[error("the database read failed")]
+    ReadFailed(#[source] rusqlite::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -138,6 +145,9 @@ pub struct Database {
     acquire_timeout: Duration,
     /// Stops the SQLite checkpointer when the last clone goes.
     _checkpointer: Option<Arc<tokio_util::sync::DropGuard>>,
+    /// Synchronous read connections, for an SQLite file (not `:memory:`, which a second
+    /// connection would not share).
+    sqlite_reads: Option<Arc<crate::sqlite_reads::SqliteReads>>,
 }
 
 /// A write transaction (see [`Database::begin_write`]). Dereferences to the connection, so
@@ -206,10 +216,15 @@ impl Database {
             .map_err(DbError::Connect)?;
         let checkpointer =
             (backend == Backend::Sqlite).then(|| Arc::new(checkpoint_in_background(pool.clone())));
+        let sqlite_reads = (backend == Backend::Sqlite)
+            .then(|| sqlite_file(&url))
+            .flatten()
+            .map(|path| Arc::new(crate::sqlite_reads::SqliteReads::new(path)));
         Ok(Self {
             pool,
             backend,
             _checkpointer: checkpointer,
+            sqlite_reads,
             write_turn: (backend == Backend::Sqlite).then(Arc::default),
             acquire_timeout: config.acquire_timeout,
         })
@@ -237,6 +252,12 @@ impl Database {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Synchronous read connections when the database is an SQLite file: stores use them
+    /// for their hot, indexed reads and fall back to the pool otherwise (PostgreSQL).
+    pub fn sqlite_reads(&self) -> Option<&crate::sqlite_reads::SqliteReads> {
+        self.sqlite_reads.as_deref()
     }
 
     /// Starts a transaction that will write. On SQLite it first waits for this process's
@@ -301,6 +322,17 @@ fn checkpoint_in_background(pool: AnyPool) -> tokio_util::sync::DropGuard {
 
 /// Makes sure the SQLite file can be created: its directory exists and the URL asks for
 /// read-write-create mode unless the caller chose a mode.
+/// The file behind an SQLite URL, or None for an in-memory database.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
+    (!in_memory).then(|| PathBuf::from(path))
+}
+
 fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
     let rest = url
         .strip_prefix("sqlite://")

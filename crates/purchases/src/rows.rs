@@ -3,8 +3,7 @@
 //! names: order_id, status, quantity, placed_at, product_id, title, image_url, price_cents.
 
 use platform::db::StoreError;
-use sqlx::Row as _;
-use sqlx::any::AnyRow;
+use platform::sqlite_reads::Columns;
 use uuid::Uuid;
 
 use crate::{OrderStatus, ProductView, PurchaseView};
@@ -30,28 +29,28 @@ pub fn stored_uuid(raw: &str, column: &str) -> Result<Uuid, StoreError> {
 
 /// A row's purchase, with its product when the row has one (`title` not null). None when the
 /// row carries no order at all (`order_id` null: a LEFT JOIN's user-only row).
-pub fn decode_purchase(row: &AnyRow) -> Result<Option<PurchaseView>, StoreError> {
-    let Some(order_id) = row.try_get::<Option<String>, _>("order_id")? else {
+pub fn decode_purchase(row: &impl Columns) -> Result<Option<PurchaseView>, StoreError> {
+    let Some(order_id) = row.optional_text("order_id")? else {
         return Ok(None);
     };
-    let status = OrderStatus::parse_stored(&row.try_get::<String, _>("status")?)?;
-    let product_id = stored_uuid(&row.try_get::<String, _>("product_id")?, "product_id")?;
-    let product = match row.try_get::<Option<String>, _>("title")? {
+    let status = OrderStatus::parse_stored(&row.text("status")?)?;
+    let product_id = stored_uuid(&row.text("product_id")?, "product_id")?;
+    let product = match row.optional_text("title")? {
         Some(title) => Some(ProductView {
             id: product_id,
             title,
-            image_url: row.try_get("image_url")?,
-            price_cents: row.try_get("price_cents")?,
+            image_url: row.text("image_url")?,
+            price_cents: row.integer("price_cents")?,
         }),
         None => None,
     };
-    let quantity: i64 = row.try_get("quantity")?;
+    let quantity = row.integer("quantity")?;
     Ok(Some(PurchaseView {
         order_id: stored_uuid(&order_id, "order_id")?,
         status,
         quantity: i32::try_from(quantity)
             .map_err(|_| StoreError::Corrupt(format!("quantity {quantity} out of range")))?,
-        placed_at_micros: row.try_get("placed_at")?,
+        placed_at_micros: row.integer("placed_at")?,
         product_id,
         product,
     }))

@@ -362,7 +362,17 @@ impl Lab {
                 .zip(&targets)
                 .all(|((_, at), (_, last))| at >= last)
             {
+                // The in-memory view is refreshed just after each commit, so what the API
+                // answers can trail the stored positions for a moment: wait for the
+                // positions it reports too (any user's answer carries them).
+                let someone: Option<String> = sqlx::query_scalar("SELECT id FROM p_users LIMIT 1")
+                    .fetch_optional(db.pool())
+                    .await
+                    .expect("read the projection's users");
                 db.close().await;
+                if let Some(user) = someone {
+                    self.answers_caught_up(&user, &targets, deadline).await;
+                }
                 return;
             }
             assert!(
@@ -370,6 +380,47 @@ impl Lab {
                 "purchases-async did not catch up: at {positions:?}, streams at {targets:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Lab {
+    /// Waits until purchases-async's answers report every stream at or past its target.
+    async fn answers_caught_up(
+        &self,
+        user: &str,
+        targets: &[(&str, u64)],
+        deadline: tokio::time::Instant,
+    ) {
+        loop {
+            let reported: Vec<(String, u64)> = self
+                .asynchronous
+                .clone()
+                .list_user_purchases(list(user, 1, ""))
+                .await
+                .ok()
+                .and_then(|answer| answer.into_inner().freshness)
+                .map(|freshness| {
+                    freshness
+                        .streams
+                        .into_iter()
+                        .map(|stream| (stream.stream, stream.sequence))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let caught_up = targets.iter().all(|(stream, last)| {
+                reported
+                    .iter()
+                    .any(|(name, sequence)| name == stream && sequence >= last)
+            });
+            if caught_up {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "purchases-async's answers did not catch up: they report {reported:?}, streams at {targets:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

@@ -5,9 +5,9 @@ use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
 use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
 use platform::paging::Cursor;
+use platform::sqlite_reads::Columns;
 use sqlx::AnyConnection;
 use sqlx::Row as _;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::domain::{Cancellation, NewOrder, Order, OrderStatus};
@@ -122,20 +122,40 @@ impl OrderStore {
             id: Uuid::max(),
         });
         // One row more than the page tells whether another page follows.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM orders
              WHERE user_id = $1 AND (placed_at < $2 OR (placed_at = $2 AND id < $3))
              ORDER BY placed_at DESC, id DESC
              LIMIT $4"
-        )))
-        .bind(user_id.to_string())
-        .bind(cursor.sort_key)
-        .bind(cursor.id.to_string())
-        .bind(i64::from(page_size) + 1)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        let mut orders = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        );
+        let limit = i64::from(page_size) + 1;
+        let mut orders = match self.db.sqlite_reads() {
+            Some(reads) => reads.read(|conn| {
+                let mut statement = platform::sqlite_reads::prepare(conn, &sql)?;
+                let mut rows = statement.query(rusqlite::params![
+                    user_id.to_string(),
+                    cursor.sort_key,
+                    cursor.id.to_string(),
+                    limit
+                ])?;
+                let mut orders = Vec::new();
+                while let Some(row) = rows.next()? {
+                    orders.push(decode(row)?);
+                }
+                Ok(orders)
+            })?,
+            None => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(user_id.to_string())
+                .bind(cursor.sort_key)
+                .bind(cursor.id.to_string())
+                .bind(limit)
+                .fetch_all(self.db.pool())
+                .await
+                .map_err(StoreError::from)?
+                .iter()
+                .map(decode)
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let next = if orders.len() > page_size as usize {
             orders.truncate(page_size as usize);
             orders.last().map(|last| Cursor {
@@ -207,13 +227,13 @@ impl OrderStore {
     }
 }
 
-fn decode(row: &AnyRow) -> Result<Order, StoreError> {
+fn decode(row: &impl Columns) -> Result<Order, StoreError> {
     let uuid = |column: &str| -> Result<Uuid, StoreError> {
-        let raw: String = row.try_get(column)?;
+        let raw = row.text(column)?;
         Uuid::parse_str(&raw).map_err(|_| StoreError::Corrupt(format!("order {column} {raw:?}")))
     };
-    let status: String = row.try_get("status")?;
-    let quantity: i64 = row.try_get("quantity")?;
+    let status = row.text("status")?;
+    let quantity = row.integer("quantity")?;
     Ok(Order {
         id: uuid("id")?,
         user_id: uuid("user_id")?,
@@ -222,9 +242,9 @@ fn decode(row: &AnyRow) -> Result<Order, StoreError> {
             .map_err(|_| StoreError::Corrupt(format!("order quantity {quantity}")))?,
         status: OrderStatus::parse_stored(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("order status {status:?}")))?,
-        version: version_from_db(row.try_get("version")?)?,
-        placed_at: row.try_get("placed_at")?,
-        updated_at: row.try_get("updated_at")?,
+        version: version_from_db(row.integer("version")?)?,
+        placed_at: row.integer("placed_at")?,
+        updated_at: row.integer("updated_at")?,
     })
 }
 

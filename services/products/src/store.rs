@@ -5,8 +5,7 @@ use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
 use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
 use platform::paging::Cursor;
-use sqlx::Row as _;
-use sqlx::any::AnyRow;
+use platform::sqlite_reads::Columns;
 use uuid::Uuid;
 
 use crate::domain::{NewProduct, Product, ProductChange};
@@ -101,18 +100,33 @@ impl ProductStore {
             "SELECT {COLUMNS} FROM products WHERE id IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in ids {
-            query = query.bind(id.to_string());
-        }
-        let rows = query
-            .fetch_all(self.db.pool())
-            .await
-            .map_err(StoreError::from)?;
-        let mut found: std::collections::HashMap<Uuid, Product> = rows
-            .iter()
-            .map(|row| decode(row).map(|product| (product.id, product)))
-            .collect::<Result<_, _>>()?;
+        let decoded: Vec<Product> = match self.db.sqlite_reads() {
+            Some(reads) => reads.read(|conn| {
+                let mut statement = platform::sqlite_reads::prepare(conn, &sql)?;
+                let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                let mut rows = statement.query(rusqlite::params_from_iter(keys))?;
+                let mut products = Vec::with_capacity(ids.len());
+                while let Some(row) = rows.next()? {
+                    products.push(decode(row)?);
+                }
+                Ok(products)
+            })?,
+            None => {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in ids {
+                    query = query.bind(id.to_string());
+                }
+                let rows = query
+                    .fetch_all(self.db.pool())
+                    .await
+                    .map_err(StoreError::from)?;
+                rows.iter().map(decode).collect::<Result<_, _>>()?
+            }
+        };
+        let mut found: std::collections::HashMap<Uuid, Product> = decoded
+            .into_iter()
+            .map(|product| (product.id, product))
+            .collect();
         let mut products = Vec::with_capacity(found.len());
         let mut missing = Vec::new();
         for id in ids {
@@ -224,15 +238,15 @@ impl ProductStore {
     }
 }
 
-fn decode(row: &AnyRow) -> Result<Product, StoreError> {
-    let id: String = row.try_get("id")?;
+fn decode(row: &impl Columns) -> Result<Product, StoreError> {
+    let id = row.text("id")?;
     Ok(Product {
         id: Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt(format!("product id {id:?}")))?,
-        title: row.try_get("title")?,
-        image_url: row.try_get("image_url")?,
-        price_cents: row.try_get("price_cents")?,
-        version: version_from_db(row.try_get("version")?)?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        title: row.text("title")?,
+        image_url: row.text("image_url")?,
+        price_cents: row.integer("price_cents")?,
+        version: version_from_db(row.integer("version")?)?,
+        created_at: row.integer("created_at")?,
+        updated_at: row.integer("updated_at")?,
     })
 }

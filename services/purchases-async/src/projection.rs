@@ -2,6 +2,7 @@
 //! duplicates and late arrivals (except for orders, see [`Purchases`]), so each event here is
 //! newer than what the table holds and is written over it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use consumer::{ApplyError, Event, Projection, parse_payload_id};
@@ -142,6 +143,12 @@ impl Projection for Purchases {
     }
 
     async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+        // Every event is checked first, then the batch is written in a few multi-row
+        // statements instead of one per event (a statement costs far more than a row). The
+        // two upserts commute: a placement's facts never change and it leaves the status
+        // alone, and a cancellation only sets the status, so their order does not matter.
+        let mut placements: HashMap<Uuid, Placement> = HashMap::new();
+        let mut cancellations: HashMap<Uuid, Uuid> = HashMap::new();
         for event in events {
             let event_type = event.event_type();
             if event_type == events::OrderPlaced::full_name() {
@@ -159,38 +166,100 @@ impl Projection for Purchases {
                     || event.occurred_at_micros(),
                     platform::time::from_timestamp,
                 );
-                // The facts of a placement never change; its status only moves forward, so
-                // an existing row (a cancellation that came first) keeps its status.
-                sqlx::query(
-                    "INSERT INTO p_purchases (order_id, user_id, product_id, quantity, status, placed_at)
-                     VALUES ($1, $2, $3, $4, 'placed', $5)
-                     ON CONFLICT (order_id) DO UPDATE SET
-                       user_id = excluded.user_id, product_id = excluded.product_id,
-                       quantity = excluded.quantity, placed_at = excluded.placed_at",
-                )
-                .bind(id.to_string())
-                .bind(user_id.to_string())
-                .bind(product_id.to_string())
-                .bind(placed.quantity)
-                .bind(placed_at)
-                .execute(&mut *conn)
-                .await?;
+                placements.insert(
+                    id,
+                    Placement {
+                        user_id,
+                        product_id,
+                        quantity: placed.quantity,
+                        placed_at,
+                    },
+                );
             } else if event_type == events::OrderCancelled::full_name() {
                 let cancelled = event.decode::<events::OrderCancelled>()?;
                 let id = event.aggregate_uuid(&cancelled.order_id)?;
                 let user_id = parse_payload_id("user_id", &cancelled.user_id)?;
-                sqlx::query(
-                    "INSERT INTO p_purchases (order_id, user_id, status) VALUES ($1, $2, 'cancelled')
-                     ON CONFLICT (order_id) DO UPDATE SET status = 'cancelled'",
-                )
-                .bind(id.to_string())
-                .bind(user_id.to_string())
-                .execute(&mut *conn)
-                .await?;
+                cancellations.insert(id, user_id);
             } else if !event.freshness.is_stale() {
                 return Err(event.unknown_type());
             }
         }
+        let placements: Vec<_> = placements.into_iter().collect();
+        for chunk in placements.chunks(ROWS_PER_STATEMENT) {
+            let values = rows_of_placeholders(chunk.len(), 5, "'placed'");
+            // Only numbered placeholders are interpolated; the values are bound.
+            let sql = format!(
+                "INSERT INTO p_purchases (order_id, user_id, product_id, quantity, placed_at, status)
+                 VALUES {values}
+                 ON CONFLICT (order_id) DO UPDATE SET
+                   user_id = excluded.user_id, product_id = excluded.product_id,
+                   quantity = excluded.quantity, placed_at = excluded.placed_at"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, placement) in chunk {
+                query = query
+                    .bind(id.to_string())
+                    .bind(placement.user_id.to_string())
+                    .bind(placement.product_id.to_string())
+                    .bind(placement.quantity)
+                    .bind(placement.placed_at);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        let cancellations: Vec<_> = cancellations.into_iter().collect();
+        for chunk in cancellations.chunks(ROWS_PER_STATEMENT) {
+            let values = rows_of_placeholders(chunk.len(), 2, "'cancelled'");
+            // Only numbered placeholders are interpolated; the values are bound.
+            let sql = format!(
+                "INSERT INTO p_purchases (order_id, user_id, status) VALUES {values}
+                 ON CONFLICT (order_id) DO UPDATE SET status = 'cancelled'"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, user_id) in chunk {
+                query = query.bind(id.to_string()).bind(user_id.to_string());
+            }
+            query.execute(&mut *conn).await?;
+        }
         Ok(())
+    }
+}
+
+/// The facts of one placement, as the projection stores them.
+#[derive(Debug)]
+struct Placement {
+    user_id: Uuid,
+    product_id: Uuid,
+    quantity: i32,
+    placed_at: i64,
+}
+
+/// Rows per multi-row statement: 5 bound values a row stays far below every backend's limit
+/// on parameters.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `($1, $2, literal), ($3, $4, literal), ...`: `rows` rows of `per_row` placeholders each,
+/// then a constant.
+fn rows_of_placeholders(rows: usize, per_row: usize, constant: &str) -> String {
+    (0..rows)
+        .map(|row| {
+            let placeholders: Vec<String> = (1..=per_row)
+                .map(|column| format!("${}", row * per_row + column))
+                .collect();
+            format!("({}, {constant})", placeholders.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_placeholders_number_every_value_once() {
+        assert_eq!(
+            rows_of_placeholders(2, 2, "'x'"),
+            "($1, $2, 'x'), ($3, $4, 'x')"
+        );
     }
 }

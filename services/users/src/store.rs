@@ -6,9 +6,8 @@ use outbox::{Producer, Wakeup};
 use platform::db::{
     Database, StoreError, check_version, is_unique_violation, stored_version, version_from_db,
 };
+use platform::sqlite_reads::Columns;
 use sqlx::AnyConnection;
-use sqlx::Row as _;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::domain::{Deletion, NewUser, Rename, User};
@@ -76,8 +75,18 @@ impl UserStore {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<User, UsersError> {
-        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        match load(&mut conn, id).await? {
+        let stored = match self.db.sqlite_reads() {
+            Some(reads) => reads.read(|conn| {
+                let mut statement = platform::sqlite_reads::prepare(conn, SELECT_USER)?;
+                let mut rows = statement.query([id.to_string()])?;
+                rows.next()?.map(decode).transpose()
+            })?,
+            None => {
+                let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+                load(&mut conn, id).await?
+            }
+        };
+        match stored {
             None => Err(UsersError::NotFound(id)),
             Some(StoredUser { deleted: true, .. }) => Err(UsersError::Gone(id)),
             Some(StoredUser { user, .. }) => Ok(user),
@@ -164,13 +173,14 @@ impl UserStore {
     }
 }
 
+const SELECT_USER: &str =
+    "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users WHERE id = $1";
+
 async fn load(conn: &mut AnyConnection, id: Uuid) -> Result<Option<StoredUser>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .fetch_optional(conn)
-    .await?;
+    let row = sqlx::query(SELECT_USER)
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
     row.as_ref().map(decode).transpose()
 }
 
@@ -195,22 +205,17 @@ async fn load_for_write(
     Ok(user)
 }
 
-fn decode(row: &AnyRow) -> Result<StoredUser, StoreError> {
-    let id: String = row.try_get("id")?;
-    let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+fn decode(row: &impl Columns) -> Result<StoredUser, StoreError> {
+    let id = row.text("id")?;
     Ok(StoredUser {
         user: User {
             id: Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt(format!("user id {id:?}")))?,
-            email: row
-                .try_get::<Option<String>, _>("email")?
-                .unwrap_or_default(),
-            name: row
-                .try_get::<Option<String>, _>("name")?
-                .unwrap_or_default(),
-            version: version_from_db(row.try_get("version")?)?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            email: row.optional_text("email")?.unwrap_or_default(),
+            name: row.optional_text("name")?.unwrap_or_default(),
+            version: version_from_db(row.integer("version")?)?,
+            created_at: row.integer("created_at")?,
+            updated_at: row.integer("updated_at")?,
         },
-        deleted: deleted_at.is_some(),
+        deleted: row.optional_integer("deleted_at")?.is_some(),
     })
 }
