@@ -174,7 +174,6 @@ fn modes(c: &mut Criterion) {
         }
         group.finish();
     }
-    fixture.lab.faults.set_latency(Duration::ZERO);
     drop(fixture);
     runtime.shutdown_timeout(Duration::from_secs(5));
 }

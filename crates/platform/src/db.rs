@@ -10,6 +10,8 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor as _, Transaction};
 
+pub use crate::sqlite_reads::Columns;
+
 /// The database products the services support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -150,6 +152,25 @@ pub struct Database {
     sqlite_reads: Option<Arc<crate::sqlite_reads::SqliteReads>>,
 }
 
+/// A value bound to a [`Database::read_rows`] query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Text(String),
+    Integer(i64),
+}
+
+impl From<String> for Param {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<i64> for Param {
+    fn from(integer: i64) -> Self {
+        Self::Integer(integer)
+    }
+}
+
 /// A write transaction (see [`Database::begin_write`]). Dereferences to the connection, so
 /// queries run on `&mut *tx`; dropping it without committing rolls back.
 pub struct WriteTx {
@@ -254,10 +275,28 @@ impl Database {
         self.backend
     }
 
-    /// Synchronous read connections when the database is an SQLite file: stores use them
-    /// for their hot, indexed reads and fall back to the pool otherwise (PostgreSQL).
-    pub fn sqlite_reads(&self) -> Option<&crate::sqlite_reads::SqliteReads> {
-        self.sqlite_reads.as_deref()
+    /// Runs a short, indexed read (a point lookup, one page of a range) and decodes every
+    /// row. On an SQLite file it runs inline through a synchronous connection (see
+    /// [`crate::sqlite_reads`]); otherwise through the pool. `sql` uses `$n` placeholders,
+    /// bound from `params` in order.
+    pub async fn read_rows<T>(
+        &self,
+        sql: &str,
+        params: &[Param],
+        decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        if let Some(reads) = &self.sqlite_reads {
+            return reads.read_rows(sql, params, decode);
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+        for param in params {
+            query = match param {
+                Param::Text(text) => query.bind(text.clone()),
+                Param::Integer(integer) => query.bind(*integer),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|row| decode(row)).collect()
     }
 
     /// Starts a transaction that will write. On SQLite it first waits for this process's
@@ -320,25 +359,26 @@ fn checkpoint_in_background(pool: AnyPool) -> tokio_util::sync::DropGuard {
     stop.drop_guard()
 }
 
-/// Makes sure the SQLite file can be created: its directory exists and the URL asks for
-/// read-write-create mode unless the caller chose a mode.
-/// The file behind an SQLite URL, or None for an in-memory database.
-fn sqlite_file(url: &str) -> Option<PathBuf> {
+/// The path and the query string of an SQLite URL.
+fn sqlite_path_and_query(url: &str) -> (&str, &str) {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    rest.split_once('?').unwrap_or((rest, ""))
+}
+
+/// The file behind an SQLite URL, or None for an in-memory database.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let (path, query) = sqlite_path_and_query(url);
     let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
     (!in_memory).then(|| PathBuf::from(path))
 }
 
+/// Makes sure the SQLite file can be created: its directory exists and the URL asks for
+/// read-write-create mode unless the caller chose a mode.
 fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (path, query) = sqlite_path_and_query(url);
     if path.is_empty() || path == ":memory:" {
         return Ok(url.to_owned());
     }

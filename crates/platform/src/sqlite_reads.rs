@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::db::StoreError;
+use crate::db::{Param, StoreError};
 
 /// A small set of read-only connections to one SQLite file, opened on first use.
 #[derive(Debug)]
@@ -35,8 +35,27 @@ impl SqliteReads {
         }
     }
 
+    /// Runs `sql` with `params` and decodes every row (see [`crate::db::Database::read_rows`],
+    /// the way in).
+    pub(crate) fn read_rows<T>(
+        &self,
+        sql: &str,
+        params: &[Param],
+        decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(|conn| {
+            let mut statement = prepare(conn, sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(params))?;
+            let mut decoded = Vec::new();
+            while let Some(row) = rows.next()? {
+                decoded.push(decode(row)?);
+            }
+            Ok(decoded)
+        })
+    }
+
     /// Runs `read` on a read-only connection. It sees the last committed state (WAL).
-    pub fn read<T>(
+    fn read<T>(
         &self,
         read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -77,7 +96,7 @@ impl SqliteReads {
 /// placeholders every store uses. SQLite reads `$1` as a *named* parameter, numbered by
 /// first appearance, so `... $2 ... $1` would bind in the wrong order; `?1` is numbered by
 /// its digits, which is what `$1` means to sqlx and PostgreSQL.
-pub fn prepare<'c>(
+fn prepare<'c>(
     conn: &'c rusqlite::Connection,
     sql: &str,
 ) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
@@ -100,6 +119,15 @@ fn numbered_placeholders(sql: &str) -> String {
         }
     }
     out
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(text) => text.to_sql(),
+            Self::Integer(integer) => integer.to_sql(),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -196,21 +224,14 @@ mod tests {
             .expect("a table");
         let reads = SqliteReads::new(path);
         let names = reads
-            .read(|conn| {
-                let mut statement = prepare(
-                    conn,
-                    "SELECT name FROM t WHERE id > $2 AND id < $1 ORDER BY id",
-                )?;
-                let mut rows = statement.query(rusqlite::params![3, 0])?;
-                let mut names = Vec::new();
-                while let Some(row) = rows.next()? {
-                    names.push(row.optional_text("name")?);
-                }
-                Ok(names)
-            })
+            .read_rows(
+                "SELECT name FROM t WHERE id > $2 AND id < $1 ORDER BY id",
+                &[Param::Integer(3), Param::Integer(0)],
+                |row| row.optional_text("name"),
+            )
             .expect("a read");
         assert_eq!(names, vec![Some("one".to_owned()), Some("two".to_owned())]);
-        let refused = reads.read(|conn| Ok(conn.execute("DELETE FROM t", [])?));
+        let refused = reads.read_rows("DELETE FROM t RETURNING id", &[], |row| row.integer("id"));
         assert!(
             matches!(refused, Err(StoreError::ReadFailed(_))),
             "read-only: {refused:?}"

@@ -2,8 +2,7 @@
 //! projection's tables, the monolith's join). Both select the same columns under the same
 //! names: order_id, status, quantity, placed_at, product_id, title, image_url, price_cents.
 
-use platform::db::StoreError;
-use platform::sqlite_reads::Columns;
+use platform::db::{Columns, StoreError};
 use uuid::Uuid;
 
 use crate::{OrderStatus, ProductView, PurchaseView};
@@ -29,7 +28,7 @@ pub fn stored_uuid(raw: &str, column: &str) -> Result<Uuid, StoreError> {
 
 /// A row's purchase, with its product when the row has one (`title` not null). None when the
 /// row carries no order at all (`order_id` null: a LEFT JOIN's user-only row).
-pub fn decode_purchase(row: &impl Columns) -> Result<Option<PurchaseView>, StoreError> {
+pub fn decode_purchase(row: &dyn Columns) -> Result<Option<PurchaseView>, StoreError> {
     let Some(order_id) = row.optional_text("order_id")? else {
         return Ok(None);
     };

@@ -382,9 +382,7 @@ impl Lab {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
 
-impl Lab {
     /// Waits until purchases-async's answers report every stream at or past its target.
     async fn answers_caught_up(
         &self,

@@ -4,6 +4,7 @@
 //! or provisioned without manual steps. A missing tool fails the test with instructions; it
 //! never skips it.
 
+pub mod cli;
 mod database;
 mod nats;
 mod outbox;
@@ -17,7 +18,7 @@ pub use outbox::{outbox_events, payload};
 pub use platform::db::Backend;
 pub use proxy::DelayProxy;
 pub use server::RunningServer;
-pub use tools::{grpcurl, workspace_root};
+pub use tools::{grpcurl, run_grpcurl, workspace_root};
 
 /// Turns on log output for a test run when `TEST_LOG` is set; tests stay silent otherwise.
 pub fn init_tracing() {

@@ -22,6 +22,22 @@ pub fn grpcurl() -> PathBuf {
         .unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
 }
 
+/// Runs grpcurl with `args`, fails the test with its stderr if it fails, and returns what
+/// it printed.
+pub async fn run_grpcurl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(grpcurl())
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::purchases::v1 as pb;
 use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -23,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
-use crate::measure::{Clients, Mode, micros_histogram};
+use crate::measure::{Clients, ErrorTally, Mode, micros, micros_histogram};
 use crate::seed::{Seeded, SeededUser};
 use crate::topology::{Endpoints, Service};
 use crate::up::RunningLab;
@@ -263,7 +264,14 @@ pub async fn run(
     let clients = crate::demo::clients(&endpoints);
     let users = Arc::new(seeded.users.clone());
 
-    let writer = BackgroundWriter::start(&endpoints, seeded, settings.write_rate);
+    let writer = PacedWriter::start(
+        vec![
+            WriteTarget::microservices(&endpoints, seeded),
+            WriteTarget::monolith(&endpoints, seeded),
+        ],
+        settings.write_rate,
+        None,
+    );
     // Rates on the outside, modes inside: the background writer grows the data as the run
     // goes on, and every mode meets each rate on the same data.
     let mut steps: BTreeMap<Mode, Vec<Step>> =
@@ -316,7 +324,7 @@ pub async fn run(
         })
         .collect();
     progress.finish_and_clear();
-    let background_writes = writer.stop().await;
+    let (background_writes, _) = writer.stop().await;
 
     println!(
         "Timing freshness: {} orders/s for {:.1} s...",
@@ -447,14 +455,7 @@ struct StepRecorder {
     uncorrected: Histogram<u64>,
     send_lag: Histogram<u64>,
     ok: u64,
-    errors: BTreeMap<String, u64>,
-    examples: BTreeMap<String, String>,
-}
-
-fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    errors: ErrorTally,
 }
 
 impl StepRecorder {
@@ -464,14 +465,8 @@ impl StepRecorder {
             uncorrected: micros_histogram(),
             send_lag: micros_histogram(),
             ok: 0,
-            errors: BTreeMap::new(),
-            examples: BTreeMap::new(),
+            errors: ErrorTally::default(),
         }
-    }
-
-    fn fail(&mut self, code: &str, message: String) {
-        *self.errors.entry(code.to_owned()).or_default() += 1;
-        self.examples.entry(code.to_owned()).or_insert(message);
     }
 
     fn finish(&self, offered_rps: u32, scheduled: u64, seconds: f64) -> Step {
@@ -482,13 +477,7 @@ impl StepRecorder {
             failed as f64 / scheduled as f64
         };
         let throughput_rps = self.ok as f64 / seconds.max(f64::EPSILON);
-        let quantile = |histogram: &Histogram<u64>, q: f64| {
-            if histogram.is_empty() {
-                0
-            } else {
-                histogram.value_at_quantile(q)
-            }
-        };
+        let quantile = Histogram::<u64>::value_at_quantile;
         Step {
             offered_rps,
             seconds,
@@ -504,8 +493,8 @@ impl StepRecorder {
             uncorrected_p99_us: quantile(&self.uncorrected, 0.99),
             send_lag_p99_us: quantile(&self.send_lag, 0.99),
             error_rate,
-            errors: self.errors.clone(),
-            example_errors: self.examples.clone(),
+            errors: self.errors.counts.clone(),
+            example_errors: self.errors.examples.clone(),
             cpu_pct: BTreeMap::new(),
             saturated: throughput_rps < SATURATED_BELOW * f64::from(offered_rps)
                 || error_rate > SATURATED_ERRORS,
@@ -562,10 +551,10 @@ async fn open_loop(
                             tokio::time::timeout_at((due + DEADLINE).into(), in_flight.acquire())
                                 .await;
                         let Ok(Ok(_permit)) = permit else {
-                            let mut recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
-                            recorder.fail(
+                            let mut recorder = lock(&recorder);
+                            recorder.errors.add(
                                 "ClientBacklog",
-                                format!(
+                                &format!(
                                     "the load generator already had its limit of requests in flight for {DEADLINE:?}: the mode is saturated"
                                 ),
                             );
@@ -574,7 +563,7 @@ async fn open_loop(
                         let sent = Instant::now();
                         let outcome = clients.call(mode, &user, page_size).await;
                         let done = Instant::now();
-                        let mut recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut recorder = lock(&recorder);
                         recorder.send_lag.saturating_record(micros(sent_at - due));
                         match outcome {
                             Ok(()) => {
@@ -582,7 +571,9 @@ async fn open_loop(
                                 recorder.corrected.saturating_record(micros(done - due));
                                 recorder.uncorrected.saturating_record(micros(done - sent));
                             }
-                            Err((code, message)) => recorder.fail(&format!("{code:?}"), message),
+                            Err((code, message)) => {
+                                recorder.errors.add(&format!("{code:?}"), &message);
+                            }
                         }
                     },
                     &handle,
@@ -603,104 +594,140 @@ async fn open_loop(
     // Until the last answer, not the last send: a mode that fell behind finishes its backlog
     // after the step, and that time is part of what it took.
     let elapsed = started.elapsed();
-    let recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+    let recorder = lock(&recorder);
     recorder.finish(rate, scheduled, elapsed.as_secs_f64())
 }
 
-/// Places orders at a steady rate in the microservices and the monolith until stopped.
-struct BackgroundWriter {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<BackgroundWrites>,
+/// Where a paced writer places orders: one system, the product ordered and the users who
+/// order it, taken in turn.
+struct WriteTarget {
+    client: OrderServiceClient<Channel>,
+    product: String,
+    users: Vec<String>,
 }
 
-/// Writes in flight at most, per system; past it a due write is skipped and counted failed.
+impl WriteTarget {
+    fn microservices(endpoints: &Endpoints, seeded: &Seeded) -> Self {
+        Self {
+            client: OrderServiceClient::new(endpoints.channel(Service::Orders)),
+            product: seeded.sample_product.clone(),
+            users: seeded
+                .users
+                .iter()
+                .map(|user| user.microservices.clone())
+                .collect(),
+        }
+    }
+
+    fn monolith(endpoints: &Endpoints, seeded: &Seeded) -> Self {
+        Self {
+            client: OrderServiceClient::new(endpoints.channel(Service::Monolith)),
+            product: seeded.sample_monolith_product.clone(),
+            users: seeded
+                .users
+                .iter()
+                .map(|user| user.monolith.clone())
+                .collect(),
+        }
+    }
+}
+
+/// What happens after an order is placed: given the write's index, the user and the order id.
+type AfterPlaced = Arc<dyn Fn(u64, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Places one order per target at a steady rate until stopped. A due write is skipped (and
+/// counted) when 64 per target are already waiting: the system has fallen behind.
+struct PacedWriter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(BackgroundWrites, Duration)>,
+}
+
+/// Writes in flight at most, per target.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
 
-impl BackgroundWriter {
-    fn start(endpoints: &Endpoints, seeded: &Seeded, rate: u32) -> Self {
+impl PacedWriter {
+    fn start(targets: Vec<WriteTarget>, rate: u32, after: Option<AfterPlaced>) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let targets = [
-            (
-                OrderServiceClient::new(endpoints.channel(Service::Orders)),
-                seeded.sample_product.clone(),
-                true,
-            ),
-            (
-                OrderServiceClient::new(endpoints.channel(Service::Monolith)),
-                seeded.sample_monolith_product.clone(),
-                false,
-            ),
-        ];
-        let users = seeded.users.clone();
         let task = tokio::spawn(async move {
-            let mut written = BackgroundWrites {
+            let started = Instant::now();
+            let counts = Arc::new(Mutex::new(BackgroundWrites {
                 offered_rps: rate,
                 placed: 0,
                 failed: 0,
                 skipped: 0,
-            };
-            if rate == 0 || users.is_empty() {
-                let _ = stopped.await;
-                return written;
-            }
-            // Placed, failed, skipped.
-            let counts = Arc::new(Mutex::new((0_u64, 0_u64, 0_u64)));
-            let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT * targets.len()));
-            let tracker = TaskTracker::new();
-            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut index = 0_usize;
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = ticks.tick() => {}
+            }));
+            if rate > 0 && targets.iter().all(|target| !target.users.is_empty()) {
+                let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT * targets.len()));
+                let tracker = TaskTracker::new();
+                let mut ticks =
+                    tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut index = 0_u64;
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        _ = ticks.tick() => {}
+                    }
+                    for target in &targets {
+                        let turn = usize::try_from(index).unwrap_or(0) % target.users.len();
+                        let user = target.users[turn].clone();
+                        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                            lock(&counts).skipped += 1;
+                            continue;
+                        };
+                        let (client, product, counts, after) = (
+                            target.client.clone(),
+                            target.product.clone(),
+                            Arc::clone(&counts),
+                            after.clone(),
+                        );
+                        tracker.spawn(async move {
+                            let placed = crate::seed::place(client, user.clone(), product, 1).await;
+                            drop(permit);
+                            let Ok(order_id) = placed else {
+                                lock(&counts).failed += 1;
+                                return;
+                            };
+                            lock(&counts).placed += 1;
+                            if let Some(after) = after {
+                                after(index, user, order_id).await;
+                            }
+                        });
+                    }
+                    index += 1;
                 }
-                let user = &users[index % users.len()];
-                index += 1;
-                for (client, product, microservices) in &targets {
-                    let user_id = if *microservices {
-                        user.microservices.clone()
-                    } else {
-                        user.monolith.clone()
-                    };
-                    let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-                        counts.lock().unwrap_or_else(|e| e.into_inner()).2 += 1;
-                        continue;
-                    };
-                    let (client, product, counts) =
-                        (client.clone(), product.clone(), Arc::clone(&counts));
-                    tracker.spawn(async move {
-                        let placed = crate::seed::place(client, user_id, product, 1).await;
-                        drop(permit);
-                        let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-                        if placed.is_ok() {
-                            counts.0 += 1;
-                        } else {
-                            counts.1 += 1;
-                        }
-                    });
-                }
+                let writing = started.elapsed();
+                tracker.close();
+                tracker.wait().await;
+                return (lock(&counts).clone(), writing);
             }
-            tracker.close();
-            tracker.wait().await;
-            let (placed, failed, skipped) = *counts.lock().unwrap_or_else(|e| e.into_inner());
-            written.placed = placed;
-            written.failed = failed;
-            written.skipped = skipped;
-            written
+            let _ = stopped.await;
+            (lock(&counts).clone(), started.elapsed())
         });
         Self { stop, task }
     }
 
-    async fn stop(self) -> BackgroundWrites {
+    /// Stops writing, waits for the writes in flight, and returns the counts and how long
+    /// the writer wrote.
+    async fn stop(self) -> (BackgroundWrites, Duration) {
         let _ = self.stop.send(());
-        self.task.await.unwrap_or(BackgroundWrites {
-            offered_rps: 0,
-            placed: 0,
-            failed: 0,
-            skipped: 0,
-        })
+        self.task.await.unwrap_or((
+            BackgroundWrites {
+                offered_rps: 0,
+                placed: 0,
+                failed: 0,
+                skipped: 0,
+            },
+            Duration::ZERO,
+        ))
     }
+}
+
+// A poisoned lock means a panic while a count was bumped; the counts are still whole.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How long one order may take to appear before it counts as never seen.
@@ -718,81 +745,47 @@ async fn freshness(
     settings: &Settings,
 ) -> FreshnessResult {
     let rate = settings.freshness_write_rate;
-    let every = (rate / FRESHNESS_SAMPLES_PER_SECOND).max(1);
-    let orders = OrderServiceClient::new(endpoints.channel(Service::Orders));
-    let histogram = Arc::new(Mutex::new(micros_histogram()));
-    // Placed, failed, never seen, skipped.
-    let counts = Arc::new(Mutex::new((0_u64, 0_u64, 0_u64, 0_u64)));
-    let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT));
-    let tracker = TaskTracker::new();
-    let duration = Duration::from_millis(settings.freshness_ms);
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut index = 0_u32;
-    while started.elapsed() < duration {
-        ticks.tick().await;
-        let user = seeded.users[index as usize % seeded.users.len()]
-            .microservices
-            .clone();
-        let timed = index.is_multiple_of(every);
-        index += 1;
-        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            counts.lock().unwrap_or_else(|e| e.into_inner()).3 += 1;
-            continue;
-        };
-        let (orders, reader, product, histogram, counts) = (
-            orders.clone(),
-            asynchronous.clone(),
-            seeded.sample_product.clone(),
-            Arc::clone(&histogram),
-            Arc::clone(&counts),
-        );
-        tracker.spawn(async move {
-            let placed = crate::seed::place(orders, user.clone(), product, 1).await;
-            drop(permit);
-            let Ok(order_id) = placed else {
-                counts.lock().unwrap_or_else(|e| e.into_inner()).1 += 1;
-                return;
-            };
-            counts.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
-            if !timed {
-                return;
-            }
-            let answered = Instant::now();
-            match visible_after(&reader, &user, &order_id, answered).await {
-                Some(elapsed) => histogram
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .saturating_record(micros(elapsed)),
-                None => counts.lock().unwrap_or_else(|e| e.into_inner()).2 += 1,
-            }
-        });
-    }
-    let writing = started.elapsed();
-    tracker.close();
-    tracker.wait().await;
-    let histogram = histogram.lock().unwrap_or_else(|e| e.into_inner());
-    let (placed, failed, never_seen, skipped) = *counts.lock().unwrap_or_else(|e| e.into_inner());
-    let quantile = |q: f64| {
-        if histogram.is_empty() {
-            0
-        } else {
-            histogram.value_at_quantile(q)
-        }
+    let every = u64::from((rate / FRESHNESS_SAMPLES_PER_SECOND).max(1));
+    // Recorded lags, and orders never seen.
+    let timed = Arc::new(Mutex::new((micros_histogram(), 0_u64)));
+    let after: AfterPlaced = {
+        let (reader, timed) = (asynchronous.clone(), Arc::clone(&timed));
+        Arc::new(move |index, user, order_id| {
+            let (reader, timed) = (reader.clone(), Arc::clone(&timed));
+            Box::pin(async move {
+                if !index.is_multiple_of(every) {
+                    return;
+                }
+                let answered = Instant::now();
+                let seen = visible_after(&reader, &user, &order_id, answered).await;
+                let mut timed = lock(&timed);
+                match seen {
+                    Some(elapsed) => timed.0.saturating_record(micros(elapsed)),
+                    None => timed.1 += 1,
+                }
+            })
+        })
     };
+    let writer = PacedWriter::start(
+        vec![WriteTarget::microservices(endpoints, seeded)],
+        rate,
+        Some(after),
+    );
+    tokio::time::sleep(Duration::from_millis(settings.freshness_ms)).await;
+    let (writes, writing) = writer.stop().await;
+    let (histogram, never_seen) = &*lock(&timed);
     FreshnessResult {
-        p50_us: quantile(0.5),
-        p90_us: quantile(0.9),
-        p99_us: quantile(0.99),
+        p50_us: histogram.value_at_quantile(0.5),
+        p90_us: histogram.value_at_quantile(0.9),
+        p99_us: histogram.value_at_quantile(0.99),
         max_us: histogram.max(),
         samples: histogram.len(),
-        never_seen,
+        never_seen: *never_seen,
         write_rate_offered: rate,
-        write_rate_achieved: placed as f64 / writing.as_secs_f64().max(f64::EPSILON),
-        write_errors: failed,
-        writes_skipped: skipped,
-        distribution: distribution(&histogram),
+        write_rate_achieved: writes.placed as f64 / writing.as_secs_f64().max(f64::EPSILON),
+        write_errors: writes.failed,
+        writes_skipped: writes.skipped,
+        distribution: distribution(histogram),
         cpu_pct: BTreeMap::new(),
     }
 }
@@ -899,11 +892,7 @@ async fn catch_up(lab: &RunningLab, seeded: &Seeded) -> anyhow::Result<CatchUp> 
     let events: u64 = target.values().map(|(sequence, _)| sequence).sum();
     let started = Instant::now();
     let (mut process, addr) = lab.start_fresh_projection("bench-catch-up").await?;
-    let client = PurchaseServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .tcp_nodelay(true)
-            .connect_lazy(),
-    );
+    let client = PurchaseServiceClient::new(crate::topology::channel_to(addr));
     let mut first: Option<(Instant, u64)> = None;
     let outcome = loop {
         let at = Instant::now();

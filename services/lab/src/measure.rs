@@ -105,6 +105,30 @@ pub fn micros_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// A duration in whole microseconds, at least 1 (the histograms' lowest value).
+pub fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Failed calls counted by gRPC code (or the load generator's own reason), with the first
+/// message seen for each.
+#[derive(Debug, Default)]
+pub struct ErrorTally {
+    pub counts: BTreeMap<String, u64>,
+    pub examples: BTreeMap<String, String>,
+}
+
+impl ErrorTally {
+    pub fn add(&mut self, code: &str, message: &str) {
+        *self.counts.entry(code.to_owned()).or_default() += 1;
+        self.examples
+            .entry(code.to_owned())
+            .or_insert_with(|| message.to_owned());
+    }
+}
+
 /// Records outcomes and latencies.
 #[derive(Debug)]
 pub struct Recorder {
@@ -112,8 +136,7 @@ pub struct Recorder {
     // as a success's.
     histogram: Histogram<u64>,
     requests: u64,
-    errors: BTreeMap<String, u64>,
-    examples: BTreeMap<String, String>,
+    errors: ErrorTally,
 }
 
 impl Default for Recorder {
@@ -121,8 +144,7 @@ impl Default for Recorder {
         Self {
             histogram: micros_histogram(),
             requests: 0,
-            errors: BTreeMap::new(),
-            examples: BTreeMap::new(),
+            errors: ErrorTally::default(),
         }
     }
 }
@@ -130,19 +152,14 @@ impl Default for Recorder {
 impl Recorder {
     pub fn record(&mut self, elapsed: Duration, outcome: &Outcome) {
         self.requests += 1;
-        let micros = u64::try_from(elapsed.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.histogram.saturating_record(micros);
+        self.histogram.saturating_record(micros(elapsed));
         if let Err((code, message)) = outcome {
-            let name = format!("{code:?}");
-            *self.errors.entry(name.clone()).or_default() += 1;
-            self.examples.entry(name).or_insert_with(|| message.clone());
+            self.errors.add(&format!("{code:?}"), message);
         }
     }
 
     pub fn finish(&self) -> Latency {
-        let failed: u64 = self.errors.values().sum();
+        let failed: u64 = self.errors.counts.values().sum();
         Latency {
             requests: self.requests,
             ok: self.requests - failed,
@@ -150,8 +167,8 @@ impl Recorder {
             p90_us: self.histogram.value_at_quantile(0.9),
             p99_us: self.histogram.value_at_quantile(0.99),
             max_us: self.histogram.max(),
-            errors: self.errors.clone(),
-            example_errors: self.examples.clone(),
+            errors: self.errors.counts.clone(),
+            example_errors: self.errors.examples.clone(),
         }
     }
 }
@@ -227,8 +244,7 @@ pub async fn freshness(
                 .ok()
                 .and_then(|answer| answer.into_inner().purchases.into_iter().next());
             if newest.is_some_and(|purchase| purchase.order_id == order_id) {
-                let micros = u64::try_from(placed.elapsed().as_micros()).unwrap_or(u64::MAX);
-                histogram.saturating_record(micros.max(1));
+                histogram.saturating_record(micros(placed.elapsed()));
                 break;
             }
             if placed.elapsed() > FRESHNESS_LIMIT {

@@ -190,10 +190,7 @@ impl Endpoints {
 
     /// A lazily connected channel to the service.
     pub fn channel(&self, service: Service) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url(service))
-            .expect("a loopback URL is a valid endpoint")
-            .tcp_nodelay(true)
-            .connect_lazy()
+        channel_to(self.addr(service))
     }
 
     /// The services' default addresses, each checked free; or free ephemeral ones.
@@ -230,13 +227,25 @@ impl Endpoints {
         service: Service,
         storage: &Storage,
     ) -> Result<Vec<OsString>, TopologyError> {
+        self.args_at(service, self.addr(service), service.database(), storage)
+    }
+
+    /// The same for an instance of `service` on another address and database (a second
+    /// copy beside the lab's own).
+    pub fn args_at(
+        &self,
+        service: Service,
+        listen: SocketAddr,
+        database: Option<&str>,
+        storage: &Storage,
+    ) -> Result<Vec<OsString>, TopologyError> {
         let mut args: Vec<OsString> = vec![
             "--listen".into(),
-            self.addr(service).to_string().into(),
+            listen.to_string().into(),
             "--log-format".into(),
             "json".into(),
         ];
-        if let Some(database) = service.database() {
+        if let Some(database) = database {
             args.push("--database-url".into());
             args.push(storage.database_url(database)?.into());
         }
@@ -263,6 +272,14 @@ impl Endpoints {
         }
         Ok(args)
     }
+}
+
+/// A lazily connected channel to a service on `addr`.
+pub fn channel_to(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a valid endpoint")
+        .tcp_nodelay(true)
+        .connect_lazy()
 }
 
 /// `lab.json` in a data dir.

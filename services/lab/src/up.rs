@@ -161,27 +161,22 @@ impl RunningLab {
         if let Storage::Postgres(url) = &self.storage {
             create_database(url, &format!("lab_{database}")).await?;
         }
-        let args: Vec<std::ffi::OsString> = vec![
-            "--listen".into(),
-            addr.to_string().into(),
-            "--log-format".into(),
-            "json".into(),
-            "--database-url".into(),
-            self.storage.database_url(&database)?.into(),
-            "--nats-url".into(),
-            self.endpoints.nats_url.clone().into(),
+        let mut args = self.endpoints.args_at(
+            Service::PurchasesAsync,
+            addr,
+            Some(&database),
+            &self.storage,
+        )?;
+        args.extend([
             "--consumer-name".into(),
             name.into(),
             // Empties what an earlier run left and resets the consumers to the first event.
             "--rebuild".into(),
-        ];
+        ]);
         let log = self.data_dir.join("logs").join(format!("{name}.log"));
         let mut process = ServiceProcess::new(name, binary, args, log);
         process.start()?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .tcp_nodelay(true)
-            .connect_lazy();
-        wait_serving(name, &mut process, channel).await?;
+        wait_serving(name, &mut process, crate::topology::channel_to(addr)).await?;
         Ok((process, addr))
     }
 

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::run_grpcurl;
 use tokio::process::{Child, Command};
 
 fn lab(data_dir: &Path) -> Command {
@@ -79,20 +80,6 @@ fn signal(child: &Child, signal: rustix::process::Signal) {
     rustix::process::kill_process(pid, signal).expect("the lab can be signalled");
 }
 
-async fn grpcurl(args: &[&str]) -> String {
-    let output = Command::new(testkit::grpcurl())
-        .args(args)
-        .output()
-        .await
-        .expect("grpcurl runs");
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -118,7 +105,7 @@ async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
         ("purchases-async", "purchases.v1.PurchaseService"),
         ("monolith", "orders.v1.OrderService"),
     ] {
-        let listed = grpcurl(&["-plaintext", &addr(service), "list"]).await;
+        let listed = run_grpcurl(&["-plaintext", &addr(service), "list"]).await;
         assert!(listed.contains(api), "{service} lists {api}: {listed}");
     }
 
@@ -152,7 +139,7 @@ async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let answer: Value = serde_json::from_str(
-                &grpcurl(&[
+                &run_grpcurl(&[
                     "-plaintext",
                     "-d",
                     &body,

@@ -1,8 +1,7 @@
 //! Purchases as the monolith answers them: one query joining users, orders and products.
 
-use platform::db::{Database, StoreError};
+use platform::db::{Columns, Database, StoreError};
 use platform::paging::Cursor;
-use platform::sqlite_reads::Columns;
 use purchases::{Freshness, Page, PurchaseSource, PurchasesError, Query, UserView};
 use uuid::Uuid;
 
@@ -17,27 +16,16 @@ const JOIN: &str = "SELECT u.name, u.deleted_at,
  ORDER BY o.placed_at DESC, o.id DESC
  LIMIT $4";
 
-/// The join's rows, read into the user (name, deleted) and their purchases.
-#[derive(Debug, Default)]
-struct Joined {
-    /// The name (gone once the user is deleted) and whether the user is deleted.
-    user: Option<(Option<String>, bool)>,
-    purchases: Vec<purchases::PurchaseView>,
-}
+/// One row of the join: the user's name (gone once the user is deleted), whether the user
+/// is deleted, and the purchase the row carries, if any.
+type JoinedRow = (Option<String>, bool, Option<purchases::PurchaseView>);
 
-impl Joined {
-    fn add(&mut self, row: &impl Columns) -> Result<(), StoreError> {
-        if self.user.is_none() {
-            self.user = Some((
-                row.optional_text("name")?,
-                row.optional_integer("deleted_at")?.is_some(),
-            ));
-        }
-        if let Some(purchase) = purchases::rows::decode_purchase(row)? {
-            self.purchases.push(purchase);
-        }
-        Ok(())
-    }
+fn decode(row: &dyn Columns) -> Result<JoinedRow, StoreError> {
+    Ok((
+        row.optional_text("name")?,
+        row.optional_integer("deleted_at")?.is_some(),
+        purchases::rows::decode_purchase(row)?,
+    ))
 }
 
 #[derive(Debug, Clone)]
@@ -63,46 +51,24 @@ impl PurchaseSource for JoinSource {
         });
         // The user's row comes back even without orders (LEFT JOIN), so one query answers
         // both "who" and "what"; one row more than the page tells whether another follows.
-        let limit = i64::from(query.page_size) + 1;
-        let answer = match self.db.sqlite_reads() {
-            Some(reads) => reads.read(|conn| {
-                let mut statement = platform::sqlite_reads::prepare(conn, JOIN)?;
-                let mut rows = statement.query(rusqlite::params![
-                    query.user_id.to_string(),
-                    after.sort_key,
-                    after.id.to_string(),
-                    limit
-                ])?;
-                let mut answer = Joined::default();
-                while let Some(row) = rows.next()? {
-                    answer.add(row)?;
-                }
-                Ok(answer)
-            })?,
-            None => {
-                let rows = sqlx::query(JOIN)
-                    .bind(query.user_id.to_string())
-                    .bind(after.sort_key)
-                    .bind(after.id.to_string())
-                    .bind(limit)
-                    .fetch_all(self.db.pool())
-                    .await
-                    .map_err(StoreError::from)?;
-                let mut answer = Joined::default();
-                for row in &rows {
-                    answer.add(row)?;
-                }
-                answer
-            }
-        };
-        let Some((name, deleted)) = answer.user else {
+        let params = [
+            query.user_id.to_string().into(),
+            after.sort_key.into(),
+            after.id.to_string().into(),
+            (i64::from(query.page_size) + 1).into(),
+        ];
+        let rows = self.db.read_rows(JOIN, &params, decode).await?;
+        let Some((name, deleted, _)) = rows.first() else {
             return Err(PurchasesError::UserNotFound(query.user_id));
         };
-        if deleted {
+        if *deleted {
             return Err(PurchasesError::UserNotFound(query.user_id));
         }
-        let name = name.unwrap_or_default();
-        let mut purchases = answer.purchases;
+        let name = name.clone().unwrap_or_default();
+        let mut purchases: Vec<_> = rows
+            .into_iter()
+            .filter_map(|(_, _, purchase)| purchase)
+            .collect();
         let next = Page::cut(&mut purchases, query.page_size);
         Ok(Page {
             user: UserView {

@@ -3,9 +3,8 @@
 
 use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
-use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
+use platform::db::{Columns, Database, StoreError, check_version, stored_version, version_from_db};
 use platform::paging::Cursor;
-use platform::sqlite_reads::Columns;
 use sqlx::AnyConnection;
 use sqlx::Row as _;
 use uuid::Uuid;
@@ -128,34 +127,13 @@ impl OrderStore {
              ORDER BY placed_at DESC, id DESC
              LIMIT $4"
         );
-        let limit = i64::from(page_size) + 1;
-        let mut orders = match self.db.sqlite_reads() {
-            Some(reads) => reads.read(|conn| {
-                let mut statement = platform::sqlite_reads::prepare(conn, &sql)?;
-                let mut rows = statement.query(rusqlite::params![
-                    user_id.to_string(),
-                    cursor.sort_key,
-                    cursor.id.to_string(),
-                    limit
-                ])?;
-                let mut orders = Vec::new();
-                while let Some(row) = rows.next()? {
-                    orders.push(decode(row)?);
-                }
-                Ok(orders)
-            })?,
-            None => sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(user_id.to_string())
-                .bind(cursor.sort_key)
-                .bind(cursor.id.to_string())
-                .bind(limit)
-                .fetch_all(self.db.pool())
-                .await
-                .map_err(StoreError::from)?
-                .iter()
-                .map(decode)
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let params = [
+            user_id.to_string().into(),
+            cursor.sort_key.into(),
+            cursor.id.to_string().into(),
+            (i64::from(page_size) + 1).into(),
+        ];
+        let mut orders = self.db.read_rows(&sql, &params, decode).await?;
         let next = if orders.len() > page_size as usize {
             orders.truncate(page_size as usize);
             orders.last().map(|last| Cursor {
@@ -227,7 +205,7 @@ impl OrderStore {
     }
 }
 
-fn decode(row: &impl Columns) -> Result<Order, StoreError> {
+fn decode(row: &dyn Columns) -> Result<Order, StoreError> {
     let uuid = |column: &str| -> Result<Uuid, StoreError> {
         let raw = row.text(column)?;
         Uuid::parse_str(&raw).map_err(|_| StoreError::Corrupt(format!("order {column} {raw:?}")))

@@ -3,9 +3,10 @@
 
 use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
-use platform::db::{Database, StoreError, check_version, stored_version, version_from_db};
+use platform::db::{
+    Columns, Database, Param, StoreError, check_version, stored_version, version_from_db,
+};
 use platform::paging::Cursor;
-use platform::sqlite_reads::Columns;
 use uuid::Uuid;
 
 use crate::domain::{NewProduct, Product, ProductChange};
@@ -100,29 +101,8 @@ impl ProductStore {
             "SELECT {COLUMNS} FROM products WHERE id IN ({})",
             placeholders.join(", ")
         );
-        let decoded: Vec<Product> = match self.db.sqlite_reads() {
-            Some(reads) => reads.read(|conn| {
-                let mut statement = platform::sqlite_reads::prepare(conn, &sql)?;
-                let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-                let mut rows = statement.query(rusqlite::params_from_iter(keys))?;
-                let mut products = Vec::with_capacity(ids.len());
-                while let Some(row) = rows.next()? {
-                    products.push(decode(row)?);
-                }
-                Ok(products)
-            })?,
-            None => {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for id in ids {
-                    query = query.bind(id.to_string());
-                }
-                let rows = query
-                    .fetch_all(self.db.pool())
-                    .await
-                    .map_err(StoreError::from)?;
-                rows.iter().map(decode).collect::<Result<_, _>>()?
-            }
-        };
+        let params: Vec<Param> = ids.iter().map(|id| id.to_string().into()).collect();
+        let decoded = self.db.read_rows(&sql, &params, decode).await?;
         let mut found: std::collections::HashMap<Uuid, Product> = decoded
             .into_iter()
             .map(|product| (product.id, product))
@@ -224,7 +204,10 @@ impl ProductStore {
         .fetch_all(self.db.pool())
         .await
         .map_err(StoreError::from)?;
-        let mut products = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let mut products = rows
+            .iter()
+            .map(|row| decode(row))
+            .collect::<Result<Vec<_>, _>>()?;
         let next = if products.len() > page_size as usize {
             products.truncate(page_size as usize);
             products.last().map(|last| Cursor {
@@ -238,7 +221,7 @@ impl ProductStore {
     }
 }
 
-fn decode(row: &impl Columns) -> Result<Product, StoreError> {
+fn decode(row: &dyn Columns) -> Result<Product, StoreError> {
     let id = row.text("id")?;
     Ok(Product {
         id: Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt(format!("product id {id:?}")))?,

@@ -1,35 +1,27 @@
 //! The `purchases-sync` binary as an operator meets it: its help and its refusal of bad
 //! configuration.
 
-use tokio::process::Command;
+use testkit::cli::{assert_mentions, help_text, usage_error};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_purchases-sync");
 
 #[tokio::test]
 async fn help_names_every_dependency_flag_and_no_database() {
-    let output = Command::new(BINARY)
-        .arg("--help")
-        .output()
-        .await
-        .expect("runs");
-    assert!(output.status.success());
-    let help = String::from_utf8_lossy(&output.stdout);
-    for needle in [
-        "--users-url",
-        "USERS_URL",
-        "--orders-url",
-        "--products-url",
-        "--fanout",
-        "sequential",
-        "--call-timeout-ms",
-        "--max-calls-per-dependency",
-        "127.0.0.1:50061",
-    ] {
-        assert!(
-            help.contains(needle),
-            "--help should mention {needle}:\n{help}"
-        );
-    }
+    let help = help_text(BINARY).await;
+    assert_mentions(
+        &help,
+        &[
+            "--users-url",
+            "USERS_URL",
+            "--orders-url",
+            "--products-url",
+            "--fanout",
+            "sequential",
+            "--call-timeout-ms",
+            "--max-calls-per-dependency",
+            "127.0.0.1:50061",
+        ],
+    );
     assert!(
         !help.contains("database"),
         "purchases-sync has no database:\n{help}"
@@ -38,13 +30,7 @@ async fn help_names_every_dependency_flag_and_no_database() {
 
 #[tokio::test]
 async fn a_dependency_url_without_a_scheme_exits_64_naming_the_flag() {
-    let output = Command::new(BINARY)
-        .args(["--users-url", "127.0.0.1:50051"])
-        .output()
-        .await
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = usage_error(BINARY, &["--users-url", "127.0.0.1:50051"]).await;
     assert!(stderr.contains("--users-url"), "{stderr}");
     assert!(stderr.contains("http://"), "{stderr}");
 }

@@ -4,9 +4,9 @@
 use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
 use platform::db::{
-    Database, StoreError, check_version, is_unique_violation, stored_version, version_from_db,
+    Columns, Database, StoreError, check_version, is_unique_violation, stored_version,
+    version_from_db,
 };
-use platform::sqlite_reads::Columns;
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
@@ -75,18 +75,11 @@ impl UserStore {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<User, UsersError> {
-        let stored = match self.db.sqlite_reads() {
-            Some(reads) => reads.read(|conn| {
-                let mut statement = platform::sqlite_reads::prepare(conn, SELECT_USER)?;
-                let mut rows = statement.query([id.to_string()])?;
-                rows.next()?.map(decode).transpose()
-            })?,
-            None => {
-                let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-                load(&mut conn, id).await?
-            }
-        };
-        match stored {
+        let stored = self
+            .db
+            .read_rows(SELECT_USER, &[id.to_string().into()], decode)
+            .await?;
+        match stored.into_iter().next() {
             None => Err(UsersError::NotFound(id)),
             Some(StoredUser { deleted: true, .. }) => Err(UsersError::Gone(id)),
             Some(StoredUser { user, .. }) => Ok(user),
@@ -181,7 +174,7 @@ async fn load(conn: &mut AnyConnection, id: Uuid) -> Result<Option<StoredUser>, 
         .bind(id.to_string())
         .fetch_optional(conn)
         .await?;
-    row.as_ref().map(decode).transpose()
+    row.as_ref().map(|row| decode(row)).transpose()
 }
 
 /// Loads a user about to be changed, refusing unknown, deleted and stale-version targets.
@@ -205,7 +198,7 @@ async fn load_for_write(
     Ok(user)
 }
 
-fn decode(row: &impl Columns) -> Result<StoredUser, StoreError> {
+fn decode(row: &dyn Columns) -> Result<StoredUser, StoreError> {
     let id = row.text("id")?;
     Ok(StoredUser {
         user: User {

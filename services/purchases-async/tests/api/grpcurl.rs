@@ -1,29 +1,14 @@
 //! ListUserPurchases end to end with the real grpcurl, through reflection, on all three modes.
 
 use testkit::Backend;
-use tokio::process::Command;
+use testkit::run_grpcurl;
 
 use system::{Lab, Monolith};
 
-async fn grpcurl(args: &[&str]) -> String {
-    let output = Command::new(testkit::grpcurl())
-        .args(args)
-        .output()
-        .await
-        .expect("grpcurl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "grpcurl {args:?} failed: {text}");
-    text
-}
-
 async fn list_purchases(addr: &str, user_id: &str) -> serde_json::Value {
-    let listed = grpcurl(&["-plaintext", addr, "list"]).await;
+    let listed = run_grpcurl(&["-plaintext", addr, "list"]).await;
     assert!(listed.contains("purchases.v1.PurchaseService"), "{listed}");
-    let answer = grpcurl(&[
+    let answer = run_grpcurl(&[
         "-plaintext",
         "-d",
         &format!(r#"{{"user_id": "{user_id}", "page_size": 10}}"#),
