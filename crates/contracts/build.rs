@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "orders/v1/orders.proto",
     "events/v1/events.proto",
     "purchases/v1/purchases.proto",
+    "fault/v1/fault.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

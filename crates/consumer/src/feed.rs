@@ -44,12 +44,12 @@ impl ConsumerSpec {
         }
     }
 
-    fn config(&self) -> pull::Config {
+    fn config(&self, deliver_policy: jetstream::consumer::DeliverPolicy) -> pull::Config {
         let batch = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
         pull::Config {
             durable_name: Some(self.name.clone()),
             description: Some(format!("{} applying {}", self.name, self.stream)),
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            deliver_policy,
             // Acknowledging the last event of a committed batch acknowledges the batch.
             ack_policy: jetstream::consumer::AckPolicy::All,
             // Long enough for a batch that waits out a short database outage; a redelivery
@@ -206,10 +206,50 @@ impl<P: Projection> Consumer<P> {
         log_position(&self.spec, &self.status.borrow());
     }
 
+    /// Opens the pull, from the event after the last one this side committed.
+    ///
+    /// The durable's own pointer cannot be trusted for that: it counts events *delivered*,
+    /// and a previous run (killed, or a pull dropped on a NATS hiccup) may have received
+    /// events it never committed. The server would redeliver those only after `ack_wait`,
+    /// and with ack policy "all" the acknowledgement of any later event would discard them
+    /// unseen. So when the durable has delivered past the committed position, it is
+    /// recreated to start right after that position: the local database, where the position
+    /// commits with the data, is the single source of truth.
     async fn open(&self) -> Result<pull::Stream, async_nats::Error> {
+        use async_nats::jetstream::consumer::DeliverPolicy;
+        use async_nats::jetstream::context::ConsumerInfoErrorKind;
         let stream = self.js.get_stream(&self.spec.stream).await?;
-        // Create, or update the durable's settings to these.
-        let consumer = stream.create_consumer(self.spec.config()).await?;
+        let committed = self.status.borrow().stream_sequence;
+        let resume = if committed == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: committed + 1,
+            }
+        };
+        let deliver_policy = match stream.consumer_info(&self.spec.name).await {
+            Ok(info) if info.delivered.stream_sequence <= committed => {
+                // Nothing in flight beyond what is committed: keep the durable, updating
+                // its settings (its start policy cannot change on an update).
+                info.config.deliver_policy
+            }
+            Ok(info) => {
+                tracing::info!(
+                    consumer = %self.spec.name,
+                    stream = %self.spec.stream,
+                    committed,
+                    delivered = info.delivered.stream_sequence,
+                    "events were delivered past the committed position; resuming after it"
+                );
+                stream.delete_consumer(&self.spec.name).await?;
+                resume
+            }
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => resume,
+            Err(error) => return Err(error.into()),
+        };
+        let consumer = stream
+            .create_consumer(self.spec.config(deliver_policy))
+            .await?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.spec.batch_size)

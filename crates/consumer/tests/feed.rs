@@ -21,6 +21,7 @@ backend_tests!(
     poison_messages_are_dead_lettered_and_the_events_after_them_applied,
     a_restarted_consumer_resumes_where_it_stopped_without_reapplying,
     consuming_survives_a_nats_restart,
+    events_a_dead_run_received_but_never_committed_are_applied_after_a_restart,
 );
 
 /// Records every event it is given, so a test can see exactly what was applied, once each.
@@ -391,4 +392,55 @@ async fn consuming_survives_a_nats_restart(backend: Backend) {
     cancel.cancel();
     assert_eq!(position.n_applied, 20);
     assert_eq!(fixture.ledger().await.len(), 20);
+}
+
+async fn events_a_dead_run_received_but_never_committed_are_applied_after_a_restart(
+    backend: Backend,
+) {
+    let fixture = Fixture::new(backend).await;
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    for id in &ids[..10] {
+        fixture.publish(&registered(id, "first")).await;
+    }
+    // A run of the consumer that received five events and died before committing them:
+    // the durable has delivered them, nothing acknowledged them, and the database knows none.
+    let stream = fixture.js.get_stream("USERS").await.expect("USERS");
+    let durable: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("test".into()),
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .expect("create the durable");
+    let mut received = durable
+        .fetch()
+        .max_messages(5)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut unacknowledged = 0;
+    while let Some(message) = futures::StreamExt::next(&mut received).await {
+        message.expect("a message");
+        unacknowledged += 1;
+    }
+    assert_eq!(unacknowledged, 5);
+    for id in &ids[10..] {
+        fixture.publish(&registered(id, "second")).await;
+    }
+
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let position = handled(&mut status, 20).await;
+    cancel.cancel();
+    // Acknowledging event 20 (ack policy "all") would have discarded events 1 to 5 had the
+    // consumer taken up where the durable's delivery stood instead of where it committed.
+    assert_eq!(
+        fixture.ledger().await.len(),
+        20,
+        "every event applied, the five the dead run held included"
+    );
+    assert_eq!(position.n_applied, 20);
 }

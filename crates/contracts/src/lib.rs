@@ -37,3 +37,9 @@ pub mod purchases {
         tonic::include_proto!("purchases.v1");
     }
 }
+
+pub mod fault {
+    pub mod v1 {
+        tonic::include_proto!("fault.v1");
+    }
+}

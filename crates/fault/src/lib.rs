@@ -7,8 +7,11 @@
 //! Health and reflection are never touched, so the lab can still see and drive a service
 //! that it is degrading. With no fault set a request pays one atomic load.
 //!
-//! This crate owns the mechanism only; who may set faults (an admin API bound to loopback,
-//! a test, a benchmark) is decided by whoever holds the handle.
+//! This crate owns the mechanism and its admin API ([`admin`], `fault.v1.FaultAdmin`); where
+//! that API is served (a loopback listener of its own, only when a service is started with
+//! it) is the server's decision, and tests and benchmarks hold the handle directly.
+
+pub mod admin;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

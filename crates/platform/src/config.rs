@@ -1,5 +1,6 @@
 //! Command-line and environment settings that every service takes in the same way.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::telemetry::LogFormat;
@@ -19,6 +20,11 @@ pub struct CommonArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = Self::DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_concurrent_requests: u64,
 
+    /// Serve the fault admin API (fault.v1.FaultAdmin) on this loopback address, so faults can be
+    /// injected at run time. Off unless given.
+    #[arg(long, env = "FAULT_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse_loopback_addr)]
+    pub fault_admin_listen: Option<SocketAddr>,
+
     /// The handle of the server's fault layer: empty unless a test, a benchmark or the fault
     /// admin API sets faults through it.
     #[arg(skip)]
@@ -31,6 +37,7 @@ impl Default for CommonArgs {
             log_format: LogFormat::Pretty,
             request_timeout_ms: Self::DEFAULT_REQUEST_TIMEOUT_MS,
             max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            fault_admin_listen: None,
             faults: fault::Faults::default(),
         }
     }
@@ -49,6 +56,7 @@ impl CommonArgs {
             max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
                 .unwrap_or(usize::MAX),
             faults: self.faults.clone(),
+            fault_admin: self.fault_admin_listen,
             ..crate::server::ServerSettings::default()
         }
     }
@@ -91,4 +99,35 @@ pub fn parse_database_url(raw: &str) -> Result<String, String> {
     crate::db::Backend::of_url(raw)
         .map(|_| raw.to_owned())
         .map_err(|error| error.to_string())
+}
+
+/// Checks `--fault-admin-listen`: whoever reaches the fault admin API can break the service,
+/// so it is only ever bound where nothing off this machine reaches it.
+pub fn parse_loopback_addr(raw: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not an address such as 127.0.0.1:50151"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the fault admin API lets whoever reaches it break the service, so it only listens on 127.0.0.1 or ::1"
+        ));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_admin_api_only_listens_on_loopback() {
+        assert_eq!(
+            parse_loopback_addr("127.0.0.1:0"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert!(parse_loopback_addr("[::1]:50151").is_ok());
+        let refused = parse_loopback_addr("0.0.0.0:50151").expect_err("refused");
+        assert!(refused.contains("not a loopback address"), "{refused}");
+        assert!(parse_loopback_addr("localhost").is_err());
+    }
 }

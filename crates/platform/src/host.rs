@@ -48,7 +48,7 @@ impl ServiceHost {
             .with_context(|| format!("migrate the {name} database"))?;
         let server = GrpcServer::bind(listen, common.server_settings())
             .with_context(|| format!("bind {listen}"))?;
-        tracing::info!(service = name, addr = %server.local_addr(), backend = ?db.backend(), "listening");
+        tracing::info!(service = name, addr = %server.local_addr(), fault_admin = ?server.fault_admin_addr(), backend = ?db.backend(), "listening");
         Ok(Self {
             name,
             server,
@@ -60,6 +60,11 @@ impl ServiceHost {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where the fault admin API listens, when the service was started with it.
+    pub fn fault_admin_addr(&self) -> Option<SocketAddr> {
+        self.server.fault_admin_addr()
     }
 
     pub fn database(&self) -> &Database {

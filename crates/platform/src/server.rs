@@ -27,6 +27,9 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Faults injected into this server's application methods (none unless someone sets them).
     pub faults: fault::Faults,
+    /// Where to serve the fault admin API, if anywhere (a loopback address; see
+    /// `config::parse_loopback_addr`).
+    pub fault_admin: Option<SocketAddr>,
 }
 
 impl Default for ServerSettings {
@@ -39,6 +42,7 @@ impl Default for ServerSettings {
             .unwrap_or(usize::MAX),
             shutdown_grace: Duration::from_secs(15),
             faults: fault::Faults::default(),
+            fault_admin: None,
         }
     }
 }
@@ -94,6 +98,7 @@ pub enum ServeError {
 pub struct GrpcServer {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
+    admin: Option<(TcpIncoming, SocketAddr)>,
     settings: ServerSettings,
 }
 
@@ -103,15 +108,29 @@ impl GrpcServer {
         // here; without it small responses wait for delayed ACKs (about 40 ms on Linux).
         let incoming = TcpIncoming::bind(addr)?.with_nodelay(Some(true));
         let local_addr = incoming.local_addr()?;
+        let admin = match settings.fault_admin {
+            Some(admin_addr) => {
+                let admin = TcpIncoming::bind(admin_addr)?.with_nodelay(Some(true));
+                let bound = admin.local_addr()?;
+                Some((admin, bound))
+            }
+            None => None,
+        };
         Ok(Self {
             incoming,
             local_addr,
+            admin,
             settings,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the fault admin API listens, when it was asked for.
+    pub fn fault_admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Serves `services` plus grpc.health.v1 and server reflection (v1 and v1alpha, so grpcurl
@@ -156,6 +175,22 @@ impl GrpcServer {
             .add_service(reflection().build_v1alpha()?);
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        if let Some((incoming, addr)) = self.admin {
+            let admin = fault_admin_server(&self.settings.faults, descriptor_set)?;
+            let stop = admin_stop.clone();
+            tracing::info!(%addr, "fault admin API listening");
+            tokio::spawn(async move {
+                let served = admin
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "the fault admin API failed");
+                }
+            });
+        }
+        // Stops the admin API with the service, however serving ends.
+        let _admin_guard = admin_stop.drop_guard();
         let signal = async move {
             shutdown.await;
             for name in names.iter().copied().chain([""]) {
@@ -197,6 +232,27 @@ impl GrpcServer {
             Err(_) => Err(ServeError::GraceExpired(settings.shutdown_grace)),
         }
     }
+}
+
+/// The fault admin API's own server: the admin service and reflection (so grpcurl works),
+/// without the fault layer, so no fault can lock its own switch.
+fn fault_admin_server(
+    faults: &fault::Faults,
+    descriptor_set: &'static [u8],
+) -> Result<tonic::transport::server::Router, ServeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptor_set)
+            .with_service_name("fault.v1.FaultAdmin")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    Ok(Server::builder()
+        .timeout(Duration::from_secs(10))
+        .concurrency_limit_per_connection(16)
+        .add_service(fault::admin::AdminApi::new(faults.clone()).into_server())
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?))
 }
 
 /// tonic answers a request larger than the decoding limit with OUT_OF_RANGE; the gRPC spec

@@ -13,10 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::purchases::v1 as pb;
 use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
-use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -28,6 +26,7 @@ use crate::measure::{Clients, ErrorTally, Mode, micros, micros_histogram};
 use crate::seed::{Seeded, SeededUser};
 use crate::topology::{Endpoints, Service};
 use crate::up::RunningLab;
+use crate::writer::{AfterWrite, BackgroundWrites, PacedWriter, WriteTarget, lock};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -201,15 +200,6 @@ pub struct FreshnessResult {
     pub distribution: Vec<(u64, u64)>,
     /// CPU used while writing and timing, by process, in percent of one core.
     pub cpu_pct: BTreeMap<String, f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BackgroundWrites {
-    pub offered_rps: u32,
-    pub placed: u64,
-    pub failed: u64,
-    /// Not sent because 64 writes per system were already waiting.
-    pub skipped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -598,138 +588,6 @@ async fn open_loop(
     recorder.finish(rate, scheduled, elapsed.as_secs_f64())
 }
 
-/// Where a paced writer places orders: one system, the product ordered and the users who
-/// order it, taken in turn.
-struct WriteTarget {
-    client: OrderServiceClient<Channel>,
-    product: String,
-    users: Vec<String>,
-}
-
-impl WriteTarget {
-    fn microservices(endpoints: &Endpoints, seeded: &Seeded) -> Self {
-        Self {
-            client: OrderServiceClient::new(endpoints.channel(Service::Orders)),
-            product: seeded.sample_product.clone(),
-            users: seeded
-                .users
-                .iter()
-                .map(|user| user.microservices.clone())
-                .collect(),
-        }
-    }
-
-    fn monolith(endpoints: &Endpoints, seeded: &Seeded) -> Self {
-        Self {
-            client: OrderServiceClient::new(endpoints.channel(Service::Monolith)),
-            product: seeded.sample_monolith_product.clone(),
-            users: seeded
-                .users
-                .iter()
-                .map(|user| user.monolith.clone())
-                .collect(),
-        }
-    }
-}
-
-/// What happens after an order is placed: given the write's index, the user and the order id.
-type AfterPlaced = Arc<dyn Fn(u64, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// Places one order per target at a steady rate until stopped. A due write is skipped (and
-/// counted) when 64 per target are already waiting: the system has fallen behind.
-struct PacedWriter {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<(BackgroundWrites, Duration)>,
-}
-
-/// Writes in flight at most, per target.
-const MAX_WRITES_IN_FLIGHT: usize = 64;
-
-impl PacedWriter {
-    fn start(targets: Vec<WriteTarget>, rate: u32, after: Option<AfterPlaced>) -> Self {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let counts = Arc::new(Mutex::new(BackgroundWrites {
-                offered_rps: rate,
-                placed: 0,
-                failed: 0,
-                skipped: 0,
-            }));
-            if rate > 0 && targets.iter().all(|target| !target.users.is_empty()) {
-                let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT * targets.len()));
-                let tracker = TaskTracker::new();
-                let mut ticks =
-                    tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut index = 0_u64;
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        _ = ticks.tick() => {}
-                    }
-                    for target in &targets {
-                        let turn = usize::try_from(index).unwrap_or(0) % target.users.len();
-                        let user = target.users[turn].clone();
-                        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-                            lock(&counts).skipped += 1;
-                            continue;
-                        };
-                        let (client, product, counts, after) = (
-                            target.client.clone(),
-                            target.product.clone(),
-                            Arc::clone(&counts),
-                            after.clone(),
-                        );
-                        tracker.spawn(async move {
-                            let placed = crate::seed::place(client, user.clone(), product, 1).await;
-                            drop(permit);
-                            let Ok(order_id) = placed else {
-                                lock(&counts).failed += 1;
-                                return;
-                            };
-                            lock(&counts).placed += 1;
-                            if let Some(after) = after {
-                                after(index, user, order_id).await;
-                            }
-                        });
-                    }
-                    index += 1;
-                }
-                let writing = started.elapsed();
-                tracker.close();
-                tracker.wait().await;
-                return (lock(&counts).clone(), writing);
-            }
-            let _ = stopped.await;
-            (lock(&counts).clone(), started.elapsed())
-        });
-        Self { stop, task }
-    }
-
-    /// Stops writing, waits for the writes in flight, and returns the counts and how long
-    /// the writer wrote.
-    async fn stop(self) -> (BackgroundWrites, Duration) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap_or((
-            BackgroundWrites {
-                offered_rps: 0,
-                placed: 0,
-                failed: 0,
-                skipped: 0,
-            },
-            Duration::ZERO,
-        ))
-    }
-}
-
-// A poisoned lock means a panic while a count was bumped; the counts are still whole.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// How long one order may take to appear before it counts as never seen.
 const FRESHNESS_LIMIT: Duration = Duration::from_secs(10);
 /// Orders timed per second at most: each is polled for, and polling is load too.
@@ -748,14 +606,18 @@ async fn freshness(
     let every = u64::from((rate / FRESHNESS_SAMPLES_PER_SECOND).max(1));
     // Recorded lags, and orders never seen.
     let timed = Arc::new(Mutex::new((micros_histogram(), 0_u64)));
-    let after: AfterPlaced = {
+    let after: AfterWrite = {
         let (reader, timed) = (asynchronous.clone(), Arc::clone(&timed));
-        Arc::new(move |index, user, order_id| {
+        Arc::new(move |write| {
             let (reader, timed) = (reader.clone(), Arc::clone(&timed));
             Box::pin(async move {
-                if !index.is_multiple_of(every) {
+                let Ok(order_id) = write.outcome else {
+                    return;
+                };
+                if !write.index.is_multiple_of(every) {
                     return;
                 }
+                let user = write.user;
                 let answered = Instant::now();
                 let seen = visible_after(&reader, &user, &order_id, answered).await;
                 let mut timed = lock(&timed);
@@ -840,7 +702,7 @@ pub struct CatchUp {
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(300);
 
 /// Where a projection stands: per stream, the sequence of the last event applied.
-async fn positions(
+pub(crate) async fn positions(
     client: &PurchaseServiceClient<Channel>,
     user: &str,
 ) -> Option<BTreeMap<String, (u64, u64)>> {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::bench::{BenchReport, MODES};
-use crate::report::{bar_chart, escape, markdown_table, table};
+use crate::report::{Chart, bar_chart, escape, line_chart, markdown_table, table};
 
 fn summary_rows(report: &BenchReport) -> Vec<[String; 7]> {
     let echo = report.summary.get("echo").map(|echo| echo.p50_us.max(1));
@@ -276,126 +276,17 @@ falls behind.</p>
 "#,
         reference_rate = report.settings.reference_rate,
         reference = bar_chart(&reference, "us"),
-        p99 = line_chart(&p99, "offered requests/s", "p99 us", true),
-        throughput = line_chart(&throughput, "offered requests/s", "answered/s", false),
+        p99 = line_chart(&p99, &Chart::log_log("offered requests/s", "p99 us")),
+        throughput = line_chart(
+            &throughput,
+            &Chart {
+                log_y: false,
+                ..Chart::log_log("offered requests/s", "answered/s")
+            }
+        ),
         freshness_line = escape(&freshness_line(report)),
         freshness = bar_chart(&freshness, ""),
         markdown = escape(&markdown(report)),
     );
     crate::report::page("Lab bench", &body)
-}
-
-/// Lines over a logarithmic x axis (rates span orders of magnitude), y linear or log.
-fn line_chart(
-    series: &[(String, Vec<(f64, f64)>)],
-    x_label: &str,
-    y_label: &str,
-    log_y: bool,
-) -> String {
-    const COLORS: [&str; 5] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
-    const WIDTH: f64 = 640.0;
-    const HEIGHT: f64 = 300.0;
-    const LEFT: f64 = 70.0;
-    const BOTTOM: f64 = 40.0;
-    let points = || series.iter().flat_map(|(_, points)| points.iter());
-    let (min_x, max_x) = points().fold((f64::MAX, 1.0_f64), |(lo, hi), (x, _)| {
-        (lo.min(x.max(1.0)), hi.max(*x))
-    });
-    let max_y = points().map(|(_, y)| *y).fold(1.0_f64, f64::max);
-    let min_y = if log_y {
-        points()
-            .map(|(_, y)| y.max(1.0))
-            .fold(f64::MAX, f64::min)
-            .min(max_y)
-    } else {
-        0.0
-    };
-    let min_x = min_x.min(max_x);
-    let scale = |value: f64, lo: f64, hi: f64, log: bool| {
-        let (value, lo, hi) = if log {
-            (value.max(1.0).ln(), lo.max(1.0).ln(), hi.max(1.0).ln())
-        } else {
-            (value, lo, hi)
-        };
-        if hi > lo {
-            (value - lo) / (hi - lo)
-        } else {
-            0.5
-        }
-    };
-    let x = |value: f64| LEFT + scale(value, min_x, max_x, true) * (WIDTH - LEFT - 20.0);
-    let y =
-        |value: f64| HEIGHT - BOTTOM - scale(value, min_y, max_y, log_y) * (HEIGHT - BOTTOM - 20.0);
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{HEIGHT}" role="img">"#,
-        WIDTH + 150.0
-    );
-    let _ = write!(
-        svg,
-        r##"<line x1="{LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/><line x1="{LEFT}" y1="20" x2="{LEFT}" y2="{bottom}" stroke="#999"/><text x="{mid}" y="{label_y}">{x_label}</text><text x="5" y="14">{y_label}</text><text x="{LEFT}" y="{tick_y}">{min_x:.0}</text><text x="{right_tick}" y="{tick_y}">{max_x:.0}</text><text x="5" y="{bottom}">{min_y:.0}</text><text x="5" y="28">{max_y:.0}</text>"##,
-        bottom = HEIGHT - BOTTOM,
-        right = WIDTH - 20.0,
-        mid = WIDTH / 2.0,
-        label_y = HEIGHT - 5.0,
-        tick_y = HEIGHT - BOTTOM + 15.0,
-        right_tick = WIDTH - 60.0,
-        x_label = escape(x_label),
-        y_label = escape(y_label),
-    );
-    for (index, (name, points)) in series.iter().enumerate() {
-        let color = COLORS[index % COLORS.len()];
-        let path: Vec<String> = points
-            .iter()
-            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            path.join(" ")
-        );
-        for (px, py) in points {
-            let _ = write!(
-                svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{} at {px:.0}/s: {py:.0}</title></circle>"#,
-                x(*px),
-                y(*py),
-                escape(name)
-            );
-        }
-        let _ = write!(
-            svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
-            WIDTH,
-            25.0 + 18.0 * index as f64,
-            WIDTH + 15.0,
-            34.0 + 18.0 * index as f64,
-            escape(name)
-        );
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_charts_place_the_extremes_at_the_edges() {
-        let svg = line_chart(
-            &[(
-                "a<b".to_owned(),
-                vec![(100.0, 10.0), (1_000.0, 100.0), (10_000.0, 1_000.0)],
-            )],
-            "rate",
-            "us",
-            true,
-        );
-        assert!(svg.contains("a&lt;b"));
-        // Log-log: the middle point sits in the middle of both axes.
-        assert!(
-            svg.contains(r#"points="70.0,260.0 345.0,140.0 620.0,20.0""#),
-            "{svg}"
-        );
-    }
 }

@@ -9,6 +9,7 @@
 mod bench;
 mod bench_report;
 mod binaries;
+mod chaos;
 mod children;
 mod cpu;
 mod demo;
@@ -18,6 +19,7 @@ mod report;
 mod seed;
 mod topology;
 mod up;
+mod writer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
+use crate::chaos::ChaosArgs;
 use crate::demo::DemoArgs;
 use crate::seed::SeedArgs;
 use crate::up::{LabState, RunningLab, UpOptions};
@@ -66,6 +69,17 @@ enum Command {
         seed: SeedArgs,
         #[command(flatten)]
         bench: BenchArgs,
+    },
+    /// On an empty data dir: up, seed, then run fault scenarios under steady load (kill,
+    /// slow, fail, partition) and check the projection against the owners after each;
+    /// writes chaos.json and chaos.html, and exits 1 when any expectation fails.
+    Chaos {
+        #[command(flatten)]
+        up: UpArgs,
+        #[command(flatten)]
+        seed: SeedArgs,
+        #[command(flatten)]
+        chaos: ChaosArgs,
     },
     /// Exit 0 if the gRPC service at ADDR (host:port) reports SERVING on grpc.health.v1,
     /// else 1: the health check of compose.yaml's containers.
@@ -240,6 +254,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 took.as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Chaos { up, seed, chaos } => {
+            let storage = up.storage();
+            let fsync = up.nats_fsync_name();
+            let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
+                let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
+                chaos::run(lab, &seeded, &chaos, &storage, fsync).await
+            })
+            .await?;
+            let Some((report, took)) = outcome else {
+                return Ok(ExitCode::from(INTERRUPTED));
+            };
+            print!("{}", chaos::terminal(&report));
+            let (json, html) = chaos::write(&report, &cli.data_dir, chaos.json.as_deref())?;
+            println!(
+                "\nResults: {} and {}. Chaos took {:.0} s.",
+                json.display(),
+                html.display(),
+                took.as_secs_f64()
+            );
+            if report.passed {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("lab: a scenario's expectation or consistency check failed (see above)");
+                Ok(ExitCode::FAILURE)
+            }
         }
     }
 }

@@ -432,9 +432,194 @@ pub fn rfc3339(unix_seconds: u64) -> String {
     )
 }
 
+/// How a line chart draws its axes.
+#[derive(Debug, Clone)]
+pub(crate) struct Chart<'a> {
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub log_x: bool,
+    pub log_y: bool,
+    /// A shaded span of x (from, to) with its label: the fault window of a timeline.
+    pub band: Option<(f64, f64, &'a str)>,
+    /// Fixed y range instead of one fitted to the points (a success rate from 0 to 100).
+    pub y_range: Option<(f64, f64)>,
+}
+
+impl<'a> Chart<'a> {
+    /// Rates span orders of magnitude, and so do latencies.
+    pub fn log_log(x_label: &'a str, y_label: &'a str) -> Self {
+        Self {
+            x_label,
+            y_label,
+            log_x: true,
+            log_y: true,
+            band: None,
+            y_range: None,
+        }
+    }
+
+    /// Seconds on a linear axis.
+    pub fn timeline(y_label: &'a str, log_y: bool) -> Self {
+        Self {
+            x_label: "seconds",
+            y_label,
+            log_x: false,
+            log_y,
+            band: None,
+            y_range: None,
+        }
+    }
+}
+
+/// Lines with a legend, as self-contained SVG.
+pub(crate) fn line_chart(series: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>) -> String {
+    const COLORS: [&str; 5] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
+    const WIDTH: f64 = 640.0;
+    const HEIGHT: f64 = 300.0;
+    const LEFT: f64 = 70.0;
+    const BOTTOM: f64 = 40.0;
+    let floor = |value: f64, log: bool| if log { value.max(1.0) } else { value };
+    let points = || series.iter().flat_map(|(_, points)| points.iter());
+    let (min_x, max_x) = points().fold((f64::MAX, f64::MIN), |(lo, hi), (x, _)| {
+        (lo.min(floor(*x, chart.log_x)), hi.max(*x))
+    });
+    let (min_x, max_x) = if min_x > max_x {
+        (0.0, 1.0)
+    } else {
+        (min_x, max_x)
+    };
+    let (min_y, max_y) = chart.y_range.unwrap_or_else(|| {
+        let max_y = points().map(|(_, y)| *y).fold(1.0_f64, f64::max);
+        let min_y = if chart.log_y {
+            points()
+                .map(|(_, y)| y.max(1.0))
+                .fold(f64::MAX, f64::min)
+                .min(max_y)
+        } else {
+            0.0
+        };
+        (min_y, max_y)
+    });
+    let scale = |value: f64, lo: f64, hi: f64, log: bool| {
+        let (value, lo, hi) = if log {
+            (value.max(1.0).ln(), lo.max(1.0).ln(), hi.max(1.0).ln())
+        } else {
+            (value, lo, hi)
+        };
+        if hi > lo {
+            ((value - lo) / (hi - lo)).clamp(0.0, 1.0)
+        } else {
+            0.5
+        }
+    };
+    let x = |value: f64| LEFT + scale(value, min_x, max_x, chart.log_x) * (WIDTH - LEFT - 20.0);
+    let y = |value: f64| {
+        HEIGHT - BOTTOM - scale(value, min_y, max_y, chart.log_y) * (HEIGHT - BOTTOM - 20.0)
+    };
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{HEIGHT}" role="img">"#,
+        WIDTH + 150.0
+    );
+    if let Some((from, to, label)) = chart.band {
+        let _ = write!(
+            svg,
+            r##"<rect x="{left:.1}" y="20" width="{width:.1}" height="{height}" fill="#f4cccc" opacity="0.6"/><text x="{left:.1}" y="16">{label}</text>"##,
+            left = x(from),
+            width = (x(to) - x(from)).max(1.0),
+            height = HEIGHT - BOTTOM - 20.0,
+            label = escape(label),
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/><line x1="{LEFT}" y1="20" x2="{LEFT}" y2="{bottom}" stroke="#999"/><text x="{mid}" y="{label_y}">{x_label}</text><text x="5" y="14">{y_label}</text><text x="{LEFT}" y="{tick_y}">{min_x:.0}</text><text x="{right_tick}" y="{tick_y}">{max_x:.0}</text><text x="5" y="{bottom}">{min_y:.0}</text><text x="5" y="28">{max_y:.0}</text>"##,
+        bottom = HEIGHT - BOTTOM,
+        right = WIDTH - 20.0,
+        mid = WIDTH / 2.0,
+        label_y = HEIGHT - 5.0,
+        tick_y = HEIGHT - BOTTOM + 15.0,
+        right_tick = WIDTH - 60.0,
+        x_label = escape(chart.x_label),
+        y_label = escape(chart.y_label),
+    );
+    for (index, (name, points)) in series.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for (px, py) in points {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"><title>{} at {px:.1}: {py:.0}</title></circle>"#,
+                x(*px),
+                y(*py),
+                escape(name)
+            );
+        }
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+            WIDTH,
+            25.0 + 18.0 * index as f64,
+            WIDTH + 15.0,
+            34.0 + 18.0 * index as f64,
+            escape(name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_charts_place_the_extremes_at_the_edges() {
+        let svg = line_chart(
+            &[(
+                "a<b".to_owned(),
+                vec![(100.0, 10.0), (1_000.0, 100.0), (10_000.0, 1_000.0)],
+            )],
+            &Chart::log_log("rate", "us"),
+        );
+        assert!(svg.contains("a&lt;b"));
+        // Log-log: the middle point sits in the middle of both axes.
+        assert!(
+            svg.contains(r#"points="70.0,260.0 345.0,140.0 620.0,20.0""#),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn timelines_are_linear_and_shade_the_fault_window() {
+        let svg = line_chart(
+            &[(
+                "sync".to_owned(),
+                vec![(0.0, 100.0), (5.0, 0.0), (10.0, 100.0)],
+            )],
+            &Chart {
+                band: Some((2.5, 7.5, "users killed")),
+                y_range: Some((0.0, 100.0)),
+                ..Chart::timeline("success %", false)
+            },
+        );
+        assert!(
+            svg.contains(r#"points="70.0,20.0 345.0,260.0 620.0,20.0""#),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"<rect x="207.5" y="20" width="275.0""#),
+            "{svg}"
+        );
+        assert!(svg.contains("users killed"));
+    }
 
     #[test]
     fn dates_are_rendered_in_utc() {

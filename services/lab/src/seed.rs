@@ -23,6 +23,8 @@ use tonic::transport::Channel;
 const IN_FLIGHT: usize = 16;
 /// How long an order may wait for orders' replica to learn of its user and product.
 const REPLICA_WAIT: Duration = Duration::from_secs(30);
+/// How long one PlaceOrder call may take.
+const PLACE_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SeedArgs {
@@ -309,6 +311,14 @@ async fn apply(
     Ok((user_ids, product_ids))
 }
 
+/// Why an order was not placed, with the status the orders service answered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("placing an order failed: {code:?}: {message}")]
+pub struct PlaceError {
+    pub code: tonic::Code,
+    pub message: String,
+}
+
 /// Places an order, waiting while orders' replica has not yet heard of a user or product
 /// created a moment ago (FAILED_PRECONDITION): that is the event feed's delay, not an error.
 pub async fn place(
@@ -316,23 +326,26 @@ pub async fn place(
     user_id: String,
     product_id: String,
     quantity: i32,
-) -> anyhow::Result<String> {
+) -> Result<String, PlaceError> {
     let deadline = tokio::time::Instant::now() + REPLICA_WAIT;
     loop {
-        let placed = client
-            .place_order(orders_pb::PlaceOrderRequest {
-                user_id: user_id.clone(),
-                product_id: product_id.clone(),
-                quantity,
-            })
-            .await;
-        match placed {
+        let mut request = tonic::Request::new(orders_pb::PlaceOrderRequest {
+            user_id: user_id.clone(),
+            product_id: product_id.clone(),
+            quantity,
+        });
+        // A hung orders service fails the write instead of holding the writer forever.
+        request.set_timeout(PLACE_DEADLINE);
+        match client.place_order(request).await {
             Ok(answer) => {
-                return Ok(answer
+                return answer
                     .into_inner()
                     .order
-                    .context("PlaceOrder answered without an order")?
-                    .id);
+                    .map(|order| order.id)
+                    .ok_or_else(|| PlaceError {
+                        code: tonic::Code::Internal,
+                        message: "PlaceOrder answered without an order".to_owned(),
+                    });
             }
             Err(status)
                 if status.code() == tonic::Code::FailedPrecondition
@@ -341,11 +354,10 @@ pub async fn place(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(status) => {
-                return Err(anyhow::anyhow!(
-                    "placing an order failed: {:?}: {}",
-                    status.code(),
-                    status.message()
-                ));
+                return Err(PlaceError {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                });
             }
         }
     }

@@ -66,6 +66,11 @@ impl Service {
         }
     }
 
+    /// Where the lab asks the service to serve its fault admin API: beside its own port.
+    pub fn default_fault_admin_port(self) -> u16 {
+        self.default_port() + 100
+    }
+
     /// The database the service owns, if any (a file name on SQLite, a database name on
     /// PostgreSQL).
     pub fn database(self) -> Option<&'static str> {
@@ -173,6 +178,9 @@ pub enum TopologyError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Endpoints {
     pub services: BTreeMap<Service, SocketAddr>,
+    /// Each service's fault admin API (fault.v1.FaultAdmin), on loopback.
+    #[serde(default)]
+    pub fault_admin: BTreeMap<Service, SocketAddr>,
     pub nats_url: String,
 }
 
@@ -193,13 +201,25 @@ impl Endpoints {
         channel_to(self.addr(service))
     }
 
+    /// A lazily connected channel to the service's fault admin API.
+    pub fn fault_admin_channel(&self, service: Service) -> tonic::transport::Channel {
+        channel_to(self.fault_admin_addr(service))
+    }
+
+    pub fn fault_admin_addr(&self, service: Service) -> SocketAddr {
+        self.fault_admin.get(&service).copied().unwrap_or_else(|| {
+            SocketAddr::from(([127, 0, 0, 1], service.default_fault_admin_port()))
+        })
+    }
+
     /// The services' default addresses, each checked free; or free ephemeral ones.
     pub fn allocate(ephemeral: bool, nats_url: String) -> Result<Self, TopologyError> {
         let mut services = BTreeMap::new();
+        let mut fault_admin = BTreeMap::new();
         // Held until all are chosen, so no two services get the same ephemeral port.
         let mut held = Vec::new();
-        for service in Service::ALL {
-            let port = if ephemeral { 0 } else { service.default_port() };
+        let mut take = |service: Service, port: u16| {
+            let port = if ephemeral { 0 } else { port };
             let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|source| {
                 if ephemeral {
                     TopologyError::NoFreePort { service, source }
@@ -214,10 +234,18 @@ impl Endpoints {
             let addr = listener
                 .local_addr()
                 .map_err(|source| TopologyError::NoFreePort { service, source })?;
-            services.insert(service, addr);
             held.push(listener);
+            Ok(addr)
+        };
+        for service in Service::ALL {
+            services.insert(service, take(service, service.default_port())?);
+            fault_admin.insert(service, take(service, service.default_fault_admin_port())?);
         }
-        Ok(Self { services, nats_url })
+        Ok(Self {
+            services,
+            fault_admin,
+            nats_url,
+        })
     }
 
     /// Command-line arguments for one service. Every setting the lab relies on is passed
@@ -227,11 +255,14 @@ impl Endpoints {
         service: Service,
         storage: &Storage,
     ) -> Result<Vec<OsString>, TopologyError> {
-        self.args_at(service, self.addr(service), service.database(), storage)
+        let mut args = self.args_at(service, self.addr(service), service.database(), storage)?;
+        args.push("--fault-admin-listen".into());
+        args.push(self.fault_admin_addr(service).to_string().into());
+        Ok(args)
     }
 
     /// The same for an instance of `service` on another address and database (a second
-    /// copy beside the lab's own).
+    /// copy beside the lab's own), without a fault admin API.
     pub fn args_at(
         &self,
         service: Service,
@@ -326,12 +357,23 @@ mod tests {
                 .iter()
                 .any(|arg| arg == "--database-url" || arg == "--nats-url")
         );
-        let ports: std::collections::HashSet<u16> =
-            endpoints.services.values().map(SocketAddr::port).collect();
+        let ports: std::collections::HashSet<u16> = endpoints
+            .services
+            .values()
+            .chain(endpoints.fault_admin.values())
+            .map(SocketAddr::port)
+            .collect();
         assert_eq!(
             ports.len(),
-            Service::ALL.len(),
-            "every service has a port of its own"
+            2 * Service::ALL.len(),
+            "every service and every fault admin API has a port of its own"
+        );
+        let admin = endpoints
+            .fault_admin_addr(Service::PurchasesSync)
+            .to_string();
+        assert!(
+            args.windows(2)
+                .any(|pair| pair[0] == "--fault-admin-listen" && pair[1] == admin)
         );
     }
 }

@@ -188,6 +188,38 @@ impl RunningLab {
         Ok(())
     }
 
+    /// Kills one service with SIGKILL, as a crash would: no drain, no goodbye.
+    pub async fn kill_service(&mut self, service: Service) -> anyhow::Result<()> {
+        if let Some(process) = self.processes.get_mut(&service) {
+            process.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the lab's own nats-server (its store stays on disk). Refused when the lab runs
+    /// on an external server, which is not the lab's to stop.
+    pub async fn stop_nats(&mut self) -> anyhow::Result<()> {
+        let nats = self.nats.as_mut().context(
+            "the lab runs on an external NATS server (--nats-url), which it will not stop; run without --nats-url",
+        )?;
+        nats.stop().await.context("cannot stop nats-server")
+    }
+
+    /// Starts the lab's nats-server again, on the same port with the same store.
+    pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
+        let nats = self
+            .nats
+            .as_mut()
+            .context("the lab runs on an external NATS server")?;
+        nats.restart().await.context("cannot restart nats-server")?;
+        self.write_state()
+    }
+
+    /// Whether the lab started the nats-server itself (and so may stop it).
+    pub fn owns_nats(&self) -> bool {
+        self.nats.is_some()
+    }
+
     /// Starts a stopped service again and waits for it.
     pub async fn restart_service(&mut self, service: Service) -> anyhow::Result<()> {
         if let Some(process) = self.processes.get_mut(&service) {
@@ -258,6 +290,11 @@ impl RunningLab {
             ));
         }
         text.push_str(&format!("{:<26} {}\n", "nats", self.endpoints.nats_url));
+        text.push_str(&format!(
+            "{:<26} {} (users; every service has one: see lab.json)\n",
+            "fault admin API",
+            self.endpoints.fault_admin_addr(Service::Users)
+        ));
         text.push_str(&format!(
             "{:<26} {}\n",
             "logs",

@@ -40,6 +40,10 @@ impl Application {
         self.host.local_addr()
     }
 
+    pub fn fault_admin_addr(&self) -> Option<SocketAddr> {
+        self.host.fault_admin_addr()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,

@@ -9,11 +9,17 @@ use users::{Application, Config};
 
 pub struct TestApp {
     pub server: RunningServer,
+    /// Where the fault admin API listens, when it was asked for.
+    pub fault_admin: Option<std::net::SocketAddr>,
     pub db: TestDatabase,
     pub client: UserServiceClient<Channel>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, CommonArgs::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, common: CommonArgs) -> TestApp {
     testkit::init_tracing();
     let db = TestDatabase::create(backend).await;
     let config = Config {
@@ -23,14 +29,20 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         nats: NatsArgs::new(testkit::UNREACHABLE_NATS),
         relay: RelayArgs::default(),
         db: DatabaseArgs::default(),
-        common: CommonArgs::default(),
+        common,
     };
     let app = Application::build(config)
         .await
         .expect("the service starts");
+    let fault_admin = app.fault_admin_addr();
     let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
     let client = UserServiceClient::new(server.channel());
-    TestApp { server, db, client }
+    TestApp {
+        server,
+        fault_admin,
+        db,
+        client,
+    }
 }
 
 impl TestApp {

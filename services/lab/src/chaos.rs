@@ -1,0 +1,1664 @@
+//! `lab chaos`: scripted failures run against a loaded lab, shown side by side for sync, async
+//! and the monolith, each followed by a check of the projection against the owning services.
+//!
+//! Every scenario has three phases: before (the system healthy), during (the fault in force)
+//! and after (the fault lifted). Throughout, each mode is read at a steady rate and a writer
+//! places orders into the microservices and the monolith; a share of the microservices' orders
+//! is timed until purchases-async shows it (freshness). Each call is a sample on one timeline,
+//! from which the phase figures, the charts and the scenario's expectations are computed.
+//! Finally the projection is compared, user by user and order by order, with what orders,
+//! products and users hold: every acknowledged write must be there, once, with the right facts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use contracts::fault::v1 as fault_pb;
+use contracts::fault::v1::fault_admin_client::FaultAdminClient;
+use contracts::orders::v1 as orders_pb;
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::products::v1 as products_pb;
+use contracts::products::v1::product_service_client::ProductServiceClient;
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use contracts::users::v1 as users_pb;
+use contracts::users::v1::user_service_client::UserServiceClient;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+use crate::measure::{Clients, Mode, micros};
+use crate::seed::{Seeded, SeededUser};
+use crate::topology::{Endpoints, Service};
+use crate::up::RunningLab;
+use crate::writer::{AfterWrite, PacedWriter, WriteTarget, lock};
+
+/// One scripted failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    KillUsers,
+    SlowProducts,
+    FailOrders,
+    NatsOutage,
+    CatchUp,
+}
+
+impl Scenario {
+    pub const ALL: [Self; 5] = [
+        Self::KillUsers,
+        Self::SlowProducts,
+        Self::FailOrders,
+        Self::NatsOutage,
+        Self::CatchUp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KillUsers => "kill-users",
+            Self::SlowProducts => "slow-products",
+            Self::FailOrders => "fail-orders",
+            Self::NatsOutage => "nats-outage",
+            Self::CatchUp => "catch-up",
+        }
+    }
+
+    /// What the scenario does, as the report says it.
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::KillUsers => "the users service killed (SIGKILL), then started again",
+            Self::SlowProducts => "products slowed by 50 ms per call (fault admin API)",
+            Self::FailOrders => "orders failing 20% of calls with UNAVAILABLE (fault admin API)",
+            Self::NatsOutage => "nats-server stopped while writes go on, then started again",
+            Self::CatchUp => "purchases-async killed while writes go on, then started again",
+        }
+    }
+
+    /// Seconds before, during and after the fault.
+    fn phases(self, quick: bool) -> [u64; 3] {
+        match (self, quick) {
+            (Self::KillUsers, false) => [10, 15, 15],
+            (Self::SlowProducts | Self::FailOrders, false) => [10, 15, 10],
+            (Self::NatsOutage, false) => [10, 10, 15],
+            (Self::CatchUp, false) => [10, 30, 20],
+            // Failing a fraction needs enough calls for the share to show.
+            (Self::FailOrders, true) => [3, 8, 3],
+            (Self::SlowProducts, true) => [3, 4, 3],
+            (Self::KillUsers | Self::NatsOutage | Self::CatchUp, true) => [3, 5, 6],
+        }
+    }
+}
+
+/// A scenario on the command line, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    All,
+    One(Scenario),
+}
+
+impl clap::ValueEnum for Choice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Self::All,
+            Self::One(Scenario::KillUsers),
+            Self::One(Scenario::SlowProducts),
+            Self::One(Scenario::FailOrders),
+            Self::One(Scenario::NatsOutage),
+            Self::One(Scenario::CatchUp),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            Self::All => clap::builder::PossibleValue::new("all")
+                .help("every scenario, one after another, on one lab"),
+            Self::One(scenario) => {
+                clap::builder::PossibleValue::new(scenario.name()).help(scenario.what())
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    /// The scenarios to run, in order (`all` for every one).
+    #[arg(value_enum, required = true, num_args = 1..)]
+    pub scenarios: Vec<Choice>,
+    /// Short phases (a few seconds each), for smoke runs and CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// Reads per second offered to each of sync, async and the monolith.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=2_000))]
+    pub read_rate: u32,
+    /// Orders per second placed into the microservices, and as many into the monolith.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub write_rate: u32,
+    /// Also write the results here (they always go to chaos.json in the data dir).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+impl ChaosArgs {
+    /// The scenarios to run, each once, in the order given.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let mut chosen = Vec::new();
+        for choice in &self.scenarios {
+            let add: &[Scenario] = match choice {
+                Choice::All => &Scenario::ALL,
+                Choice::One(scenario) => std::slice::from_ref(scenario),
+            };
+            for scenario in add {
+                if !chosen.contains(scenario) {
+                    chosen.push(*scenario);
+                }
+            }
+        }
+        chosen
+    }
+}
+
+/// What each timeline sample belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Series {
+    Sync,
+    Async,
+    Monolith,
+    /// Orders placed into the microservices (orders service).
+    Writes,
+    /// Orders placed into the monolith.
+    MonolithWrites,
+    /// From an order's acknowledgement to its first appearance in purchases-async.
+    Freshness,
+}
+
+impl Series {
+    const ALL: [Self; 6] = [
+        Self::Sync,
+        Self::Async,
+        Self::Monolith,
+        Self::Writes,
+        Self::MonolithWrites,
+        Self::Freshness,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Async => "async",
+            Self::Monolith => "monolith",
+            Self::Writes => "writes",
+            Self::MonolithWrites => "monolith-writes",
+            Self::Freshness => "freshness",
+        }
+    }
+
+    fn of(mode: Mode) -> Self {
+        match mode {
+            Mode::Async => Self::Async,
+            Mode::Monolith => Self::Monolith,
+            Mode::Echo | Mode::Sync | Mode::SyncSequential => Self::Sync,
+        }
+    }
+}
+
+/// One call or one timed order.
+#[derive(Debug, Clone)]
+struct Sample {
+    series: Series,
+    /// Seconds from the scenario's start to when the call was due.
+    at: f64,
+    latency_us: u64,
+    /// The gRPC code's name for a failure.
+    error: Option<String>,
+}
+
+/// Samples of one scenario, shared by the readers, the writer and the freshness probes.
+#[derive(Debug, Clone)]
+struct Timeline {
+    started: Instant,
+    samples: Arc<Mutex<Vec<Sample>>>,
+}
+
+impl Timeline {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            samples: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn seconds(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.started).as_secs_f64()
+    }
+
+    fn record(&self, series: Series, due: Instant, latency: Duration, error: Option<String>) {
+        let sample = Sample {
+            series,
+            at: self.seconds(due),
+            latency_us: micros(latency),
+            error,
+        };
+        lock(&self.samples).push(sample);
+    }
+
+    fn take(&self) -> Vec<Sample> {
+        std::mem::take(&mut *lock(&self.samples))
+    }
+}
+
+/// Calls in flight per mode before a due call is counted as the client's own backlog.
+const MAX_READS_IN_FLIGHT: usize = 128;
+/// Orders timed for freshness per second at most: each is polled for until it shows.
+const FRESHNESS_PROBES_PER_SECOND: u32 = 4;
+/// How long one order may take to show before it counts as never seen.
+const FRESHNESS_LIMIT: Duration = Duration::from_secs(120);
+/// How long the projection may take to agree with the owners once the load stops.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
+/// Page size of the reads under load.
+const PAGE_SIZE: i32 = 10;
+
+/// The steady load of a scenario: a reader per mode, the writer and its freshness probes.
+struct Load {
+    stop: CancellationToken,
+    readers: TaskTracker,
+    writer: PacedWriter,
+    /// Order ids the orders service acknowledged.
+    acknowledged: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    fn start(
+        endpoints: &Endpoints,
+        seeded: &Seeded,
+        args: &ChaosArgs,
+        timeline: &Timeline,
+    ) -> Self {
+        let clients = crate::demo::clients(endpoints);
+        let users = Arc::new(seeded.users.clone());
+        let stop = CancellationToken::new();
+        let readers = TaskTracker::new();
+        for mode in Mode::COMPARED {
+            readers.spawn(read_steadily(
+                clients.clone(),
+                mode,
+                Arc::clone(&users),
+                args.read_rate,
+                timeline.clone(),
+                stop.clone(),
+            ));
+        }
+        readers.close();
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let every = u64::from((args.write_rate / FRESHNESS_PROBES_PER_SECOND).max(1));
+        let after: AfterWrite = {
+            let (timeline, acknowledged, reader) = (
+                timeline.clone(),
+                Arc::clone(&acknowledged),
+                clients.asynchronous.clone(),
+            );
+            Arc::new(move |write| {
+                let (timeline, acknowledged, reader) =
+                    (timeline.clone(), Arc::clone(&acknowledged), reader.clone());
+                Box::pin(async move {
+                    let answered = Instant::now();
+                    let series = if write.target == 0 {
+                        Series::Writes
+                    } else {
+                        Series::MonolithWrites
+                    };
+                    let error = write
+                        .outcome
+                        .as_ref()
+                        .err()
+                        .map(|error| format!("{:?}", error.code));
+                    timeline.record(series, write.due, answered - write.due, error);
+                    let Ok(order_id) = write.outcome else {
+                        return;
+                    };
+                    if series != Series::Writes {
+                        return;
+                    }
+                    lock(&acknowledged).push(order_id.clone());
+                    if write.index.is_multiple_of(every) {
+                        let seen = shows_up(&reader, &write.user, &order_id).await;
+                        let lag = answered.elapsed();
+                        let error = (!seen).then(|| "NeverSeen".to_owned());
+                        // Placed on the timeline when the order was written.
+                        timeline.record(Series::Freshness, write.due, lag, error);
+                    }
+                })
+            })
+        };
+        let writer = PacedWriter::start(
+            vec![
+                WriteTarget::microservices(endpoints, seeded),
+                WriteTarget::monolith(endpoints, seeded),
+            ],
+            args.write_rate,
+            Some(after),
+        );
+        Self {
+            stop,
+            readers,
+            writer,
+            acknowledged,
+        }
+    }
+
+    /// Stops reading and writing, waits for what is in flight (freshness probes included),
+    /// and returns the acknowledged order ids.
+    async fn stop(self) -> Vec<String> {
+        self.stop.cancel();
+        self.readers.wait().await;
+        let _ = self.writer.stop().await;
+        std::mem::take(&mut *lock(&self.acknowledged))
+    }
+}
+
+/// Reads one mode at `rate` per second until stopped, each call timed from when it was due.
+async fn read_steadily(
+    clients: Clients,
+    mode: Mode,
+    users: Arc<Vec<SeededUser>>,
+    rate: u32,
+    timeline: Timeline,
+    stop: CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_READS_IN_FLIGHT));
+    let calls = TaskTracker::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut index = 0_usize;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let due = Instant::now();
+        let user = users[index % users.len()].clone();
+        index += 1;
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            timeline.record(
+                Series::of(mode),
+                due,
+                Duration::ZERO,
+                Some("ClientBacklog".to_owned()),
+            );
+            continue;
+        };
+        let (clients, timeline) = (clients.clone(), timeline.clone());
+        calls.spawn(async move {
+            let outcome = clients.call(mode, &user, PAGE_SIZE).await;
+            drop(permit);
+            let error = outcome.err().map(|(code, _)| format!("{code:?}"));
+            timeline.record(Series::of(mode), due, due.elapsed(), error);
+        });
+    }
+    calls.close();
+    calls.wait().await;
+}
+
+/// Polls purchases-async for `order_id` among `user`'s newest purchases, backing off from
+/// 5 ms to 200 ms between reads so a long outage does not turn the probes into load.
+async fn shows_up(reader: &PurchaseServiceClient<Channel>, user: &str, order_id: &str) -> bool {
+    let deadline = Instant::now() + FRESHNESS_LIMIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
+            user_id: user.to_owned(),
+            page_size: 20,
+            page_token: String::new(),
+        });
+        request.set_timeout(Duration::from_secs(2));
+        let seen = reader
+            .clone()
+            .list_user_purchases(request)
+            .await
+            .is_ok_and(|answer| {
+                answer
+                    .into_inner()
+                    .purchases
+                    .iter()
+                    .any(|purchase| purchase.order_id == order_id)
+            });
+        if seen {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Figures for one series in one phase.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PhaseStats {
+    pub requests: u64,
+    pub ok: u64,
+    /// Share answered without error, in percent (100 when there were no requests).
+    pub success_pct: f64,
+    /// Percentiles over the successful calls only (0 when none succeeded).
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+fn phase_stats<'a>(samples: impl Iterator<Item = &'a Sample>) -> PhaseStats {
+    let mut histogram = crate::measure::micros_histogram();
+    let mut requests = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for sample in samples {
+        requests += 1;
+        match &sample.error {
+            None => histogram.saturating_record(sample.latency_us),
+            Some(code) => *errors.entry(code.clone()).or_default() += 1,
+        }
+    }
+    let ok = histogram.len();
+    PhaseStats {
+        requests,
+        ok,
+        success_pct: if requests == 0 {
+            100.0
+        } else {
+            100.0 * ok as f64 / requests as f64
+        },
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        errors,
+    }
+}
+
+/// The three phases, by name, in order.
+pub const PHASES: [&str; 3] = ["before", "during", "after"];
+
+/// One bucket of the timeline chart.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    /// Seconds from the scenario's start to the bucket's start.
+    pub at: f64,
+    pub series: BTreeMap<String, PhaseStats>,
+}
+
+/// How the projection compares with the owning services once the load has stopped.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Consistency {
+    pub users_checked: usize,
+    /// Orders the orders service holds for those users: the ground truth.
+    pub orders_in_owners: usize,
+    pub purchases_in_projection: usize,
+    /// In the owners, not in the projection.
+    pub missing: usize,
+    /// In the projection more than once.
+    pub duplicated: usize,
+    /// In the projection, unknown to the owners.
+    pub unexpected: usize,
+    /// Present in both with different facts (status, quantity, product, user name).
+    pub mismatched: usize,
+    /// Orders the orders service acknowledged during the scenario.
+    pub writes_acknowledged: usize,
+    /// Acknowledged, yet absent from the orders service's own data.
+    pub writes_lost: usize,
+    /// From the end of the load to the first check that found nothing wrong.
+    pub converged_after_s: f64,
+    pub ok: bool,
+    /// The first few discrepancies of the last check, for a person to follow up.
+    pub examples: Vec<String>,
+}
+
+/// One expectation of a scenario and whether the run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expectation {
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub what: String,
+    /// Seconds from the scenario's start at which the fault began and ended.
+    pub fault_from_s: f64,
+    pub fault_to_s: f64,
+    pub ended_s: f64,
+    /// `phases.<phase>.<series>`.
+    pub phases: BTreeMap<String, BTreeMap<String, PhaseStats>>,
+    /// Observations particular to the scenario (time to catch up, events applied).
+    pub notes: Vec<String>,
+    pub consistency: Consistency,
+    pub expectations: Vec<Expectation>,
+    pub passed: bool,
+    pub timeline: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub generated_at: String,
+    pub machine: String,
+    pub storage: String,
+    pub nats_fsync: String,
+    pub quick: bool,
+    pub read_rate: u32,
+    pub write_rate: u32,
+    pub scenarios: Vec<ScenarioResult>,
+    pub passed: bool,
+}
+
+/// Runs the chosen scenarios one after another on a running, seeded, caught-up lab.
+pub async fn run(
+    lab: &mut RunningLab,
+    seeded: &Seeded,
+    args: &ChaosArgs,
+    storage: &str,
+    nats_fsync: &str,
+) -> anyhow::Result<ChaosReport> {
+    let mut scenarios = Vec::new();
+    for scenario in args.scenarios() {
+        let [before, during, after] = scenario.phases(args.quick);
+        println!(
+            "\n{}: {} ({before} s before, {during} s during, {after} s after)...",
+            scenario.name(),
+            scenario.what()
+        );
+        let result = run_scenario(lab, seeded, args, scenario).await?;
+        println!("{}", terminal_section(&result));
+        scenarios.push(result);
+    }
+    let passed = scenarios.iter().all(|scenario| scenario.passed);
+    Ok(ChaosReport {
+        generated_at: crate::report::now_rfc3339(),
+        machine: crate::report::machine(),
+        storage: storage.to_owned(),
+        nats_fsync: nats_fsync.to_owned(),
+        quick: args.quick,
+        read_rate: args.read_rate,
+        write_rate: args.write_rate,
+        scenarios,
+        passed,
+    })
+}
+
+async fn run_scenario(
+    lab: &mut RunningLab,
+    seeded: &Seeded,
+    args: &ChaosArgs,
+    scenario: Scenario,
+) -> anyhow::Result<ScenarioResult> {
+    if scenario == Scenario::NatsOutage && !lab.owns_nats() {
+        anyhow::bail!(
+            "nats-outage stops the lab's own nats-server; this lab runs on an external one (--nats-url)"
+        );
+    }
+    let [before, during, after] = scenario.phases(args.quick).map(Duration::from_secs);
+    let endpoints = lab.endpoints.clone();
+    let timeline = Timeline::new();
+    let load = Load::start(&endpoints, seeded, args, &timeline);
+    let probe_user = seeded
+        .users
+        .first()
+        .context("the seed holds no user")?
+        .microservices
+        .clone();
+    let asynchronous = PurchaseServiceClient::new(endpoints.channel(Service::PurchasesAsync));
+    let mut notes = Vec::new();
+
+    tokio::time::sleep(before).await;
+    let fault_from = Instant::now();
+    let positions_before = crate::bench::positions(&asynchronous, &probe_user).await;
+    inject(lab, scenario).await?;
+    tokio::time::sleep(during).await;
+    let lifting = Instant::now();
+    lift(lab, scenario).await?;
+    let fault_to = Instant::now();
+    notes.push(format!(
+        "lifting the fault took {:.2} s (a restart lasts until the service reports SERVING)",
+        fault_to.duration_since(lifting).as_secs_f64()
+    ));
+
+    // Catching up is timed while the load goes on, as it would be in production: from the
+    // restart until the projection stands where the streams stood when it was back.
+    let catching_up = if scenario == Scenario::CatchUp {
+        let heads = stream_heads(&endpoints.nats_url).await?;
+        let (client, user) = (asynchronous.clone(), probe_user.clone());
+        Some(tokio::spawn(async move {
+            let caught_up = time_to_reach(&client, &user, &heads, lifting).await;
+            (heads, caught_up)
+        }))
+    } else {
+        None
+    };
+    tokio::time::sleep(after).await;
+    let ended = Instant::now();
+    let acknowledged = load.stop().await;
+    let load_stopped = Instant::now();
+
+    if let Some(task) = catching_up {
+        let (heads, caught_up) = task.await.context("the catch-up timer failed")?;
+        let target: u64 = heads.values().sum();
+        let from: u64 = positions_before
+            .as_ref()
+            .map_or(0, |positions| positions.values().map(|(seq, _)| seq).sum());
+        notes.push(match caught_up {
+            Some(seconds) => format!(
+                "purchases-async caught up {seconds:.2} s after its restart began (start-up included): it had {} events to apply, {:.0} events/s",
+                target.saturating_sub(from),
+                target.saturating_sub(from) as f64 / seconds.max(0.001)
+            ),
+            None => format!(
+                "purchases-async had not reached the streams' positions of its restart within {FRESHNESS_LIMIT:?}"
+            ),
+        });
+    }
+
+    let consistency = converge(&endpoints, seeded, &acknowledged, load_stopped).await;
+    let samples = timeline.take();
+    let window = (
+        timeline.seconds(fault_from),
+        timeline.seconds(fault_to),
+        timeline.seconds(ended),
+    );
+    let phases = phases(&samples, window);
+    if matches!(scenario, Scenario::NatsOutage | Scenario::CatchUp)
+        && let Some(drained) = drained_after(&samples, window)
+    {
+        notes.push(format!(
+            "the last timed order written during the fault showed in purchases-async {drained:.2} s after the fault ended"
+        ));
+    }
+    let expectations = expectations(scenario, &phases, &consistency);
+    let passed = expectations.iter().all(|expectation| expectation.met);
+    Ok(ScenarioResult {
+        name: scenario.name().to_owned(),
+        what: scenario.what().to_owned(),
+        fault_from_s: round2(window.0),
+        fault_to_s: round2(window.1),
+        ended_s: round2(window.2),
+        phases,
+        notes,
+        consistency,
+        expectations,
+        passed,
+        timeline: buckets(&samples, window.2, if args.quick { 0.5 } else { 1.0 }),
+    })
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// The fault each scenario injects.
+async fn inject(lab: &mut RunningLab, scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::KillUsers => lab.kill_service(Service::Users).await,
+        Scenario::SlowProducts => {
+            set_fault(
+                &lab.endpoints,
+                Service::Products,
+                fault_pb::Fault {
+                    latency_ms: 50,
+                    ..fault_pb::Fault::default()
+                },
+            )
+            .await
+        }
+        Scenario::FailOrders => {
+            set_fault(
+                &lab.endpoints,
+                Service::Orders,
+                fault_pb::Fault {
+                    failure_fraction: 0.2,
+                    failure_code: "UNAVAILABLE".to_owned(),
+                    ..fault_pb::Fault::default()
+                },
+            )
+            .await
+        }
+        Scenario::NatsOutage => lab.stop_nats().await,
+        Scenario::CatchUp => lab.kill_service(Service::PurchasesAsync).await,
+    }
+}
+
+/// Undoes what [`inject`] did.
+async fn lift(lab: &mut RunningLab, scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::KillUsers => lab.restart_service(Service::Users).await,
+        Scenario::SlowProducts => clear_faults(&lab.endpoints, Service::Products).await,
+        Scenario::FailOrders => clear_faults(&lab.endpoints, Service::Orders).await,
+        Scenario::NatsOutage => lab.restart_nats().await,
+        Scenario::CatchUp => lab.restart_service(Service::PurchasesAsync).await,
+    }
+}
+
+async fn set_fault(
+    endpoints: &Endpoints,
+    service: Service,
+    fault: fault_pb::Fault,
+) -> anyhow::Result<()> {
+    FaultAdminClient::new(endpoints.fault_admin_channel(service))
+        .set_faults(fault_pb::SetFaultsRequest {
+            faults: vec![fault],
+        })
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!(
+                "{service}'s fault admin API refused the fault: {:?}: {}",
+                status.code(),
+                status.message()
+            )
+        })?;
+    Ok(())
+}
+
+async fn clear_faults(endpoints: &Endpoints, service: Service) -> anyhow::Result<()> {
+    FaultAdminClient::new(endpoints.fault_admin_channel(service))
+        .clear_faults(fault_pb::ClearFaultsRequest {})
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!(
+                "{service}'s fault admin API did not clear its faults: {:?}: {}",
+                status.code(),
+                status.message()
+            )
+        })?;
+    Ok(())
+}
+
+/// The streams the projection follows.
+const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
+
+/// The last sequence of each stream the projection follows, read from JetStream itself.
+async fn stream_heads(nats_url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let js = async_nats::jetstream::new(client);
+    let mut heads = BTreeMap::new();
+    for name in STREAMS {
+        let stream = js
+            .get_stream(name)
+            .await
+            .with_context(|| format!("no stream {name}"))?;
+        let info = stream
+            .get_info()
+            .await
+            .with_context(|| format!("no information on the stream {name}"))?;
+        heads.insert(name.to_owned(), info.state.last_sequence);
+    }
+    Ok(heads)
+}
+
+/// Seconds from `since` until purchases-async reports, for every stream, a position at or
+/// past `heads`.
+async fn time_to_reach(
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+    heads: &BTreeMap<String, u64>,
+    since: Instant,
+) -> Option<f64> {
+    let deadline = since + FRESHNESS_LIMIT;
+    while Instant::now() < deadline {
+        if let Some(now) = crate::bench::positions(client, user).await
+            && heads.iter().all(|(stream, head)| {
+                now.get(stream)
+                    .is_some_and(|(sequence, _)| sequence >= head)
+            })
+        {
+            return Some(since.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Which phase a moment belongs to.
+fn phase_of(at: f64, (from, to, _): (f64, f64, f64)) -> &'static str {
+    if at < from {
+        "before"
+    } else if at < to {
+        "during"
+    } else {
+        "after"
+    }
+}
+
+fn phases(
+    samples: &[Sample],
+    window: (f64, f64, f64),
+) -> BTreeMap<String, BTreeMap<String, PhaseStats>> {
+    PHASES
+        .iter()
+        .map(|phase| {
+            let per_series = Series::ALL
+                .iter()
+                .map(|series| {
+                    let stats = phase_stats(samples.iter().filter(|sample| {
+                        sample.series == *series && phase_of(sample.at, window) == *phase
+                    }));
+                    (series.name().to_owned(), stats)
+                })
+                .collect();
+            ((*phase).to_owned(), per_series)
+        })
+        .collect()
+}
+
+/// Seconds after the fault ended at which the last order written during it showed up.
+fn drained_after(samples: &[Sample], (from, to, _): (f64, f64, f64)) -> Option<f64> {
+    samples
+        .iter()
+        .filter(|sample| {
+            sample.series == Series::Freshness
+                && sample.error.is_none()
+                && sample.at >= from
+                && sample.at < to
+        })
+        .map(|sample| sample.at + sample.latency_us as f64 / 1e6 - to)
+        .fold(None, |latest: Option<f64>, seen| {
+            Some(latest.map_or(seen, |latest| latest.max(seen)))
+        })
+        .map(|seconds| round2(seconds.max(0.0)))
+}
+
+fn buckets(samples: &[Sample], end: f64, width: f64) -> Vec<Bucket> {
+    let count = (end / width).ceil() as usize;
+    let mut grouped: Vec<HashMap<Series, Vec<&Sample>>> = vec![HashMap::new(); count.max(1)];
+    for sample in samples {
+        let index = ((sample.at / width) as usize).min(grouped.len() - 1);
+        grouped[index]
+            .entry(sample.series)
+            .or_default()
+            .push(sample);
+    }
+    grouped
+        .into_iter()
+        .enumerate()
+        .map(|(index, series)| Bucket {
+            at: round2(index as f64 * width),
+            series: series
+                .into_iter()
+                .map(|(series, samples)| {
+                    (series.name().to_owned(), phase_stats(samples.into_iter()))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The scenario's claims about the modes, checked against what was measured.
+fn expectations(
+    scenario: Scenario,
+    phases: &BTreeMap<String, BTreeMap<String, PhaseStats>>,
+    consistency: &Consistency,
+) -> Vec<Expectation> {
+    let stat = |phase: &str, series: Series| {
+        phases
+            .get(phase)
+            .and_then(|per_series| per_series.get(series.name()))
+            .cloned()
+            .unwrap_or_else(|| phase_stats(std::iter::empty()))
+    };
+    let mut expected = Vec::new();
+    let mut success = |phase: &str, series: Series, at_least: f64, at_most: f64, why: &str| {
+        let measured = stat(phase, series);
+        expected.push(Expectation {
+            what: format!(
+                "{why}: {} {phase} answers {}",
+                series.name(),
+                bounds(at_least, at_most)
+            ),
+            measured: format!(
+                "{:.1}% of {} ({})",
+                measured.success_pct,
+                measured.requests,
+                errors_line(&measured.errors)
+            ),
+            met: measured.requests > 0
+                && measured.success_pct >= at_least
+                && measured.success_pct <= at_most,
+        });
+    };
+    for series in [
+        Series::Sync,
+        Series::Async,
+        Series::Monolith,
+        Series::Writes,
+    ] {
+        success("before", series, 99.0, 100.0, "healthy at first");
+    }
+    let unaffected = |series: Series| (series, 99.0, 100.0);
+    let during: Vec<(Series, f64, f64, &str)> = match scenario {
+        Scenario::KillUsers => vec![
+            (Series::Sync, 0.0, 10.0, "sync needs users"),
+            with(unaffected(Series::Async), "async calls no one"),
+            with(unaffected(Series::Monolith), "the monolith calls no one"),
+            with(
+                unaffected(Series::Writes),
+                "orders checks users in its own replica",
+            ),
+        ],
+        Scenario::SlowProducts => vec![
+            with(unaffected(Series::Sync), "slow is not down"),
+            with(unaffected(Series::Async), "async calls no one"),
+        ],
+        Scenario::FailOrders => vec![
+            (Series::Sync, 50.0, 95.0, "sync fails with orders"),
+            (Series::Writes, 50.0, 95.0, "writes fail with orders"),
+            with(unaffected(Series::Async), "async calls no one"),
+            with(unaffected(Series::Monolith), "the monolith calls no one"),
+        ],
+        Scenario::NatsOutage => vec![
+            with(
+                unaffected(Series::Writes),
+                "writes commit with their events in the outbox",
+            ),
+            with(unaffected(Series::Sync), "sync does not use NATS"),
+            with(
+                unaffected(Series::Async),
+                "async answers from its projection",
+            ),
+            with(
+                unaffected(Series::Monolith),
+                "the monolith does not use NATS",
+            ),
+        ],
+        Scenario::CatchUp => vec![
+            (Series::Async, 0.0, 10.0, "async is down"),
+            with(unaffected(Series::Sync), "sync does not need async"),
+            with(unaffected(Series::Writes), "the owners do not need async"),
+            with(
+                unaffected(Series::Monolith),
+                "the monolith does not need async",
+            ),
+        ],
+    };
+    for (series, at_least, at_most, why) in during {
+        success("during", series, at_least, at_most, why);
+    }
+    let recovered = match scenario {
+        Scenario::KillUsers => Some(Series::Sync),
+        Scenario::FailOrders => Some(Series::Writes),
+        Scenario::CatchUp => Some(Series::Async),
+        Scenario::SlowProducts | Scenario::NatsOutage => None,
+    };
+    if let Some(series) = recovered {
+        success("after", series, 90.0, 100.0, "recovered");
+    }
+    if scenario == Scenario::SlowProducts {
+        let (sync, asynchronous) = (stat("during", Series::Sync), stat("during", Series::Async));
+        expected.push(Expectation {
+            what: "sync pays the 50 ms: its median during is at least 50 ms".to_owned(),
+            measured: format!("p50 {} us", sync.p50_us),
+            met: sync.p50_us >= 50_000,
+        });
+        expected.push(Expectation {
+            what: "async does not: its p99 during stays under 50 ms".to_owned(),
+            measured: format!("p99 {} us", asynchronous.p99_us),
+            met: asynchronous.ok > 0 && asynchronous.p99_us < 50_000,
+        });
+    }
+    expected.push(Expectation {
+        what: "the projection matches the owners: nothing missing, duplicated, unexpected or different, no acknowledged write lost".to_owned(),
+        measured: consistency_line(consistency),
+        met: consistency.ok,
+    });
+    expected
+}
+
+fn with((series, at_least, at_most): (Series, f64, f64), why: &str) -> (Series, f64, f64, &str) {
+    (series, at_least, at_most, why)
+}
+
+fn bounds(at_least: f64, at_most: f64) -> String {
+    match (at_least > 0.0, at_most < 100.0) {
+        (true, true) => format!("between {at_least}% and {at_most}%"),
+        (true, false) => format!("at least {at_least}%"),
+        (false, true) => format!("at most {at_most}%"),
+        (false, false) => "anything".to_owned(),
+    }
+}
+
+fn errors_line(errors: &BTreeMap<String, u64>) -> String {
+    if errors.is_empty() {
+        return "no errors".to_owned();
+    }
+    errors
+        .iter()
+        .map(|(code, count)| format!("{count} {code}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn consistency_line(consistency: &Consistency) -> String {
+    format!(
+        "{} users: {} orders in the owners, {} purchases in the projection; {} missing, {} duplicated, {} unexpected, {} different; {} writes acknowledged, {} lost; {} after the load stopped",
+        consistency.users_checked,
+        consistency.orders_in_owners,
+        consistency.purchases_in_projection,
+        consistency.missing,
+        consistency.duplicated,
+        consistency.unexpected,
+        consistency.mismatched,
+        consistency.writes_acknowledged,
+        consistency.writes_lost,
+        if consistency.ok {
+            format!("agreed {:.2} s", consistency.converged_after_s)
+        } else {
+            format!("still disagreeing {:.0} s", consistency.converged_after_s)
+        }
+    )
+}
+
+/// Checks the projection against the owners until they agree or [`CONVERGE_WITHIN`] passes.
+async fn converge(
+    endpoints: &Endpoints,
+    seeded: &Seeded,
+    acknowledged: &[String],
+    since: Instant,
+) -> Consistency {
+    let owners = Owners::new(endpoints);
+    let projection = PurchaseServiceClient::new(endpoints.channel(Service::PurchasesAsync));
+    loop {
+        let mut checked = match check(&owners, &projection, seeded, acknowledged).await {
+            Ok(checked) => checked,
+            Err(error) => Consistency {
+                examples: vec![format!("{error:#}")],
+                ..Consistency::default()
+            },
+        };
+        checked.converged_after_s = round2(since.elapsed().as_secs_f64());
+        if checked.ok || since.elapsed() > CONVERGE_WITHIN {
+            return checked;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Clients of the owning services: the ground truth.
+struct Owners {
+    users: UserServiceClient<Channel>,
+    orders: OrderServiceClient<Channel>,
+    products: ProductServiceClient<Channel>,
+}
+
+impl Owners {
+    fn new(endpoints: &Endpoints) -> Self {
+        Self {
+            users: UserServiceClient::new(endpoints.channel(Service::Users)),
+            orders: OrderServiceClient::new(endpoints.channel(Service::Orders)),
+            products: ProductServiceClient::new(endpoints.channel(Service::Products)),
+        }
+    }
+
+    async fn orders_of(&self, user: &str) -> anyhow::Result<Vec<orders_pb::Order>> {
+        let mut orders = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .orders
+                .clone()
+                .list_orders_by_user(orders_pb::ListOrdersByUserRequest {
+                    user_id: user.to_owned(),
+                    page_size: 1_000,
+                    page_token,
+                })
+                .await
+                .with_context(|| format!("orders: ListOrdersByUser({user})"))?
+                .into_inner();
+            orders.extend(page.orders);
+            if page.next_page_token.is_empty() {
+                return Ok(orders);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    async fn name_of(&self, user: &str) -> anyhow::Result<String> {
+        Ok(self
+            .users
+            .clone()
+            .get_user(users_pb::GetUserRequest {
+                id: user.to_owned(),
+            })
+            .await
+            .with_context(|| format!("users: GetUser({user})"))?
+            .into_inner()
+            .user
+            .context("GetUser answered without a user")?
+            .name)
+    }
+
+    async fn products(
+        &self,
+        ids: &BTreeSet<String>,
+    ) -> anyhow::Result<HashMap<String, products_pb::Product>> {
+        let ids: Vec<String> = ids.iter().cloned().collect();
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(1_000) {
+            let answer = self
+                .products
+                .clone()
+                .batch_get_products(products_pb::BatchGetProductsRequest {
+                    ids: chunk.to_vec(),
+                })
+                .await
+                .context("products: BatchGetProducts")?
+                .into_inner();
+            found.extend(
+                answer
+                    .products
+                    .into_iter()
+                    .map(|product| (product.id.clone(), product)),
+            );
+        }
+        Ok(found)
+    }
+}
+
+/// Every purchase purchases-async holds for a user, following pages.
+async fn projected(
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+) -> anyhow::Result<(String, Vec<pb::Purchase>)> {
+    let mut purchases = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .clone()
+            .list_user_purchases(pb::ListUserPurchasesRequest {
+                user_id: user.to_owned(),
+                page_size: 1_000,
+                page_token,
+            })
+            .await
+            .with_context(|| format!("purchases-async: ListUserPurchases({user})"))?
+            .into_inner();
+        let name = page.user.map(|user| user.name).unwrap_or_default();
+        purchases.extend(page.purchases);
+        if page.next_page_token.is_empty() {
+            return Ok((name, purchases));
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The facts of one purchase that both sides must agree on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Facts {
+    status: i32,
+    quantity: i32,
+    product_id: String,
+    title: String,
+    price_cents: i64,
+}
+
+/// How many discrepancies a check keeps as examples.
+const EXAMPLES: usize = 5;
+
+async fn check(
+    owners: &Owners,
+    projection: &PurchaseServiceClient<Channel>,
+    seeded: &Seeded,
+    acknowledged: &[String],
+) -> anyhow::Result<Consistency> {
+    let mut truth: Vec<(String, String, Vec<orders_pb::Order>)> = Vec::new();
+    let mut product_ids = BTreeSet::new();
+    for user in &seeded.users {
+        let orders = owners.orders_of(&user.microservices).await?;
+        product_ids.extend(orders.iter().map(|order| order.product_id.clone()));
+        let name = owners.name_of(&user.microservices).await?;
+        truth.push((user.microservices.clone(), name, orders));
+    }
+    let products = owners.products(&product_ids).await?;
+
+    let mut result = Consistency {
+        users_checked: truth.len(),
+        writes_acknowledged: acknowledged.len(),
+        ..Consistency::default()
+    };
+    let mut known_orders = BTreeSet::new();
+    for (user, name, orders) in &truth {
+        let (projected_name, purchases) = projected(projection, user).await?;
+        result.orders_in_owners += orders.len();
+        result.purchases_in_projection += purchases.len();
+        if !orders.is_empty() && projected_name != *name {
+            result.mismatched += 1;
+            note(
+                &mut result,
+                format!(
+                    "user {user}: named {projected_name:?} in the projection, {name:?} by users"
+                ),
+            );
+        }
+        let expected: HashMap<&str, Facts> = orders
+            .iter()
+            .map(|order| {
+                let product = products.get(&order.product_id);
+                (
+                    order.id.as_str(),
+                    Facts {
+                        status: order.status,
+                        quantity: order.quantity,
+                        product_id: order.product_id.clone(),
+                        title: product.map(|p| p.title.clone()).unwrap_or_default(),
+                        price_cents: product.map_or(0, |p| p.price_cents),
+                    },
+                )
+            })
+            .collect();
+        known_orders.extend(orders.iter().map(|order| order.id.clone()));
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for purchase in &purchases {
+            *seen.entry(purchase.order_id.as_str()).or_default() += 1;
+            let Some(facts) = expected.get(purchase.order_id.as_str()) else {
+                result.unexpected += 1;
+                note(
+                    &mut result,
+                    format!(
+                        "order {} is in the projection, not in orders",
+                        purchase.order_id
+                    ),
+                );
+                continue;
+            };
+            let got = Facts {
+                status: purchase.status,
+                quantity: purchase.quantity,
+                product_id: purchase.product_id.clone(),
+                title: purchase
+                    .product
+                    .as_ref()
+                    .map(|p| p.title.clone())
+                    .unwrap_or_default(),
+                price_cents: purchase.product.as_ref().map_or(0, |p| p.price_cents),
+            };
+            if got != *facts {
+                result.mismatched += 1;
+                note(
+                    &mut result,
+                    format!(
+                        "order {}: {got:?} in the projection, {facts:?} in the owners",
+                        purchase.order_id
+                    ),
+                );
+            }
+        }
+        for (order, count) in &seen {
+            if *count > 1 {
+                result.duplicated += count - 1;
+                note(
+                    &mut result,
+                    format!("order {order} is in the projection {count} times"),
+                );
+            }
+        }
+        for order in expected.keys() {
+            if !seen.contains_key(order) {
+                result.missing += 1;
+                note(
+                    &mut result,
+                    format!("order {order} is in orders, not in the projection"),
+                );
+            }
+        }
+    }
+    for order in acknowledged {
+        if !known_orders.contains(order) {
+            result.writes_lost += 1;
+            note(
+                &mut result,
+                format!("order {order} was acknowledged, and orders does not hold it"),
+            );
+        }
+    }
+    result.ok = result.missing == 0
+        && result.duplicated == 0
+        && result.unexpected == 0
+        && result.mismatched == 0
+        && result.writes_lost == 0;
+    Ok(result)
+}
+
+fn note(result: &mut Consistency, example: String) {
+    if result.examples.len() < EXAMPLES {
+        result.examples.push(example);
+    }
+}
+
+fn micros_cell(us: u64) -> String {
+    if us == 0 {
+        "-".to_owned()
+    } else if us >= 10_000 {
+        format!("{:.0} ms", us as f64 / 1_000.0)
+    } else {
+        format!("{:.2} ms", us as f64 / 1_000.0)
+    }
+}
+
+fn phase_rows(result: &ScenarioResult) -> Vec<[String; 7]> {
+    let mut rows = Vec::new();
+    for phase in PHASES {
+        let Some(per_series) = result.phases.get(phase) else {
+            continue;
+        };
+        for series in Series::ALL {
+            let Some(stats) = per_series.get(series.name()) else {
+                continue;
+            };
+            rows.push([
+                phase.to_owned(),
+                series.name().to_owned(),
+                stats.requests.to_string(),
+                format!("{:.1}%", stats.success_pct),
+                micros_cell(stats.p50_us),
+                micros_cell(stats.p99_us),
+                errors_line(&stats.errors),
+            ]);
+        }
+    }
+    rows
+}
+
+const PHASE_HEADERS: [&str; 7] = ["phase", "series", "calls", "ok", "p50", "p99", "errors"];
+
+fn expectation_lines(result: &ScenarioResult) -> String {
+    result
+        .expectations
+        .iter()
+        .map(|expectation| {
+            format!(
+                "  [{}] {} (measured: {})\n",
+                if expectation.met { "ok" } else { "FAILED" },
+                expectation.what,
+                expectation.measured
+            )
+        })
+        .collect()
+}
+
+fn terminal_section(result: &ScenarioResult) -> String {
+    let mut text = format!(
+        "== {}: {} ==\nfault from {:.1} s to {:.1} s of {:.1} s\n{}",
+        result.name,
+        result.what,
+        result.fault_from_s,
+        result.fault_to_s,
+        result.ended_s,
+        crate::report::table(&PHASE_HEADERS, &phase_rows(result))
+    );
+    for note in &result.notes {
+        text.push_str(&format!("note: {note}\n"));
+    }
+    for example in &result.consistency.examples {
+        text.push_str(&format!("discrepancy: {example}\n"));
+    }
+    text.push_str(&expectation_lines(result));
+    text.push_str(if result.passed {
+        "PASSED\n"
+    } else {
+        "FAILED\n"
+    });
+    text
+}
+
+pub fn terminal(report: &ChaosReport) -> String {
+    let mut text = String::from("\nScenario        result\n");
+    for scenario in &report.scenarios {
+        text.push_str(&format!(
+            "{:<15} {}\n",
+            scenario.name,
+            if scenario.passed { "passed" } else { "FAILED" }
+        ));
+    }
+    text
+}
+
+fn html(report: &ChaosReport) -> String {
+    use crate::report::{Chart, escape, line_chart};
+    let mut body = format!(
+        "<h1>Lab chaos</h1><p>{} on {}; {}; JetStream fsync {}; {} reads/s per mode, {} orders/s per system{}.</p>\
+         <p>Each scenario loads every mode before, during and after a fault (the shaded band), then \
+         checks purchases-async against the owning services. Success rates and latencies are per \
+         bucket of the timeline; latency is over the calls that succeeded.</p>",
+        escape(&report.generated_at),
+        escape(&report.machine),
+        escape(&report.storage),
+        escape(&report.nats_fsync),
+        report.read_rate,
+        report.write_rate,
+        if report.quick { ", quick phases" } else { "" }
+    );
+    for scenario in &report.scenarios {
+        let band = Some((
+            scenario.fault_from_s,
+            scenario.fault_to_s,
+            scenario.name.as_str(),
+        ));
+        let series_of = |pick: &dyn Fn(&PhaseStats) -> Option<f64>, names: &[Series]| {
+            names
+                .iter()
+                .map(|series| {
+                    let points = scenario
+                        .timeline
+                        .iter()
+                        .filter_map(|bucket| {
+                            let stats = bucket.series.get(series.name())?;
+                            Some((bucket.at, pick(stats)?))
+                        })
+                        .collect();
+                    (series.name().to_owned(), points)
+                })
+                .collect::<Vec<_>>()
+        };
+        let reads_and_writes = [
+            Series::Sync,
+            Series::Async,
+            Series::Monolith,
+            Series::Writes,
+        ];
+        let success = series_of(
+            &|stats| (stats.requests > 0).then_some(stats.success_pct),
+            &reads_and_writes,
+        );
+        let latency = series_of(
+            &|stats| (stats.ok > 0).then_some(stats.p99_us as f64 / 1_000.0),
+            &[
+                Series::Sync,
+                Series::Async,
+                Series::Monolith,
+                Series::Freshness,
+            ],
+        );
+        body.push_str(&format!(
+            "<h2>{name}: {what} — {verdict}</h2>\
+             <h3>Success rate per bucket (%)</h3>{success}\
+             <h3>p99 latency per bucket (ms, log scale; freshness is commit to visible)</h3>{latency}\
+             <pre>{table}</pre><ul>{notes}</ul><h3>Expectations</h3><pre>{expectations}</pre>",
+            name = escape(&scenario.name),
+            what = escape(&scenario.what),
+            verdict = if scenario.passed { "passed" } else { "FAILED" },
+            success = line_chart(
+                &success,
+                &Chart {
+                    band,
+                    y_range: Some((0.0, 100.0)),
+                    ..Chart::timeline("success %", false)
+                }
+            ),
+            latency = line_chart(
+                &latency,
+                &Chart {
+                    band,
+                    ..Chart::timeline("p99 ms", true)
+                }
+            ),
+            table = escape(&crate::report::table(&PHASE_HEADERS, &phase_rows(scenario))),
+            notes = scenario
+                .notes
+                .iter()
+                .chain(&scenario.consistency.examples)
+                .map(|note| format!("<li>{}</li>", escape(note)))
+                .collect::<String>(),
+            expectations = escape(&expectation_lines(scenario)),
+        ));
+    }
+    crate::report::page("Lab chaos", &body)
+}
+
+/// Writes chaos.json and chaos.html into the data dir (and the JSON to `--json` too).
+pub fn write(
+    report: &ChaosReport,
+    data_dir: &Path,
+    json: Option<&Path>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let text = serde_json::to_string_pretty(report)?;
+    let json_path = data_dir.join("chaos.json");
+    std::fs::write(&json_path, &text)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    if let Some(extra) = json {
+        std::fs::write(extra, &text)
+            .with_context(|| format!("cannot write {}", extra.display()))?;
+    }
+    let html_path = data_dir.join("chaos.html");
+    std::fs::write(&html_path, html(report))
+        .with_context(|| format!("cannot write {}", html_path.display()))?;
+    Ok((json_path, html_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(series: Series, at: f64, latency_us: u64, error: Option<&str>) -> Sample {
+        Sample {
+            series,
+            at,
+            latency_us,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn samples_fall_into_the_phase_of_their_due_time() {
+        let window = (10.0, 20.0, 30.0);
+        let samples = vec![
+            sample(Series::Sync, 1.0, 1_000, None),
+            sample(Series::Sync, 9.99, 1_000, None),
+            sample(Series::Sync, 10.0, 500, Some("Unavailable")),
+            sample(Series::Sync, 15.0, 700, Some("Unavailable")),
+            sample(Series::Sync, 20.0, 2_000, None),
+        ];
+        let phases = phases(&samples, window);
+        let sync = |phase: &str| phases[phase]["sync"].clone();
+        assert_eq!((sync("before").requests, sync("before").ok), (2, 2));
+        assert_eq!(sync("during").success_pct, 0.0);
+        assert_eq!(sync("during").errors.get("Unavailable"), Some(&2));
+        assert_eq!(sync("during").p50_us, 0, "no success, no latency");
+        assert_eq!(sync("after").ok, 1);
+        assert_eq!(
+            phases["during"]["async"].success_pct, 100.0,
+            "no calls is not a failure of the figure"
+        );
+        assert_eq!(phases["during"]["async"].requests, 0);
+    }
+
+    #[test]
+    fn the_drain_time_is_when_the_last_order_of_the_outage_showed() {
+        let window = (10.0, 20.0, 30.0);
+        let samples = vec![
+            // Written before the outage: not counted.
+            sample(Series::Freshness, 9.0, 30_000_000, None),
+            sample(Series::Freshness, 12.0, 9_500_000, None),
+            sample(Series::Freshness, 18.0, 3_000_000, None),
+            sample(Series::Freshness, 19.0, 100_000_000, Some("NeverSeen")),
+        ];
+        assert_eq!(drained_after(&samples, window), Some(1.5));
+        assert_eq!(drained_after(&samples[..1], window), None);
+    }
+
+    #[test]
+    fn expectations_fail_when_a_mode_misbehaves() {
+        let window = (10.0, 20.0, 30.0);
+        let mut samples = Vec::new();
+        for at in 0..30 {
+            let at = f64::from(at);
+            let during = (10.0..20.0).contains(&at);
+            for series in [Series::Async, Series::Monolith, Series::Writes] {
+                samples.push(sample(series, at, 500, None));
+            }
+            samples.push(sample(
+                Series::Sync,
+                at,
+                900,
+                during.then_some("Unavailable"),
+            ));
+        }
+        let consistent = Consistency {
+            ok: true,
+            ..Consistency::default()
+        };
+        let met = |samples: &[Sample], consistency: &Consistency| {
+            expectations(Scenario::KillUsers, &phases(samples, window), consistency)
+                .iter()
+                .all(|expectation| expectation.met)
+        };
+        assert!(met(&samples, &consistent));
+        assert!(
+            !met(&samples, &Consistency::default()),
+            "an inconsistent projection fails"
+        );
+        // Async failing during the fault breaks the scenario's central claim.
+        let mut broken = samples.clone();
+        for sample in broken
+            .iter_mut()
+            .filter(|s| s.series == Series::Async && s.at >= 10.0)
+        {
+            sample.error = Some("Unavailable".to_owned());
+        }
+        assert!(!met(&broken, &consistent));
+        // So does sync answering while its dependency is dead.
+        let mut answering = samples;
+        for sample in answering.iter_mut() {
+            sample.error = None;
+        }
+        assert!(!met(&answering, &consistent));
+    }
+
+    #[test]
+    fn choosing_all_runs_each_scenario_once_in_order() {
+        let args = ChaosArgs {
+            scenarios: vec![Choice::One(Scenario::CatchUp), Choice::All],
+            quick: true,
+            read_rate: 1,
+            write_rate: 1,
+            json: None,
+        };
+        let chosen = args.scenarios();
+        assert_eq!(chosen.first(), Some(&Scenario::CatchUp));
+        assert_eq!(chosen.len(), Scenario::ALL.len());
+    }
+
+    #[test]
+    fn buckets_cover_the_run_and_keep_each_series_apart() {
+        let samples = vec![
+            sample(Series::Sync, 0.2, 100, None),
+            sample(Series::Sync, 0.7, 300, Some("Unavailable")),
+            sample(Series::Async, 1.2, 50, None),
+        ];
+        let buckets = buckets(&samples, 1.5, 0.5);
+        assert_eq!(buckets.len(), 3);
+        assert_eq!(buckets[1].at, 0.5);
+        assert_eq!(buckets[1].series["sync"].success_pct, 0.0);
+        assert_eq!(buckets[2].series["async"].ok, 1);
+        assert!(!buckets[0].series.contains_key("async"));
+    }
+}
