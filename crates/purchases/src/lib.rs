@@ -80,6 +80,8 @@ pub struct StreamPosition {
     pub last_event_at_micros: i64,
     pub applied_at_micros: i64,
     pub pending: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +288,8 @@ fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
                         applied_at: (position.applied_at_micros > 0)
                             .then(|| platform::time::to_timestamp(position.applied_at_micros)),
                         pending: position.pending,
+                        skipped: position.skipped,
+                        dead_lettered: position.dead_lettered,
                     })
                     .collect(),
             },

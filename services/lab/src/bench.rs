@@ -701,11 +701,11 @@ pub struct CatchUp {
 /// How long a new projection may take to catch up before the bench gives up on it.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(300);
 
-/// Where a projection stands: per stream, the sequence of the last event applied.
+/// Where a projection stands, per stream, as its answers report it.
 pub(crate) async fn positions(
     client: &PurchaseServiceClient<Channel>,
     user: &str,
-) -> Option<BTreeMap<String, (u64, u64)>> {
+) -> Option<BTreeMap<String, pb::StreamPosition>> {
     let answer = client
         .clone()
         .list_user_purchases(pb::ListUserPurchasesRequest {
@@ -721,7 +721,7 @@ pub(crate) async fn positions(
             .freshness?
             .streams
             .into_iter()
-            .map(|stream| (stream.stream, (stream.sequence, stream.pending)))
+            .map(|stream| (stream.stream.clone(), stream))
             .collect(),
     )
 }
@@ -741,7 +741,7 @@ async fn catch_up(lab: &RunningLab, seeded: &Seeded) -> anyhow::Result<CatchUp> 
     let target = loop {
         if let Some(now) = positions(&own, &user).await
             && now.len() == 3
-            && now.values().all(|(_, pending)| *pending == 0)
+            && now.values().all(|stream| stream.pending == 0)
         {
             break now;
         }
@@ -751,7 +751,7 @@ async fn catch_up(lab: &RunningLab, seeded: &Seeded) -> anyhow::Result<CatchUp> 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let events: u64 = target.values().map(|(sequence, _)| sequence).sum();
+    let events: u64 = target.values().map(|stream| stream.sequence).sum();
     let started = Instant::now();
     let (mut process, addr) = lab.start_fresh_projection("bench-catch-up").await?;
     let client = PurchaseServiceClient::new(crate::topology::channel_to(addr));
@@ -760,7 +760,7 @@ async fn catch_up(lab: &RunningLab, seeded: &Seeded) -> anyhow::Result<CatchUp> 
         let at = Instant::now();
         let applied: u64 = positions(&client, &user)
             .await
-            .map(|now| now.values().map(|(sequence, _)| sequence).sum())
+            .map(|now| now.values().map(|stream| stream.sequence).sum())
             .unwrap_or(0);
         let (since, applied_then) = *first.get_or_insert((at, applied));
         if applied >= events {

@@ -46,15 +46,17 @@ pub enum Scenario {
     FailOrders,
     NatsOutage,
     CatchUp,
+    Duplicates,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::KillUsers,
         Self::SlowProducts,
         Self::FailOrders,
         Self::NatsOutage,
         Self::CatchUp,
+        Self::Duplicates,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +66,7 @@ impl Scenario {
             Self::FailOrders => "fail-orders",
             Self::NatsOutage => "nats-outage",
             Self::CatchUp => "catch-up",
+            Self::Duplicates => "duplicates",
         }
     }
 
@@ -75,6 +78,9 @@ impl Scenario {
             Self::FailOrders => "orders failing 20% of calls with UNAVAILABLE (fault admin API)",
             Self::NatsOutage => "nats-server stopped while writes go on, then started again",
             Self::CatchUp => "purchases-async killed while writes go on, then started again",
+            Self::Duplicates => {
+                "the newest events of every stream published again, newest first, as new messages: duplicates delivered out of order"
+            }
         }
     }
 
@@ -82,12 +88,12 @@ impl Scenario {
     fn phases(self, quick: bool) -> [u64; 3] {
         match (self, quick) {
             (Self::KillUsers, false) => [10, 15, 15],
-            (Self::SlowProducts | Self::FailOrders, false) => [10, 15, 10],
+            (Self::SlowProducts | Self::FailOrders | Self::Duplicates, false) => [10, 15, 10],
             (Self::NatsOutage, false) => [10, 10, 15],
             (Self::CatchUp, false) => [10, 30, 20],
             // Failing a fraction needs enough calls for the share to show.
             (Self::FailOrders, true) => [3, 8, 3],
-            (Self::SlowProducts, true) => [3, 4, 3],
+            (Self::SlowProducts | Self::Duplicates, true) => [3, 4, 3],
             (Self::KillUsers | Self::NatsOutage | Self::CatchUp, true) => [3, 5, 6],
         }
     }
@@ -109,6 +115,7 @@ impl clap::ValueEnum for Choice {
             Self::One(Scenario::FailOrders),
             Self::One(Scenario::NatsOutage),
             Self::One(Scenario::CatchUp),
+            Self::One(Scenario::Duplicates),
         ]
     }
 
@@ -613,10 +620,16 @@ async fn run_scenario(
     tokio::time::sleep(before).await;
     let fault_from = Instant::now();
     let positions_before = crate::bench::positions(&asynchronous, &probe_user).await;
-    inject(lab, scenario).await?;
+    let injected = inject(lab, scenario, during, args.quick).await?;
     tokio::time::sleep(during).await;
     let lifting = Instant::now();
-    lift(lab, scenario).await?;
+    let copies = lift(lab, scenario, injected).await?;
+    if let Some(copies) = copies {
+        notes.push(format!(
+            "{copies} events published a second time, newest first, across {} streams",
+            STREAMS.len()
+        ));
+    }
     let fault_to = Instant::now();
     notes.push(format!(
         "lifting the fault took {:.2} s (a restart lasts until the service reports SERVING)",
@@ -643,9 +656,9 @@ async fn run_scenario(
     if let Some(task) = catching_up {
         let (heads, caught_up) = task.await.context("the catch-up timer failed")?;
         let target: u64 = heads.values().sum();
-        let from: u64 = positions_before
-            .as_ref()
-            .map_or(0, |positions| positions.values().map(|(seq, _)| seq).sum());
+        let from: u64 = positions_before.as_ref().map_or(0, |positions| {
+            positions.values().map(|stream| stream.sequence).sum()
+        });
         notes.push(match caught_up {
             Some(seconds) => format!(
                 "purchases-async caught up {seconds:.2} s after its restart began (start-up included): it had {} events to apply, {:.0} events/s",
@@ -659,6 +672,17 @@ async fn run_scenario(
     }
 
     let consistency = converge(&endpoints, seeded, &acknowledged, load_stopped).await;
+    let duplicates = match copies {
+        Some(copies) => {
+            let before = skipped(positions_before.as_ref());
+            let more = skipped_since(&asynchronous, &probe_user, before, copies).await;
+            notes.push(format!(
+                "purchases-async skipped {more} events as already applied or older than what it held"
+            ));
+            Some((copies, more))
+        }
+        None => None,
+    };
     let samples = timeline.take();
     let window = (
         timeline.seconds(fault_from),
@@ -673,7 +697,14 @@ async fn run_scenario(
             "the last timed order written during the fault showed in purchases-async {drained:.2} s after the fault ended"
         ));
     }
-    let expectations = expectations(scenario, &phases, &consistency);
+    let mut expectations = expectations(scenario, &phases, &consistency);
+    if let Some((copies, more)) = duplicates {
+        expectations.push(Expectation {
+            what: "every copy reached the projection and was skipped, not applied".to_owned(),
+            measured: format!("{more} skipped of {copies} copies"),
+            met: copies > 0 && more >= copies,
+        });
+    }
     let passed = expectations.iter().all(|expectation| expectation.met);
     Ok(ScenarioResult {
         name: scenario.name().to_owned(),
@@ -694,8 +725,31 @@ fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
+/// A fault that runs as a task through the fault window (a misbehaving publisher), and
+/// counts the copies it made.
+struct Ongoing {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
 /// The fault each scenario injects.
-async fn inject(lab: &mut RunningLab, scenario: Scenario) -> anyhow::Result<()> {
+async fn inject(
+    lab: &mut RunningLab,
+    scenario: Scenario,
+    during: Duration,
+    quick: bool,
+) -> anyhow::Result<Option<Ongoing>> {
+    if scenario == Scenario::Duplicates {
+        let stop = CancellationToken::new();
+        let per_stream = if quick { 200 } else { 1_000 };
+        let task = tokio::spawn(republish_backwards(
+            lab.endpoints.nats_url.clone(),
+            per_stream,
+            during,
+            stop.clone(),
+        ));
+        return Ok(Some(Ongoing { stop, task }));
+    }
     match scenario {
         Scenario::KillUsers => lab.kill_service(Service::Users).await,
         Scenario::SlowProducts => {
@@ -723,17 +777,110 @@ async fn inject(lab: &mut RunningLab, scenario: Scenario) -> anyhow::Result<()> 
         }
         Scenario::NatsOutage => lab.stop_nats().await,
         Scenario::CatchUp => lab.kill_service(Service::PurchasesAsync).await,
-    }
+        Scenario::Duplicates => Ok(()),
+    }?;
+    Ok(None)
 }
 
-/// Undoes what [`inject`] did.
-async fn lift(lab: &mut RunningLab, scenario: Scenario) -> anyhow::Result<()> {
+/// Undoes what [`inject`] did; an ongoing fault is stopped and says how much it did.
+async fn lift(
+    lab: &mut RunningLab,
+    scenario: Scenario,
+    ongoing: Option<Ongoing>,
+) -> anyhow::Result<Option<u64>> {
+    if let Some(Ongoing { stop, task }) = ongoing {
+        stop.cancel();
+        return task.await.context("the fault's task failed")?.map(Some);
+    }
     match scenario {
         Scenario::KillUsers => lab.restart_service(Service::Users).await,
         Scenario::SlowProducts => clear_faults(&lab.endpoints, Service::Products).await,
         Scenario::FailOrders => clear_faults(&lab.endpoints, Service::Orders).await,
         Scenario::NatsOutage => lab.restart_nats().await,
         Scenario::CatchUp => lab.restart_service(Service::PurchasesAsync).await,
+        Scenario::Duplicates => Ok(()),
+    }?;
+    Ok(None)
+}
+
+/// Publishes the newest `per_stream` events of every stream again, newest first and the
+/// streams interleaved, spread over `over`. Without their message ids JetStream cannot tell
+/// them from new events and stores them again, as it would after a producer re-sent them
+/// past the duplicate window: the consumers get every event twice, the copies in reverse.
+async fn republish_backwards(
+    nats_url: String,
+    per_stream: u64,
+    over: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<u64> {
+    let js = jetstream(&nats_url).await?;
+    let mut queues = Vec::new();
+    for name in STREAMS {
+        let stream = js
+            .get_stream(name)
+            .await
+            .with_context(|| format!("no stream {name}"))?;
+        let state = stream.get_info().await?.state;
+        let first = state
+            .first_sequence
+            .max(state.last_sequence.saturating_sub(per_stream) + 1);
+        let newest_first: Vec<u64> = (first..=state.last_sequence).rev().collect();
+        queues.push((stream, newest_first.into_iter()));
+    }
+    let total: usize = queues.iter().map(|(_, queue)| queue.len()).sum();
+    let mut ticks = tokio::time::interval(over.div_f64(total.max(1) as f64 * 1.2));
+    let mut published = 0_u64;
+    'publishing: loop {
+        let mut any = false;
+        for (stream, queue) in &mut queues {
+            let Some(sequence) = queue.next() else {
+                continue;
+            };
+            any = true;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => break 'publishing,
+            }
+            let message = stream
+                .get_raw_message(sequence)
+                .await
+                .with_context(|| format!("cannot read event {sequence}"))?;
+            js.publish(message.subject.to_string(), message.payload.clone())
+                .await?
+                .await
+                .context("JetStream did not store the copy")?;
+            published += 1;
+        }
+        if !any {
+            break;
+        }
+    }
+    Ok(published)
+}
+
+/// Events the projection reports having skipped (duplicates, late versions), all streams.
+fn skipped(positions: Option<&BTreeMap<String, pb::StreamPosition>>) -> u64 {
+    positions.map_or(0, |positions| {
+        positions.values().map(|stream| stream.skipped).sum()
+    })
+}
+
+/// Waits (bounded) until the projection has skipped `copies` more events than `before`, and
+/// returns how many more it skipped.
+async fn skipped_since(
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+    before: u64,
+    copies: u64,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = skipped(crate::bench::positions(client, user).await.as_ref());
+        let more = now.saturating_sub(before);
+        if more >= copies || Instant::now() > deadline {
+            return more;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -774,14 +921,18 @@ async fn clear_faults(endpoints: &Endpoints, service: Service) -> anyhow::Result
 /// The streams the projection follows.
 const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
 
-/// The last sequence of each stream the projection follows, read from JetStream itself.
-async fn stream_heads(nats_url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+async fn jetstream(nats_url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .connect(nats_url)
         .await
         .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
-    let js = async_nats::jetstream::new(client);
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// The last sequence of each stream the projection follows, read from JetStream itself.
+async fn stream_heads(nats_url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let js = jetstream(nats_url).await?;
     let mut heads = BTreeMap::new();
     for name in STREAMS {
         let stream = js
@@ -810,7 +961,7 @@ async fn time_to_reach(
         if let Some(now) = crate::bench::positions(client, user).await
             && heads.iter().all(|(stream, head)| {
                 now.get(stream)
-                    .is_some_and(|(sequence, _)| sequence >= head)
+                    .is_some_and(|stream| stream.sequence >= *head)
             })
         {
             return Some(since.elapsed().as_secs_f64());
@@ -950,6 +1101,16 @@ fn expectations(
             with(unaffected(Series::Sync), "slow is not down"),
             with(unaffected(Series::Async), "async calls no one"),
         ],
+        Scenario::Duplicates => vec![
+            with(
+                unaffected(Series::Async),
+                "duplicates are skipped, not failed on",
+            ),
+            with(
+                unaffected(Series::Writes),
+                "orders' replica skips the copies too",
+            ),
+        ],
         Scenario::FailOrders => vec![
             (Series::Sync, 50.0, 95.0, "sync fails with orders"),
             (Series::Writes, 50.0, 95.0, "writes fail with orders"),
@@ -988,7 +1149,7 @@ fn expectations(
         Scenario::KillUsers => Some(Series::Sync),
         Scenario::FailOrders => Some(Series::Writes),
         Scenario::CatchUp => Some(Series::Async),
-        Scenario::SlowProducts | Scenario::NatsOutage => None,
+        Scenario::SlowProducts | Scenario::NatsOutage | Scenario::Duplicates => None,
     };
     if let Some(series) = recovered {
         success("after", series, 90.0, 100.0, "recovered");

@@ -138,3 +138,21 @@ async fn purchases_async_catches_up_after_its_downtime_without_losing_an_event()
         "the catch-up is timed: {notes}"
     );
 }
+
+#[tokio::test]
+async fn duplicates_delivered_out_of_order_change_no_answer() {
+    let results = chaos("duplicates").await;
+    assert!(success(&results, "during", "async") >= 99.0, "{results:#}");
+    let expectation = results["expectations"]
+        .as_array()
+        .expect("expectations")
+        .iter()
+        .find(|expectation| {
+            expectation["what"]
+                .as_str()
+                .is_some_and(|what| what.contains("every copy"))
+        })
+        .cloned()
+        .expect("the copies are accounted for");
+    assert_eq!(expectation["met"], true, "{expectation}");
+}

@@ -47,6 +47,8 @@ impl ProjectionReader {
                         last_event_at_micros: position.last_event_at_micros,
                         applied_at_micros: position.applied_at_micros,
                         pending: position.pending,
+                        skipped: position.n_skipped,
+                        dead_lettered: position.n_dead_lettered,
                     }
                 })
                 .collect(),
