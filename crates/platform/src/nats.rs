@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Settings for the NATS connection, flattened into each service's `Config`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL (JetStream enabled). The service starts without it and connects when it appears.
+    /// NATS server URL (JetStream enabled), or several, comma-separated, for a cluster: the
+    /// client fails over between them. The service starts without NATS and connects when it appears.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 }
@@ -17,6 +18,15 @@ impl NatsArgs {
         Self {
             nats_url: url.into(),
         }
+    }
+
+    /// The servers of `--nats-url`, one per comma-separated entry.
+    pub fn urls(&self) -> Vec<&str> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
     }
 }
 
@@ -46,6 +56,6 @@ pub async fn connect(
                 other => tracing::debug!(service, event = %other, "NATS event"),
             }
         })
-        .connect(args.nats_url.as_str())
+        .connect(args.urls())
         .await
 }

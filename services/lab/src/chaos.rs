@@ -47,16 +47,18 @@ pub enum Scenario {
     NatsOutage,
     CatchUp,
     Duplicates,
+    ClusterFailover,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::KillUsers,
         Self::SlowProducts,
         Self::FailOrders,
         Self::NatsOutage,
         Self::CatchUp,
         Self::Duplicates,
+        Self::ClusterFailover,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +69,7 @@ impl Scenario {
             Self::NatsOutage => "nats-outage",
             Self::CatchUp => "catch-up",
             Self::Duplicates => "duplicates",
+            Self::ClusterFailover => "cluster-failover",
         }
     }
 
@@ -78,10 +81,18 @@ impl Scenario {
             Self::FailOrders => "orders failing 20% of calls with UNAVAILABLE (fault admin API)",
             Self::NatsOutage => "nats-server stopped while writes go on, then started again",
             Self::CatchUp => "purchases-async killed while writes go on, then started again",
+            Self::ClusterFailover => {
+                "in a three-node JetStream cluster (streams replicated 3 times), the server leading ORDERS killed, then restarted"
+            }
             Self::Duplicates => {
                 "the newest events of every stream published again, newest first, as new messages: duplicates delivered out of order"
             }
         }
+    }
+
+    /// Whether it needs the lab to run a NATS cluster rather than one server.
+    pub fn needs_cluster(self) -> bool {
+        self == Self::ClusterFailover
     }
 
     /// Seconds before, during and after the fault.
@@ -91,6 +102,8 @@ impl Scenario {
             (Self::SlowProducts | Self::FailOrders | Self::Duplicates, false) => [10, 15, 10],
             (Self::NatsOutage, false) => [10, 10, 15],
             (Self::CatchUp, false) => [10, 30, 20],
+            (Self::ClusterFailover, false) => [10, 20, 15],
+            (Self::ClusterFailover, true) => [4, 8, 6],
             // Failing a fraction needs enough calls for the share to show.
             (Self::FailOrders, true) => [3, 8, 3],
             (Self::SlowProducts | Self::Duplicates, true) => [3, 4, 3],
@@ -116,6 +129,7 @@ impl clap::ValueEnum for Choice {
             Self::One(Scenario::NatsOutage),
             Self::One(Scenario::CatchUp),
             Self::One(Scenario::Duplicates),
+            Self::One(Scenario::ClusterFailover),
         ]
     }
 
@@ -532,6 +546,8 @@ pub struct Expectation {
 pub struct ScenarioResult {
     pub name: String,
     pub what: String,
+    /// What the lab's event bus was.
+    pub nats: String,
     /// Seconds from the scenario's start at which the fault began and ended.
     pub fault_from_s: f64,
     pub fault_to_s: f64,
@@ -559,23 +575,35 @@ pub struct ChaosReport {
     pub passed: bool,
 }
 
-/// Runs the chosen scenarios one after another on a running, seeded, caught-up lab.
+impl ChaosReport {
+    /// One report of two runs (on a single server, and on a cluster).
+    pub fn merge(mut self, other: Self) -> Self {
+        self.scenarios.extend(other.scenarios);
+        self.passed &= other.passed;
+        self
+    }
+}
+
+/// Runs `chosen` one after another on a running, seeded, caught-up lab.
 pub async fn run(
     lab: &mut RunningLab,
     seeded: &Seeded,
     args: &ChaosArgs,
+    chosen: &[Scenario],
     storage: &str,
     nats_fsync: &str,
+    bus: &str,
 ) -> anyhow::Result<ChaosReport> {
     let mut scenarios = Vec::new();
-    for scenario in args.scenarios() {
+    for &scenario in chosen {
         let [before, during, after] = scenario.phases(args.quick);
         println!(
             "\n{}: {} ({before} s before, {during} s during, {after} s after)...",
             scenario.name(),
             scenario.what()
         );
-        let result = run_scenario(lab, seeded, args, scenario).await?;
+        let mut result = run_scenario(lab, seeded, args, scenario).await?;
+        result.nats = bus.to_owned();
         println!("{}", terminal_section(&result));
         scenarios.push(result);
     }
@@ -623,7 +651,11 @@ async fn run_scenario(
     let injected = inject(lab, scenario, during, args.quick).await?;
     tokio::time::sleep(during).await;
     let lifting = Instant::now();
-    let copies = lift(lab, scenario, injected).await?;
+    let Lifted {
+        copies,
+        notes: lifted_notes,
+    } = lift(lab, scenario, injected).await?;
+    notes.extend(lifted_notes);
     if let Some(copies) = copies {
         notes.push(format!(
             "{copies} events published a second time, newest first, across {} streams",
@@ -709,6 +741,7 @@ async fn run_scenario(
     Ok(ScenarioResult {
         name: scenario.name().to_owned(),
         what: scenario.what().to_owned(),
+        nats: String::new(),
         fault_from_s: round2(window.0),
         fault_to_s: round2(window.1),
         ended_s: round2(window.2),
@@ -725,11 +758,25 @@ fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-/// A fault that runs as a task through the fault window (a misbehaving publisher), and
-/// counts the copies it made.
-struct Ongoing {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+/// What an injected fault left to undo.
+enum Injected {
+    Done,
+    /// A misbehaving publisher running through the fault window, counting its copies.
+    Republishing {
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+    },
+    /// A cluster member killed, and a watch for the leader elected in its place.
+    KilledLeader {
+        name: String,
+        election: tokio::task::JoinHandle<Option<(String, f64)>>,
+    },
+}
+
+/// What lifting a fault found.
+struct Lifted {
+    copies: Option<u64>,
+    notes: Vec<String>,
 }
 
 /// The fault each scenario injects.
@@ -738,17 +785,21 @@ async fn inject(
     scenario: Scenario,
     during: Duration,
     quick: bool,
-) -> anyhow::Result<Option<Ongoing>> {
-    if scenario == Scenario::Duplicates {
-        let stop = CancellationToken::new();
-        let per_stream = if quick { 200 } else { 1_000 };
-        let task = tokio::spawn(republish_backwards(
-            lab.endpoints.nats_url.clone(),
-            per_stream,
-            during,
-            stop.clone(),
-        ));
-        return Ok(Some(Ongoing { stop, task }));
+) -> anyhow::Result<Injected> {
+    match scenario {
+        Scenario::Duplicates => {
+            let stop = CancellationToken::new();
+            let per_stream = if quick { 200 } else { 1_000 };
+            let task = tokio::spawn(republish_backwards(
+                lab.endpoints.nats_url.clone(),
+                per_stream,
+                during,
+                stop.clone(),
+            ));
+            return Ok(Injected::Republishing { stop, task });
+        }
+        Scenario::ClusterFailover => return kill_the_leader(lab).await,
+        _ => {}
     }
     match scenario {
         Scenario::KillUsers => lab.kill_service(Service::Users).await,
@@ -777,20 +828,99 @@ async fn inject(
         }
         Scenario::NatsOutage => lab.stop_nats().await,
         Scenario::CatchUp => lab.kill_service(Service::PurchasesAsync).await,
-        Scenario::Duplicates => Ok(()),
+        Scenario::Duplicates | Scenario::ClusterFailover => Ok(()),
     }?;
-    Ok(None)
+    Ok(Injected::Done)
+}
+
+/// The stream whose leader the failover scenario kills: the one every write goes to.
+const FAILOVER_STREAM: &str = "ORDERS";
+
+/// Kills the cluster member leading ORDERS and watches for its successor.
+async fn kill_the_leader(lab: &mut RunningLab) -> anyhow::Result<Injected> {
+    let nats_url = lab.endpoints.nats_url.clone();
+    let leader = stream_leader(&nats_url, FAILOVER_STREAM)
+        .await?
+        .context("ORDERS reports no leader: is the lab running a cluster?")?;
+    let cluster = lab
+        .nats_cluster_mut()
+        .context("cluster-failover needs the lab's NATS cluster (lab --nats-cluster)")?;
+    let server = cluster
+        .server_mut(&leader)
+        .with_context(|| format!("the leader {leader:?} is not a member the lab started"))?;
+    server.kill().await.context("cannot kill the leader")?;
+    let killed_at = Instant::now();
+    let (url, dead) = (nats_url, leader.clone());
+    let election = tokio::spawn(async move {
+        while killed_at.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(leader)) = stream_leader(&url, FAILOVER_STREAM).await
+                && leader != dead
+            {
+                return Some((leader, killed_at.elapsed().as_secs_f64()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    Ok(Injected::KilledLeader {
+        name: leader,
+        election,
+    })
+}
+
+/// The server JetStream names as the leader of `stream`, if it has one.
+async fn stream_leader(nats_url: &str, stream: &str) -> anyhow::Result<Option<String>> {
+    let js = jetstream(nats_url).await?;
+    let info = tokio::time::timeout(Duration::from_secs(2), async {
+        js.get_stream(stream)
+            .await?
+            .get_info()
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
+    .context("JetStream did not answer within 2 s")??;
+    Ok(info.cluster.and_then(|cluster| cluster.leader))
 }
 
 /// Undoes what [`inject`] did; an ongoing fault is stopped and says how much it did.
 async fn lift(
     lab: &mut RunningLab,
     scenario: Scenario,
-    ongoing: Option<Ongoing>,
-) -> anyhow::Result<Option<u64>> {
-    if let Some(Ongoing { stop, task }) = ongoing {
-        stop.cancel();
-        return task.await.context("the fault's task failed")?.map(Some);
+    injected: Injected,
+) -> anyhow::Result<Lifted> {
+    match injected {
+        Injected::Republishing { stop, task } => {
+            stop.cancel();
+            let copies = task.await.context("the fault's task failed")??;
+            return Ok(Lifted {
+                copies: Some(copies),
+                notes: Vec::new(),
+            });
+        }
+        Injected::KilledLeader { name, election } => {
+            let elected = match election.await.ok().flatten() {
+                Some((leader, seconds)) => format!(
+                    "{FAILOVER_STREAM} elected {leader} its leader {seconds:.2} s after {name} was killed"
+                ),
+                None => format!("{FAILOVER_STREAM} elected no new leader while {name} was down"),
+            };
+            let cluster = lab
+                .nats_cluster_mut()
+                .context("the lab's NATS cluster is gone")?;
+            cluster
+                .server_mut(&name)
+                .with_context(|| format!("no member {name}"))?
+                .restart()
+                .await
+                .with_context(|| format!("cannot restart {name}"))?;
+            lab.refresh_state()?;
+            return Ok(Lifted {
+                copies: None,
+                notes: vec![elected],
+            });
+        }
+        Injected::Done => {}
     }
     match scenario {
         Scenario::KillUsers => lab.restart_service(Service::Users).await,
@@ -798,9 +928,12 @@ async fn lift(
         Scenario::FailOrders => clear_faults(&lab.endpoints, Service::Orders).await,
         Scenario::NatsOutage => lab.restart_nats().await,
         Scenario::CatchUp => lab.restart_service(Service::PurchasesAsync).await,
-        Scenario::Duplicates => Ok(()),
+        Scenario::Duplicates | Scenario::ClusterFailover => Ok(()),
     }?;
-    Ok(None)
+    Ok(Lifted {
+        copies: None,
+        notes: Vec::new(),
+    })
 }
 
 /// Publishes the newest `per_stream` events of every stream again, newest first and the
@@ -924,7 +1057,7 @@ const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
 async fn jetstream(nats_url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url)
+        .connect(nats_url.split(',').collect::<Vec<_>>())
         .await
         .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
     Ok(async_nats::jetstream::new(client))
@@ -1132,6 +1265,21 @@ fn expectations(
                 "the monolith does not use NATS",
             ),
         ],
+        Scenario::ClusterFailover => vec![
+            with(
+                unaffected(Series::Writes),
+                "writes commit with their events in the outbox",
+            ),
+            with(
+                unaffected(Series::Async),
+                "async answers from its projection",
+            ),
+            with(unaffected(Series::Sync), "sync does not use NATS"),
+            with(
+                unaffected(Series::Freshness),
+                "every timed order reaches the projection",
+            ),
+        ],
         Scenario::CatchUp => vec![
             (Series::Async, 0.0, 10.0, "async is down"),
             with(unaffected(Series::Sync), "sync does not need async"),
@@ -1149,7 +1297,10 @@ fn expectations(
         Scenario::KillUsers => Some(Series::Sync),
         Scenario::FailOrders => Some(Series::Writes),
         Scenario::CatchUp => Some(Series::Async),
-        Scenario::SlowProducts | Scenario::NatsOutage | Scenario::Duplicates => None,
+        Scenario::SlowProducts
+        | Scenario::NatsOutage
+        | Scenario::Duplicates
+        | Scenario::ClusterFailover => None,
     };
     if let Some(series) = recovered {
         success("after", series, 90.0, 100.0, "recovered");
@@ -1548,12 +1699,13 @@ fn expectation_lines(result: &ScenarioResult) -> String {
 
 fn terminal_section(result: &ScenarioResult) -> String {
     let mut text = format!(
-        "== {}: {} ==\nfault from {:.1} s to {:.1} s of {:.1} s\n{}",
+        "== {}: {} ==\nfault from {:.1} s to {:.1} s of {:.1} s, on {}\n{}",
         result.name,
         result.what,
         result.fault_from_s,
         result.fault_to_s,
         result.ended_s,
+        result.nats,
         crate::report::table(&PHASE_HEADERS, &phase_rows(result))
     );
     for note in &result.notes {
@@ -1572,10 +1724,10 @@ fn terminal_section(result: &ScenarioResult) -> String {
 }
 
 pub fn terminal(report: &ChaosReport) -> String {
-    let mut text = String::from("\nScenario        result\n");
+    let mut text = String::from("\nscenario          result\n");
     for scenario in &report.scenarios {
         text.push_str(&format!(
-            "{:<15} {}\n",
+            "{:<17} {}\n",
             scenario.name,
             if scenario.passed { "passed" } else { "FAILED" }
         ));
@@ -1640,13 +1792,14 @@ fn html(report: &ChaosReport) -> String {
             ],
         );
         body.push_str(&format!(
-            "<h2>{name}: {what} — {verdict}</h2>\
+            "<h2>{name}: {what} — {verdict}</h2><p>On {nats}.</p>\
              <h3>Success rate per bucket (%)</h3>{success}\
              <h3>p99 latency per bucket (ms, log scale; freshness is commit to visible)</h3>{latency}\
              <pre>{table}</pre><ul>{notes}</ul><h3>Expectations</h3><pre>{expectations}</pre>",
             name = escape(&scenario.name),
             what = escape(&scenario.what),
             verdict = if scenario.passed { "passed" } else { "FAILED" },
+            nats = escape(&scenario.nats),
             success = line_chart(
                 &success,
                 &Chart {

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
@@ -103,6 +104,10 @@ struct UpArgs {
     /// (lab_users, lab_products, ...; created when absent), instead of SQLite files.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Run three nats-servers as one JetStream cluster, every stream replicated on all three,
+    /// instead of a single server (`lab chaos cluster-failover` always does).
+    #[arg(long, conflicts_with = "nats_url")]
+    nats_cluster: bool,
     /// When the lab's own nats-server writes JetStream data to disk: `always` (an
     /// acknowledged event is on disk) or `lazy` (JetStream's default: flushed every two
     /// minutes, faster, lost with the machine).
@@ -122,6 +127,7 @@ impl UpArgs {
             data_dir,
             ephemeral_ports: self.ephemeral_ports,
             nats_url: self.nats_url.clone(),
+            nats_cluster: self.nats_cluster,
             postgres: self.postgres.clone(),
             nats_sync: match self.nats_fsync {
                 Fsync::Always => natsd::SyncPolicy::Always,
@@ -135,6 +141,16 @@ impl UpArgs {
             (Some(_), _) => "as configured on the external server",
             (None, Fsync::Always) => "always",
             (None, Fsync::Lazy) => "lazy",
+        }
+    }
+
+    fn bus(&self) -> String {
+        match (&self.nats_url, self.nats_cluster) {
+            (Some(url), _) => format!("an external NATS server ({url})"),
+            (None, true) => {
+                "three nats-servers in a JetStream cluster, streams replicated 3 times".to_owned()
+            }
+            (None, false) => "one nats-server".to_owned(),
         }
     }
 
@@ -256,16 +272,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Chaos { up, seed, chaos } => {
-            let storage = up.storage();
-            let fsync = up.nats_fsync_name();
-            let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
-                let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
-                chaos::run(lab, &seeded, &chaos, &storage, fsync).await
-            })
-            .await?;
-            let Some((report, took)) = outcome else {
-                return Ok(ExitCode::from(INTERRUPTED));
-            };
+            let started = std::time::Instant::now();
+            let mut report: Option<chaos::ChaosReport> = None;
+            for (scenarios, up, data_dir) in chaos_labs(&chaos, &up, &cli.data_dir)? {
+                let storage = up.storage();
+                let fsync = up.nats_fsync_name();
+                let bus = up.bus();
+                let outcome = on_fresh_lab(&data_dir, &up, async |lab| {
+                    let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
+                    chaos::run(lab, &seeded, &chaos, &scenarios, &storage, fsync, &bus).await
+                })
+                .await?;
+                let Some((part, _)) = outcome else {
+                    return Ok(ExitCode::from(INTERRUPTED));
+                };
+                report = Some(match report {
+                    None => part,
+                    Some(whole) => whole.merge(part),
+                });
+            }
+            let report = report.context("no scenario to run")?;
+            let took = started.elapsed();
             print!("{}", chaos::terminal(&report));
             let (json, html) = chaos::write(&report, &cli.data_dir, chaos.json.as_deref())?;
             println!(
@@ -282,6 +309,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The labs `lab chaos` needs: one for the scenarios that run on a single nats-server, and
+/// one with a NATS cluster for those that need it (in a `cluster` folder of the data dir when
+/// both run).
+fn chaos_labs(
+    chaos: &ChaosArgs,
+    up: &UpArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<(Vec<chaos::Scenario>, UpArgs, PathBuf)>> {
+    let (on_cluster, on_one): (Vec<_>, Vec<_>) = chaos
+        .scenarios()
+        .into_iter()
+        .partition(|scenario| up.nats_cluster || scenario.needs_cluster());
+    if !on_cluster.is_empty() && up.nats_url.is_some() {
+        anyhow::bail!(
+            "cluster-failover runs on a NATS cluster of the lab's own; drop --nats-url to run it"
+        );
+    }
+    let mut labs = Vec::new();
+    if !on_one.is_empty() {
+        labs.push((on_one, up.clone(), data_dir.to_path_buf()));
+    }
+    if !on_cluster.is_empty() {
+        let dir = if labs.is_empty() {
+            data_dir.to_path_buf()
+        } else {
+            data_dir.join("cluster")
+        };
+        let clustered = UpArgs {
+            nats_cluster: true,
+            ..up.clone()
+        };
+        labs.push((on_cluster, clustered, dir));
+    }
+    Ok(labs)
 }
 
 /// Empties the data dir (if the lab wrote it), starts a lab, runs `work` on it and stops the

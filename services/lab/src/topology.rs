@@ -84,6 +84,11 @@ impl Service {
         }
     }
 
+    /// Whether it relays its outbox to a stream of its own (and so creates that stream).
+    fn publishes(self) -> bool {
+        matches!(self, Self::Users | Self::Products | Self::Orders)
+    }
+
     fn uses_nats(self) -> bool {
         !matches!(
             self,
@@ -181,7 +186,15 @@ pub struct Endpoints {
     /// Each service's fault admin API (fault.v1.FaultAdmin), on loopback.
     #[serde(default)]
     pub fault_admin: BTreeMap<Service, SocketAddr>,
+    /// One URL, or a cluster's, comma-separated.
     pub nats_url: String,
+    /// Copies JetStream keeps of each event: 3 on the lab's cluster, else 1.
+    #[serde(default = "one")]
+    pub stream_replicas: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Endpoints {
@@ -245,6 +258,7 @@ impl Endpoints {
             services,
             fault_admin,
             nats_url,
+            stream_replicas: 1,
         })
     }
 
@@ -283,6 +297,10 @@ impl Endpoints {
         if service.uses_nats() {
             args.push("--nats-url".into());
             args.push(self.nats_url.clone().into());
+        }
+        if service.publishes() && self.stream_replicas > 1 {
+            args.push("--stream-replicas".into());
+            args.push(self.stream_replicas.to_string().into());
         }
         if matches!(
             service,

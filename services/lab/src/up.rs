@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use natsd::{NatsServer, NatsServerOptions, SyncPolicy};
+use natsd::{NatsCluster, NatsServer, NatsServerOptions, SyncPolicy};
 use serde::{Deserialize, Serialize};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -24,8 +24,29 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     pub ephemeral_ports: bool,
     pub nats_url: Option<String>,
+    /// Three nats-servers in a JetStream cluster instead of one.
+    pub nats_cluster: bool,
     pub postgres: Option<String>,
     pub nats_sync: SyncPolicy,
+}
+
+/// The event bus the lab runs on.
+#[derive(Debug)]
+enum Bus {
+    /// Someone else's server (--nats-url): the lab never stops it.
+    External,
+    Single(Box<NatsServer>),
+    Cluster(NatsCluster),
+}
+
+impl Bus {
+    fn servers_mut(&mut self) -> Vec<&mut NatsServer> {
+        match self {
+            Self::External => Vec::new(),
+            Self::Single(server) => vec![&mut **server],
+            Self::Cluster(cluster) => cluster.servers_mut().iter_mut().collect(),
+        }
+    }
 }
 
 /// What `lab.json` holds while a lab runs.
@@ -58,7 +79,7 @@ pub struct RunningLab {
     pub endpoints: Endpoints,
     pub data_dir: PathBuf,
     pub storage: Storage,
-    nats: Option<NatsServer>,
+    nats: Bus,
     processes: BTreeMap<Service, ServiceProcess>,
 }
 
@@ -90,18 +111,26 @@ impl RunningLab {
         let nats = match &options.nats_url {
             Some(url) => {
                 endpoints.nats_url = url.clone();
-                None
+                Bus::External
+            }
+            None if options.nats_cluster => {
+                let cluster = NatsCluster::start(3, options.nats_sync, &data_dir.join("nats"))
+                    .await
+                    .context("cannot start the nats-server cluster")?;
+                endpoints.nats_url = cluster.url();
+                endpoints.stream_replicas = 3;
+                Bus::Cluster(cluster)
             }
             None => {
                 let server = NatsServer::start(NatsServerOptions {
                     sync: options.nats_sync,
                     store_dir: Some(data_dir.join("nats")),
-                    port: None,
+                    ..NatsServerOptions::default()
                 })
                 .await
                 .context("cannot start nats-server")?;
                 endpoints.nats_url = server.url();
-                Some(server)
+                Bus::Single(Box::new(server))
             }
         };
 
@@ -196,28 +225,46 @@ impl RunningLab {
         Ok(())
     }
 
-    /// Stops the lab's own nats-server (its store stays on disk). Refused when the lab runs
-    /// on an external server, which is not the lab's to stop.
+    /// Stops the lab's own nats-servers (their stores stay on disk). Refused when the lab
+    /// runs on an external server, which is not the lab's to stop.
     pub async fn stop_nats(&mut self) -> anyhow::Result<()> {
-        let nats = self.nats.as_mut().context(
-            "the lab runs on an external NATS server (--nats-url), which it will not stop; run without --nats-url",
-        )?;
-        nats.stop().await.context("cannot stop nats-server")
+        anyhow::ensure!(
+            self.owns_nats(),
+            "the lab runs on an external NATS server (--nats-url), which it will not stop; run without --nats-url"
+        );
+        for server in self.nats.servers_mut() {
+            server.stop().await.context("cannot stop nats-server")?;
+        }
+        Ok(())
     }
 
-    /// Starts the lab's nats-server again, on the same port with the same store.
+    /// Starts the lab's nats-servers again, on the same ports with the same stores.
     pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
-        let nats = self
-            .nats
-            .as_mut()
-            .context("the lab runs on an external NATS server")?;
-        nats.restart().await.context("cannot restart nats-server")?;
+        for server in self.nats.servers_mut() {
+            server
+                .restart()
+                .await
+                .context("cannot restart nats-server")?;
+        }
         self.write_state()
     }
 
-    /// Whether the lab started the nats-server itself (and so may stop it).
+    /// Whether the lab started its nats-servers itself (and so may stop them).
     pub fn owns_nats(&self) -> bool {
-        self.nats.is_some()
+        !matches!(self.nats, Bus::External)
+    }
+
+    /// The lab's NATS cluster, when it runs one.
+    pub fn nats_cluster_mut(&mut self) -> Option<&mut NatsCluster> {
+        match &mut self.nats {
+            Bus::Cluster(cluster) => Some(cluster),
+            Bus::External | Bus::Single(_) => None,
+        }
+    }
+
+    /// Writes lab.json again (after a process changed).
+    pub fn refresh_state(&self) -> anyhow::Result<()> {
+        self.write_state()
     }
 
     /// Starts a stopped service again and waits for it.
@@ -244,10 +291,10 @@ impl RunningLab {
                 first_error.get_or_insert(anyhow::Error::from(error));
             }
         }
-        if let Some(nats) = self.nats.as_mut()
-            && let Err(error) = nats.stop().await
-        {
-            first_error.get_or_insert(anyhow::Error::from(error));
+        for server in self.nats.servers_mut() {
+            if let Err(error) = server.stop().await {
+                first_error.get_or_insert(anyhow::Error::from(error));
+            }
         }
         let _ = std::fs::remove_file(state_file(&self.data_dir));
         first_error.map_or(Ok(()), Err)
@@ -260,8 +307,23 @@ impl RunningLab {
             .iter()
             .filter_map(|(service, process)| Some((service.name().to_owned(), process.pid()?)))
             .collect();
-        if let Some(pid) = self.nats.as_ref().and_then(NatsServer::pid) {
-            pids.insert("nats-server".to_owned(), pid);
+        match &self.nats {
+            Bus::External => {}
+            Bus::Single(server) => {
+                if let Some(pid) = server.pid() {
+                    pids.insert("nats-server".to_owned(), pid);
+                }
+            }
+            Bus::Cluster(cluster) => {
+                for (index, server) in cluster.servers().iter().enumerate() {
+                    if let Some(pid) = server.pid() {
+                        pids.insert(
+                            format!("nats-server-{}", NatsCluster::server_name(index)),
+                            pid,
+                        );
+                    }
+                }
+            }
         }
         pids
     }

@@ -156,3 +156,27 @@ async fn duplicates_delivered_out_of_order_change_no_answer() {
         .expect("the copies are accounted for");
     assert_eq!(expectation["met"], true, "{expectation}");
 }
+
+#[tokio::test]
+async fn losing_the_stream_leader_of_a_nats_cluster_loses_neither_writes_nor_events() {
+    let results = chaos("cluster-failover").await;
+    assert!(
+        results["nats"]
+            .as_str()
+            .is_some_and(|nats| nats.contains("cluster")),
+        "{results:#}"
+    );
+    for series in ["writes", "async", "sync"] {
+        assert!(
+            success(&results, "during", series) >= 99.0,
+            "{series}: {results:#}"
+        );
+    }
+    assert_eq!(
+        results["phases"]["during"]["freshness"]["ok"],
+        results["phases"]["during"]["freshness"]["requests"],
+        "every order timed during the failover reached the projection"
+    );
+    let notes = results["notes"].to_string();
+    assert!(notes.contains("elected"), "a new leader took over: {notes}");
+}
