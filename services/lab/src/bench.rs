@@ -660,23 +660,7 @@ async fn visible_after(
     since: Instant,
 ) -> Option<Duration> {
     loop {
-        let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
-            user_id: user.to_owned(),
-            page_size: 20,
-            page_token: String::new(),
-        });
-        request.set_timeout(DEADLINE);
-        let seen = reader
-            .clone()
-            .list_user_purchases(request)
-            .await
-            .is_ok_and(|answer| {
-                answer
-                    .into_inner()
-                    .purchases
-                    .iter()
-                    .any(|purchase| purchase.order_id == order_id)
-            });
+        let seen = crate::measure::shows_order(reader, user, order_id).await;
         let elapsed = since.elapsed();
         if seen {
             return Some(elapsed);

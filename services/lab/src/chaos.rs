@@ -430,24 +430,7 @@ async fn shows_up(reader: &PurchaseServiceClient<Channel>, user: &str, order_id:
     let deadline = Instant::now() + FRESHNESS_LIMIT;
     let mut pause = Duration::from_millis(5);
     loop {
-        let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
-            user_id: user.to_owned(),
-            page_size: 20,
-            page_token: String::new(),
-        });
-        request.set_timeout(Duration::from_secs(2));
-        let seen = reader
-            .clone()
-            .list_user_purchases(request)
-            .await
-            .is_ok_and(|answer| {
-                answer
-                    .into_inner()
-                    .purchases
-                    .iter()
-                    .any(|purchase| purchase.order_id == order_id)
-            });
-        if seen {
+        if crate::measure::shows_order(reader, user, order_id).await {
             return true;
         }
         if Instant::now() > deadline {
@@ -1476,31 +1459,18 @@ impl Owners {
     }
 }
 
-/// Every purchase purchases-async holds for a user, following pages.
+/// Every purchase purchases-async holds for a user, with the name it knows them by.
 async fn projected(
     client: &PurchaseServiceClient<Channel>,
     user: &str,
 ) -> anyhow::Result<(String, Vec<pb::Purchase>)> {
-    let mut purchases = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .clone()
-            .list_user_purchases(pb::ListUserPurchasesRequest {
-                user_id: user.to_owned(),
-                page_size: 1_000,
-                page_token,
-            })
-            .await
-            .with_context(|| format!("purchases-async: ListUserPurchases({user})"))?
-            .into_inner();
-        let name = page.user.map(|user| user.name).unwrap_or_default();
-        purchases.extend(page.purchases);
-        if page.next_page_token.is_empty() {
-            return Ok((name, purchases));
-        }
-        page_token = page.next_page_token;
-    }
+    let (known_as, purchases) = crate::measure::all_purchases(client, user)
+        .await
+        .with_context(|| format!("purchases-async: ListUserPurchases({user})"))?;
+    Ok((
+        known_as.map(|user| user.name).unwrap_or_default(),
+        purchases,
+    ))
 }
 
 /// The facts of one purchase that both sides must agree on.

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::purchases::v1 as pb;
 use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -174,29 +173,14 @@ async fn wait_until_projected(
     Ok(())
 }
 
-/// Every purchase of a user, following pages.
+/// How many purchases a user has, all pages.
 pub async fn count_purchases(
     client: &PurchaseServiceClient<Channel>,
     user_id: &str,
 ) -> Result<usize, tonic::Status> {
-    let mut count = 0;
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .clone()
-            .list_user_purchases(pb::ListUserPurchasesRequest {
-                user_id: user_id.to_owned(),
-                page_size: 1_000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        count += page.purchases.len();
-        if page.next_page_token.is_empty() {
-            return Ok(count);
-        }
-        page_token = page.next_page_token;
-    }
+    measure::all_purchases(client, user_id)
+        .await
+        .map(|(_, purchases)| purchases.len())
 }
 
 /// The demo starts from nothing: an absent or empty data dir, or one only a lab has written

@@ -85,6 +85,57 @@ impl Clients {
     }
 }
 
+/// Whether `order_id` is among `user`'s newest purchases in this answerer's view (a failed
+/// read counts as not yet).
+pub async fn shows_order(
+    reader: &PurchaseServiceClient<Channel>,
+    user: &str,
+    order_id: &str,
+) -> bool {
+    let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
+        user_id: user.to_owned(),
+        page_size: 20,
+        page_token: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(2));
+    reader
+        .clone()
+        .list_user_purchases(request)
+        .await
+        .is_ok_and(|answer| {
+            answer
+                .into_inner()
+                .purchases
+                .iter()
+                .any(|purchase| purchase.order_id == order_id)
+        })
+}
+
+/// Every purchase of a user, following pages, with the user as the answer names them.
+pub async fn all_purchases(
+    client: &PurchaseServiceClient<Channel>,
+    user_id: &str,
+) -> Result<(Option<pb::User>, Vec<pb::Purchase>), tonic::Status> {
+    let mut purchases = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .clone()
+            .list_user_purchases(pb::ListUserPurchasesRequest {
+                user_id: user_id.to_owned(),
+                page_size: 1_000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        purchases.extend(page.purchases);
+        if page.next_page_token.is_empty() {
+            return Ok((page.user, purchases));
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Latency percentiles and outcomes of a series of calls.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
