@@ -1752,8 +1752,17 @@ fn html(report: &ChaosReport) -> String {
             &|stats| (stats.requests > 0).then_some(stats.success_pct),
             &reads_and_writes,
         );
+        // A bucket with calls and no success is a gap in the latency line, not a zero.
         let latency = series_of(
-            &|stats| (stats.ok > 0).then_some(stats.p99_us as f64 / 1_000.0),
+            &|stats| {
+                (stats.requests > 0).then(|| {
+                    if stats.ok > 0 {
+                        stats.p99_us as f64 / 1_000.0
+                    } else {
+                        f64::NAN
+                    }
+                })
+            },
             &[
                 Series::Sync,
                 Series::Async,

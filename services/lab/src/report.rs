@@ -471,7 +471,9 @@ impl<'a> Chart<'a> {
     }
 }
 
-/// Lines with a legend, as self-contained SVG.
+/// Lines with a legend, as self-contained SVG. A point whose y is not finite (NaN) is a
+/// gap: the line stops there and starts again at the next point, rather than drawing a
+/// value that was never measured.
 pub(crate) fn line_chart(series: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>) -> String {
     const COLORS: [&str; 5] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
     const WIDTH: f64 = 640.0;
@@ -479,7 +481,12 @@ pub(crate) fn line_chart(series: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>
     const LEFT: f64 = 70.0;
     const BOTTOM: f64 = 40.0;
     let floor = |value: f64, log: bool| if log { value.max(1.0) } else { value };
-    let points = || series.iter().flat_map(|(_, points)| points.iter());
+    let points = || {
+        series
+            .iter()
+            .flat_map(|(_, points)| points.iter())
+            .filter(|(_, y)| y.is_finite())
+    };
     let (min_x, max_x) = points().fold((f64::MAX, f64::MIN), |(lo, hi), (x, _)| {
         (lo.min(floor(*x, chart.log_x)), hi.max(*x))
     });
@@ -544,16 +551,21 @@ pub(crate) fn line_chart(series: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>
     );
     for (index, (name, points)) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
-        let path: Vec<String> = points
-            .iter()
-            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            path.join(" ")
-        );
-        for (px, py) in points {
+        for run in points.split(|(_, py)| !py.is_finite()) {
+            if run.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = run
+                .iter()
+                .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+                .collect();
+            let _ = write!(
+                svg,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+        }
+        for (px, py) in points.iter().filter(|(_, py)| py.is_finite()) {
             let _ = write!(
                 svg,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"><title>{} at {px:.1}: {py:.0}</title></circle>"#,
@@ -619,6 +631,20 @@ mod tests {
             "{svg}"
         );
         assert!(svg.contains("users killed"));
+
+        let gapped = line_chart(
+            &[(
+                "sync".to_owned(),
+                vec![(0.0, 10.0), (5.0, f64::NAN), (10.0, 10.0)],
+            )],
+            &Chart::timeline("p99 ms", false),
+        );
+        assert_eq!(
+            gapped.matches("<polyline").count(),
+            2,
+            "no line is drawn across the gap: {gapped}"
+        );
+        assert_eq!(gapped.matches("<circle").count(), 2);
     }
 
     #[test]
