@@ -129,6 +129,7 @@ fn sample_envelope() -> Vec<u8> {
             user_id: id.to_string(),
             email: format!("{id}@example.com"),
             name: "Ada Lovelace".into(),
+            ..Default::default()
         },
     )
     .envelope
@@ -190,6 +191,7 @@ async fn write_event(
         user_id: id.to_string(),
         email: format!("{id}@example.com"),
         name: "Ada Lovelace".into(),
+        ..Default::default()
     };
     producer(service)
         .record(&mut tx, &id, 1, platform::time::now_micros(), &payload)
@@ -234,6 +236,7 @@ async fn relay_throughput(
                 user_id: id.to_string(),
                 email: format!("{id}@example.com"),
                 name: "Ada Lovelace".into(),
+                ..Default::default()
             };
             producer(service)
                 .record(&mut tx, &id, 1, platform::time::now_micros(), &payload)

@@ -78,6 +78,33 @@ pub struct Consumer<P> {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The consumer sequences of one pull, which JetStream numbers 1, 2, 3... per delivery
+/// (redeliveries included). A jump means a delivery was lost on the way, typically when the
+/// server leading the consumer failed over; a step back, that the new leader restarted from
+/// an older state. Either way, acknowledging a later event (ack policy "all") would
+/// acknowledge what this side never saw, so the pull is reopened from the committed position
+/// instead.
+#[derive(Debug, Default)]
+struct DeliverySequence {
+    next: Option<u64>,
+}
+
+impl DeliverySequence {
+    /// Whether `message` is the delivery expected next; it becomes the new reference.
+    fn follows(&mut self, message: &jetstream::Message) -> bool {
+        let Ok(info) = message.info() else {
+            return true;
+        };
+        self.step(info.consumer_sequence)
+    }
+
+    fn step(&mut self, sequence: u64) -> bool {
+        let in_order = self.next.is_none_or(|next| next == sequence);
+        self.next = Some(sequence + 1);
+        in_order
+    }
+}
+
 /// A message off the stream, decoded as far as the crate needs before the transaction.
 enum Incoming {
     Valid(Event),
@@ -166,30 +193,48 @@ impl<P: Projection> Consumer<P> {
                 tracing::info!(consumer = %self.spec.name, stream = %self.spec.stream, waited = ?since.elapsed(), "following the stream");
             }
             backoff = Duration::from_millis(50);
+            let mut delivery = DeliverySequence::default();
 
             loop {
                 let first = tokio::select! {
                     first = messages.next() => first,
                     () = cancel.cancelled() => break 'feed,
                 };
-                let mut batch = match first {
-                    Some(Ok(message)) => vec![message],
+                let first = match first {
+                    Some(Ok(message)) => message,
                     Some(Err(error)) => {
                         tracing::debug!(consumer = %self.spec.name, %error, "pull interrupted; reopening");
                         break;
                     }
                     None => break,
                 };
+                let mut batch = Vec::new();
+                let mut broken = !delivery.follows(&first);
+                if !broken {
+                    batch.push(first);
+                }
                 // Take what has already arrived, without waiting for more: batches grow
                 // under load and stay at one event when idle, so latency never waits on size.
-                while batch.len() < self.spec.batch_size {
+                while !broken && batch.len() < self.spec.batch_size {
                     match messages.next().now_or_never() {
-                        Some(Some(Ok(message))) => batch.push(message),
+                        Some(Some(Ok(message))) if delivery.follows(&message) => {
+                            batch.push(message);
+                        }
+                        Some(Some(Ok(_))) => broken = true,
                         _ => break,
                     }
                 }
+                // What arrived in sequence is applied and acknowledged; nothing after a break.
                 if !self.handle(batch, &cancel).await {
                     break 'feed;
+                }
+                if broken {
+                    tracing::info!(
+                        consumer = %self.spec.name,
+                        stream = %self.spec.stream,
+                        "a delivery went missing (a server failed over?); resuming after the committed position"
+                    );
+                    break;
                 }
                 let position = self.status.borrow().clone();
                 if last_log.elapsed() >= LOG_EVERY && position != logged {
@@ -549,4 +594,22 @@ fn log_position(spec: &ConsumerSpec, position: &Position) {
         last_event_to_apply_ms = lag_ms,
         "consumer position"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jump_or_a_step_back_in_deliveries_breaks_the_sequence() {
+        let mut delivery = DeliverySequence::default();
+        assert!(
+            delivery.step(7),
+            "the first delivery of a pull sets the reference"
+        );
+        assert!(delivery.step(8));
+        assert!(!delivery.step(10), "delivery 9 went missing");
+        assert!(delivery.step(11));
+        assert!(!delivery.step(3), "a new leader restarted from older state");
+    }
 }

@@ -143,6 +143,7 @@ fn registered(id: &Uuid, name: &str) -> OutboxEvent {
         user_id: id.to_string(),
         email: format!("{id}@example.com"),
         name: name.into(),
+        ..Default::default()
     };
     OutboxEvent::new(aggregate(id, 1), platform::time::now_micros(), &payload)
 }
@@ -151,6 +152,7 @@ fn renamed(id: &Uuid, version: u64, name: &str) -> OutboxEvent {
     let payload = events::UserRenamed {
         user_id: id.to_string(),
         name: name.into(),
+        ..Default::default()
     };
     OutboxEvent::new(
         aggregate(id, version),

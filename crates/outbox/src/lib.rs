@@ -12,6 +12,7 @@ pub mod relay;
 pub mod stream;
 
 pub use relay::{Relay, RelayArgs, RelayConfig, Wakeup};
+
 pub use stream::{StreamArgs, StreamSpec};
 
 /// Runs `service`'s relay for the life of `host`, publishing to the service's own stream.
@@ -48,8 +49,30 @@ pub fn migrations() -> Migrations {
     }
 }
 
-/// Version of the payload schemas this code writes (see events.v1's evolution rules).
+/// Version of the payload schemas a producer writes unless told otherwise (see events.v1's
+/// evolution rules).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The newest payload schema version a producer can write.
+pub const LATEST_SCHEMA_VERSION: u32 = 2;
+
+/// Which event schema version a producing service writes, flattened into its `Config`.
+/// Rolling out version 2 is a restart with `--event-schema 2`: readers built for version 1
+/// go on working (they skip the added fields), newer readers use them.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct EventSchemaArgs {
+    /// Event schema version to publish: 1, or 2 (adds fields; see proto/events/v1).
+    #[arg(long, env = "EVENT_SCHEMA", default_value_t = SCHEMA_VERSION, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub event_schema: u32,
+}
+
+impl Default for EventSchemaArgs {
+    fn default() -> Self {
+        Self {
+            event_schema: SCHEMA_VERSION,
+        }
+    }
+}
 
 /// Which entity an event is about, and where events about it are published.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +108,16 @@ impl OutboxEvent {
         occurred_at_micros: i64,
         payload: &M,
     ) -> Self {
+        Self::with_schema(aggregate, occurred_at_micros, SCHEMA_VERSION, payload)
+    }
+
+    /// The same, for a payload of a later schema version (fields added since version 1).
+    pub fn with_schema<M: prost::Message + prost::Name>(
+        aggregate: Aggregate<'_>,
+        occurred_at_micros: i64,
+        schema_version: u32,
+        payload: &M,
+    ) -> Self {
         let event_id = Uuid::now_v7();
         let envelope = EventEnvelope {
             event_id: event_id.to_string(),
@@ -94,7 +127,7 @@ impl OutboxEvent {
             aggregate_version: aggregate.version,
             occurred_at: Some(platform::time::to_timestamp(occurred_at_micros)),
             producer: aggregate.producer.to_owned(),
-            schema_version: SCHEMA_VERSION,
+            schema_version,
             payload: payload.encode_to_vec(),
             metadata: Default::default(),
         };
@@ -128,6 +161,27 @@ impl Producer {
         occurred_at_micros: i64,
         payload: &M,
     ) -> Result<(), StoreError> {
+        self.record_schema(
+            conn,
+            id,
+            version,
+            occurred_at_micros,
+            SCHEMA_VERSION,
+            payload,
+        )
+        .await
+    }
+
+    /// [`Producer::record`] for a payload of schema version `schema_version`.
+    pub async fn record_schema<M: prost::Message + prost::Name>(
+        &self,
+        conn: &mut AnyConnection,
+        id: &Uuid,
+        version: u64,
+        occurred_at_micros: i64,
+        schema_version: u32,
+        payload: &M,
+    ) -> Result<(), StoreError> {
         let aggregate = Aggregate {
             producer: self.service,
             kind: self.kind,
@@ -136,7 +190,7 @@ impl Producer {
         };
         append(
             conn,
-            &OutboxEvent::new(aggregate, occurred_at_micros, payload),
+            &OutboxEvent::with_schema(aggregate, occurred_at_micros, schema_version, payload),
         )
         .await
     }

@@ -220,6 +220,7 @@ impl Writer {
         let payload = events::UserRenamed {
             user_id: id.to_string(),
             name: format!("v{version}"),
+            ..Default::default()
         };
         USERS
             .record(&mut tx, id, version, platform::time::now_micros(), &payload)

@@ -51,6 +51,9 @@ pub enum OrderStatus {
 pub struct UserView {
     pub id: Uuid,
     pub name: String,
+    /// From event schema 2 on, and only where a projection reads it; empty otherwise.
+    pub given_name: String,
+    pub family_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +62,8 @@ pub struct ProductView {
     pub title: String,
     pub image_url: String,
     pub price_cents: i64,
+    /// From event schema 2 on, and only where a projection reads it; empty otherwise.
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +249,8 @@ fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
         user: Some(pb::User {
             id: page.user.id.to_string(),
             name: page.user.name,
+            given_name: page.user.given_name,
+            family_name: page.user.family_name,
         }),
         purchases: page
             .purchases
@@ -261,6 +268,7 @@ fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
                     title: product.title,
                     image_url: product.image_url,
                     price_cents: product.price_cents,
+                    currency: product.currency,
                 }),
                 product_id: purchase.product_id.to_string(),
             })

@@ -1,6 +1,7 @@
 //! Reading purchases back from SQL, for the modes that answer from a database (the
 //! projection's tables, the monolith's join). Both select the same columns under the same
-//! names: order_id, status, quantity, placed_at, product_id, title, image_url, price_cents.
+//! names: order_id, status, quantity, placed_at, product_id, title, image_url, price_cents,
+//! currency.
 
 use platform::db::{Columns, StoreError};
 use uuid::Uuid;
@@ -40,6 +41,7 @@ pub fn decode_purchase(row: &dyn Columns) -> Result<Option<PurchaseView>, StoreE
             title,
             image_url: row.text("image_url")?,
             price_cents: row.integer("price_cents")?,
+            currency: row.optional_text("currency")?.unwrap_or_default(),
         }),
         None => None,
     };

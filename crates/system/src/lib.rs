@@ -171,6 +171,7 @@ impl Lab {
             database_url: users_db.url().to_owned(),
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
+            events: outbox::EventSchemaArgs::default(),
             db: DatabaseArgs::default(),
             common: with_faults(&faults.users),
         })
@@ -186,6 +187,7 @@ impl Lab {
             database_url: products_db.url().to_owned(),
             nats: nats_args.clone(),
             relay: RelayArgs::default(),
+            events: outbox::EventSchemaArgs::default(),
             db: DatabaseArgs::default(),
             common: with_faults(&faults.products),
         })
@@ -278,6 +280,7 @@ impl Lab {
     ) {
         let app = purchases_async::Application::build(purchases_async::Config {
             read_from,
+            reader_schema: 2,
             consumer_name: "purchases".into(),
             listen: any_port(),
             database_url: self.async_db.url().to_owned(),
@@ -300,6 +303,18 @@ impl Lab {
         consumer_name: &str,
         read_from: purchases_async::ReadFrom,
     ) -> (TestDatabase, RunningServer, PurchaseServiceClient<Channel>) {
+        self.start_second_async_reading(consumer_name, read_from, 2)
+            .await
+    }
+
+    /// The same, reading events of at most `reader_schema` (1 behaves as a purchases-async
+    /// built before schema 2 would).
+    pub async fn start_second_async_reading(
+        &self,
+        consumer_name: &str,
+        read_from: purchases_async::ReadFrom,
+        reader_schema: u32,
+    ) -> (TestDatabase, RunningServer, PurchaseServiceClient<Channel>) {
         let db = TestDatabase::create(self.backend).await;
         let app = purchases_async::Application::build(purchases_async::Config {
             listen: any_port(),
@@ -308,6 +323,7 @@ impl Lab {
             rebuild: false,
             consumer_name: consumer_name.to_owned(),
             read_from,
+            reader_schema,
             db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })

@@ -737,7 +737,7 @@ async fn catch_up(lab: &RunningLab, seeded: &Seeded) -> anyhow::Result<CatchUp> 
     };
     let events: u64 = target.values().map(|stream| stream.sequence).sum();
     let started = Instant::now();
-    let (mut process, addr) = lab.start_fresh_projection("bench-catch-up").await?;
+    let (mut process, addr) = lab.start_fresh_projection("bench-catch-up", &[]).await?;
     let client = PurchaseServiceClient::new(crate::topology::channel_to(addr));
     let mut first: Option<(Instant, u64)> = None;
     let outcome = loop {

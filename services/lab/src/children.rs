@@ -41,6 +41,8 @@ pub struct ServiceProcess {
     name: String,
     binary: PathBuf,
     args: Vec<OsString>,
+    /// Flags added after `args` from the next start on (an upgrade's new settings).
+    extra: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -51,9 +53,15 @@ impl ServiceProcess {
             name: name.to_owned(),
             binary,
             args,
+            extra: Vec::new(),
             log,
             child: None,
         }
+    }
+
+    /// Flags to add at the next start, replacing any added before.
+    pub fn set_extra_args(&mut self, extra: Vec<OsString>) {
+        self.extra = extra;
     }
 
     pub fn log(&self) -> &Path {
@@ -80,6 +88,7 @@ impl ServiceProcess {
         natsd::die_with_parent(&mut command);
         let child = command
             .args(&self.args)
+            .args(&self.extra)
             // Only what the services need from the lab's environment: their settings all
             // come as flags.
             .env_clear()

@@ -229,10 +229,27 @@ impl Endpoints {
     pub fn allocate(ephemeral: bool, nats_url: String) -> Result<Self, TopologyError> {
         let mut services = BTreeMap::new();
         let mut fault_admin = BTreeMap::new();
-        // Held until all are chosen, so no two services get the same ephemeral port.
+        // Chosen below the kernel's ephemeral range, so no outgoing connection takes one
+        // between now and the service binding it.
+        let mut free = if ephemeral {
+            natsd::free_loopback_ports(2 * Service::ALL.len()).map_err(|source| {
+                TopologyError::NoFreePort {
+                    service: Service::Users,
+                    source,
+                }
+            })?
+        } else {
+            Vec::new()
+        }
+        .into_iter();
+        // Held until all are checked, so a clash is reported before anything starts.
         let mut held = Vec::new();
         let mut take = |service: Service, port: u16| {
-            let port = if ephemeral { 0 } else { port };
+            let port = if ephemeral {
+                free.next().unwrap_or(0)
+            } else {
+                port
+            };
             let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|source| {
                 if ephemeral {
                     TopologyError::NoFreePort { service, source }

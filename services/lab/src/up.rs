@@ -177,33 +177,71 @@ impl RunningLab {
     pub async fn start_fresh_projection(
         &self,
         name: &str,
+        extra: &[&str],
     ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
-        let binaries = crate::binaries::locate().await?;
-        let binary = binaries
-            .get(&Service::PurchasesAsync)
-            .context("no purchases-async binary")?
-            .clone();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .context("no free loopback port")?;
         let database = name.replace('-', "_");
         if let Storage::Postgres(url) = &self.storage {
             create_database(url, &format!("lab_{database}")).await?;
         }
-        let mut args = self.endpoints.args_at(
-            Service::PurchasesAsync,
-            addr,
-            Some(&database),
-            &self.storage,
-        )?;
-        args.extend([
-            "--consumer-name".into(),
-            name.into(),
-            // Empties what an earlier run left and resets the consumers to the first event.
-            "--rebuild".into(),
-        ]);
+        self.start_beside(Service::PurchasesAsync, name, |addr| {
+            let mut args = self.endpoints.args_at(
+                Service::PurchasesAsync,
+                addr,
+                Some(&database),
+                &self.storage,
+            )?;
+            args.extend([
+                "--consumer-name".into(),
+                name.into(),
+                // Empties what an earlier run left and resets the consumers to the first event.
+                "--rebuild".into(),
+            ]);
+            args.extend(extra.iter().map(Into::into));
+            Ok(args)
+        })
+        .await
+    }
+
+    /// Starts a monolith of its own on the database at `database_url` (a copy), on a free
+    /// port, and waits until it serves. The caller stops it.
+    pub async fn start_monolith_on(
+        &self,
+        name: &str,
+        database_url: &str,
+    ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        self.start_beside(Service::Monolith, name, |addr| {
+            Ok(vec![
+                "--listen".into(),
+                addr.to_string().into(),
+                "--log-format".into(),
+                "json".into(),
+                "--database-url".into(),
+                database_url.into(),
+            ])
+        })
+        .await
+    }
+
+    /// Starts another process of `service`'s binary beside the lab, on a free port, with
+    /// the flags `args` gives for that address, and waits until it serves.
+    async fn start_beside(
+        &self,
+        service: Service,
+        name: &str,
+        args: impl FnOnce(std::net::SocketAddr) -> anyhow::Result<Vec<std::ffi::OsString>>,
+    ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        let binaries = crate::binaries::locate().await?;
+        let binary = binaries
+            .get(&service)
+            .with_context(|| format!("no {} binary", service.binary()))?
+            .clone();
+        let port = natsd::free_loopback_ports(1)
+            .ok()
+            .and_then(|ports| ports.first().copied())
+            .context("no free loopback port")?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let log = self.data_dir.join("logs").join(format!("{name}.log"));
-        let mut process = ServiceProcess::new(name, binary, args, log);
+        let mut process = ServiceProcess::new(name, binary, args(addr)?, log);
         process.start()?;
         wait_serving(name, &mut process, crate::topology::channel_to(addr)).await?;
         Ok((process, addr))
@@ -264,6 +302,20 @@ impl RunningLab {
 
     /// Writes lab.json again (after a process changed).
     pub fn refresh_state(&self) -> anyhow::Result<()> {
+        self.write_state()
+    }
+
+    /// Restarts a service gracefully with `extra` flags added (an upgrade, or its rollback
+    /// with none), and waits until it serves.
+    pub async fn restart_with(&mut self, service: Service, extra: &[&str]) -> anyhow::Result<()> {
+        let process = self
+            .processes
+            .get_mut(&service)
+            .context("the lab does not run this service")?;
+        process.stop().await?;
+        process.set_extra_args(extra.iter().map(Into::into).collect());
+        process.start()?;
+        self.wait_healthy(service).await?;
         self.write_state()
     }
 

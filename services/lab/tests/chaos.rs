@@ -180,3 +180,25 @@ async fn losing_the_stream_leader_of_a_nats_cluster_loses_neither_writes_nor_eve
     let notes = results["notes"].to_string();
     assert!(notes.contains("elected"), "a new leader took over: {notes}");
 }
+
+#[tokio::test]
+async fn a_schema_upgrade_keeps_the_older_reader_working_and_breaks_a_shared_database() {
+    let results = chaos("schema-evolution").await;
+    let expectations = results["expectations"].as_array().expect("expectations");
+    for needle in [
+        "split name",
+        "older purchases-async answers",
+        "older purchases-async matches the owners",
+        "shared database",
+    ] {
+        let expectation = expectations
+            .iter()
+            .find(|expectation| {
+                expectation["what"]
+                    .as_str()
+                    .is_some_and(|what| what.contains(needle))
+            })
+            .unwrap_or_else(|| panic!("an expectation on {needle}: {results:#}"));
+        assert_eq!(expectation["met"], true, "{expectation}");
+    }
+}

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 const JOIN: &str = "SELECT u.name, u.deleted_at,
         o.id AS order_id, o.status, o.quantity, o.placed_at, o.product_id,
-        p.title, p.image_url, p.price_cents
+        p.title, p.image_url, p.price_cents, CAST(NULL AS TEXT) AS currency
  FROM users u
  LEFT JOIN orders o
    ON o.user_id = u.id AND (o.placed_at < $2 OR (o.placed_at = $2 AND o.id < $3))
@@ -71,9 +71,12 @@ impl PurchaseSource for JoinSource {
             .collect();
         let next = Page::cut(&mut purchases, query.page_size);
         Ok(Page {
+            // One schema, read in place: there are no event versions to roll out here.
             user: UserView {
                 id: query.user_id,
                 name,
+                given_name: String::new(),
+                family_name: String::new(),
             },
             purchases,
             next,

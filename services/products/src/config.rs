@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use outbox::RelayArgs;
+use outbox::{EventSchemaArgs, RelayArgs};
 use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 
@@ -23,6 +23,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub relay: RelayArgs,
+
+    #[command(flatten)]
+    pub events: EventSchemaArgs,
 
     #[command(flatten)]
     pub db: DatabaseArgs,

@@ -17,6 +17,7 @@ use crate::store::ProductStore;
 pub struct Application {
     host: ServiceHost,
     wakeup: Wakeup,
+    event_schema: u32,
 }
 
 impl Application {
@@ -33,7 +34,11 @@ impl Application {
         .await?;
         let nats = platform::nats::connect(&config.nats, "products").await?;
         let wakeup = outbox::spawn_relay(&host, nats, "products", &config.relay);
-        Ok(Self { host, wakeup })
+        Ok(Self {
+            host,
+            wakeup,
+            event_schema: config.events.event_schema,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -44,7 +49,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let api = ProductApi::new(ProductStore::new(self.host.database().clone(), self.wakeup));
+        let store = ProductStore::new(self.host.database().clone(), self.wakeup)
+            .with_event_schema(self.event_schema);
+        let api = ProductApi::new(store);
         let services = ServiceSet::new()
             .with(ProductServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host

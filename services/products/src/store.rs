@@ -12,6 +12,9 @@ use uuid::Uuid;
 use crate::domain::{NewProduct, Product, ProductChange};
 use crate::error::ProductsError;
 
+/// Every price this service holds is in cents of this currency.
+const PRICE_CURRENCY: &str = "USD";
+
 const EVENTS: Producer = Producer {
     service: "products",
     kind: "product",
@@ -31,11 +34,33 @@ pub struct ProductStore {
     db: Database,
     /// Woken after every commit, so the relay publishes the new event at once.
     wakeup: Wakeup,
+    /// The event schema version it publishes (see `outbox::EventSchemaArgs`).
+    event_schema: u32,
 }
 
 impl ProductStore {
     pub fn new(db: Database, wakeup: Wakeup) -> Self {
-        Self { db, wakeup }
+        Self {
+            db,
+            wakeup,
+            event_schema: outbox::SCHEMA_VERSION,
+        }
+    }
+
+    /// Publishes events of schema version `event_schema` from now on.
+    #[must_use]
+    pub fn with_event_schema(mut self, event_schema: u32) -> Self {
+        self.event_schema = event_schema;
+        self
+    }
+
+    /// The currency field of schema 2; version 1 leaves it out (its prices are USD).
+    fn currency(&self) -> String {
+        if self.event_schema >= 2 {
+            PRICE_CURRENCY.to_owned()
+        } else {
+            String::new()
+        }
     }
 
     pub async fn create(&self, new: NewProduct) -> Result<Product, ProductsError> {
@@ -67,9 +92,17 @@ impl ProductStore {
             title: product.title.clone(),
             image_url: product.image_url.clone(),
             price_cents: product.price_cents,
+            currency: self.currency(),
         };
         EVENTS
-            .record(&mut tx, &product.id, product.version, now, &payload)
+            .record_schema(
+                &mut tx,
+                &product.id,
+                product.version,
+                now,
+                self.event_schema,
+                &payload,
+            )
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(product)
@@ -173,9 +206,17 @@ impl ProductStore {
             title: product.title.clone(),
             image_url: product.image_url.clone(),
             price_cents: product.price_cents,
+            currency: self.currency(),
         };
         EVENTS
-            .record(&mut tx, &product.id, product.version, now, &payload)
+            .record_schema(
+                &mut tx,
+                &product.id,
+                product.version,
+                now,
+                self.event_schema,
+                &payload,
+            )
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(product)

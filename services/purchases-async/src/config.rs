@@ -40,6 +40,12 @@ pub struct Config {
     #[arg(long, env = "READ_FROM", value_enum, default_value_t = ReadFrom::Memory)]
     pub read_from: ReadFrom,
 
+    /// The newest event schema this projection reads: 2 uses the fields schema 2 adds (given
+    /// and family name, currency); 1 reads events as a purchases-async built before them
+    /// would, ignoring those fields, which is how an older reader meets newer events.
+    #[arg(long, env = "READER_SCHEMA", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub reader_schema: u32,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 

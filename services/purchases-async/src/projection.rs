@@ -22,11 +22,22 @@ pub const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
 #[derive(Debug, Clone)]
 pub struct Users {
     pub view: Arc<View>,
+    /// Below 2, the name parts of schema-2 events are ignored (see `Config::reader_schema`).
+    pub reader_schema: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct Products {
     pub view: Arc<View>,
+    /// Below 2, the currency of schema-2 events is ignored.
+    pub reader_schema: u32,
+}
+
+/// A user's name as this projection keeps it.
+struct Names<'a> {
+    name: &'a str,
+    given_name: &'a str,
+    family_name: &'a str,
 }
 
 /// Orders. Wants late events too: an order's placement carries facts that never change
@@ -56,14 +67,34 @@ impl Projection for Users {
     async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let event_type = event.event_type();
+            // A reader of schema 1 was built before the name parts existed: it never sees them.
+            let parts = |given: &'_ str, family: &'_ str| -> (String, String) {
+                if self.reader_schema >= 2 {
+                    (given.to_owned(), family.to_owned())
+                } else {
+                    (String::new(), String::new())
+                }
+            };
             if event_type == events::UserRegistered::full_name() {
                 let user = event.decode::<events::UserRegistered>()?;
                 let id = event.aggregate_uuid(&user.user_id)?;
-                upsert_user(conn, id, Some(&user.name), None).await?;
+                let (given_name, family_name) = parts(&user.given_name, &user.family_name);
+                let names = Names {
+                    name: &user.name,
+                    given_name: &given_name,
+                    family_name: &family_name,
+                };
+                upsert_user(conn, id, Some(names), None).await?;
             } else if event_type == events::UserRenamed::full_name() {
                 let renamed = event.decode::<events::UserRenamed>()?;
                 let id = event.aggregate_uuid(&renamed.user_id)?;
-                upsert_user(conn, id, Some(&renamed.name), None).await?;
+                let (given_name, family_name) = parts(&renamed.given_name, &renamed.family_name);
+                let names = Names {
+                    name: &renamed.name,
+                    given_name: &given_name,
+                    family_name: &family_name,
+                };
+                upsert_user(conn, id, Some(names), None).await?;
             } else if event_type == events::UserDeleted::full_name() {
                 let deleted = event.decode::<events::UserDeleted>()?;
                 let id = event.aggregate_uuid(&deleted.user_id)?;
@@ -79,20 +110,24 @@ impl Projection for Users {
 async fn upsert_user(
     conn: &mut AnyConnection,
     id: Uuid,
-    name: Option<&str>,
+    names: Option<Names<'_>>,
     deleted_at: Option<i64>,
 ) -> Result<(), ApplyError> {
     // A rename keeps the tombstone off; a deletion keeps the last known name.
     sqlx::query(
-        "INSERT INTO p_users (id, name, deleted_at) VALUES ($1, $2, $3)
+        "INSERT INTO p_users (id, name, given_name, family_name, deleted_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET
-           name = CASE WHEN $4 THEN excluded.name ELSE p_users.name END,
+           name = CASE WHEN $6 THEN excluded.name ELSE p_users.name END,
+           given_name = CASE WHEN $6 THEN excluded.given_name ELSE p_users.given_name END,
+           family_name = CASE WHEN $6 THEN excluded.family_name ELSE p_users.family_name END,
            deleted_at = excluded.deleted_at",
     )
     .bind(id.to_string())
-    .bind(name.unwrap_or_default())
+    .bind(names.as_ref().map(|names| names.name).unwrap_or_default())
+    .bind(names.as_ref().map(|names| names.given_name).unwrap_or_default())
+    .bind(names.as_ref().map(|names| names.family_name).unwrap_or_default())
     .bind(deleted_at)
-    .bind(name.is_some())
+    .bind(names.is_some())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -106,26 +141,46 @@ impl Projection for Products {
     async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let event_type = event.event_type();
-            let (id, title, image_url, price_cents) =
+            let (id, title, image_url, price_cents, currency) =
                 if event_type == events::ProductCreated::full_name() {
                     let p = event.decode::<events::ProductCreated>()?;
-                    (p.product_id, p.title, p.image_url, p.price_cents)
+                    (
+                        p.product_id,
+                        p.title,
+                        p.image_url,
+                        p.price_cents,
+                        p.currency,
+                    )
                 } else if event_type == events::ProductUpdated::full_name() {
                     let p = event.decode::<events::ProductUpdated>()?;
-                    (p.product_id, p.title, p.image_url, p.price_cents)
+                    (
+                        p.product_id,
+                        p.title,
+                        p.image_url,
+                        p.price_cents,
+                        p.currency,
+                    )
                 } else {
                     return Err(event.unknown_type());
                 };
+            // A reader of schema 1 was built before the currency existed: it never sees it.
+            let currency = if self.reader_schema >= 2 {
+                currency
+            } else {
+                String::new()
+            };
             let id = event.aggregate_uuid(&id)?;
             sqlx::query(
-                "INSERT INTO p_products (id, title, image_url, price_cents) VALUES ($1, $2, $3, $4)
+                "INSERT INTO p_products (id, title, image_url, price_cents, currency) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET
-                   title = excluded.title, image_url = excluded.image_url, price_cents = excluded.price_cents",
+                   title = excluded.title, image_url = excluded.image_url, price_cents = excluded.price_cents,
+                   currency = excluded.currency",
             )
             .bind(id.to_string())
             .bind(title)
             .bind(image_url)
             .bind(price_cents)
+            .bind(currency)
             .execute(&mut *conn)
             .await?;
         }

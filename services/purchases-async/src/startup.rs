@@ -47,13 +47,19 @@ impl Application {
             db.clone(),
             nats.clone(),
             ConsumerSpec::new(config.consumer_name.clone(), users),
-            Users { view: view.clone() },
+            Users {
+                view: view.clone(),
+                reader_schema: config.reader_schema,
+            },
         );
         let products = Consumer::new(
             db.clone(),
             nats.clone(),
             ConsumerSpec::new(config.consumer_name.clone(), products),
-            Products { view: view.clone() },
+            Products {
+                view: view.clone(),
+                reader_schema: config.reader_schema,
+            },
         );
         let orders = Consumer::new(
             db.clone(),

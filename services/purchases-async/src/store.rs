@@ -75,19 +75,28 @@ impl PurchaseSource for ProjectionReader {
             });
         }
         let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        let user = sqlx::query("SELECT name, deleted_at FROM p_users WHERE id = $1")
-            .bind(query.user_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::from)?;
-        let name = match user {
+        let user = sqlx::query(
+            "SELECT name, given_name, family_name, deleted_at FROM p_users WHERE id = $1",
+        )
+        .bind(query.user_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+        let user = match user {
             Some(row)
                 if row
                     .try_get::<Option<i64>, _>("deleted_at")
                     .map_err(StoreError::from)?
                     .is_none() =>
             {
-                row.try_get::<String, _>("name").map_err(StoreError::from)?
+                let text =
+                    |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+                UserView {
+                    id: query.user_id,
+                    name: text("name")?,
+                    given_name: text("given_name")?,
+                    family_name: text("family_name")?,
+                }
             }
             _ => return Err(PurchasesError::UserNotFound(query.user_id)),
         };
@@ -97,7 +106,7 @@ impl PurchaseSource for ProjectionReader {
         });
         let rows = sqlx::query(
             "SELECT pu.order_id, pu.status, pu.quantity, pu.placed_at, pu.product_id,
-                    pr.title, pr.image_url, pr.price_cents
+                    pr.title, pr.image_url, pr.price_cents, pr.currency
              FROM p_purchases pu LEFT JOIN p_products pr ON pr.id = pu.product_id
              WHERE pu.user_id = $1 AND pu.placed_at IS NOT NULL
                AND (pu.placed_at < $2 OR (pu.placed_at = $2 AND pu.order_id < $3))
@@ -120,10 +129,7 @@ impl PurchaseSource for ProjectionReader {
         }
         let next = Page::cut(&mut purchases, query.page_size);
         Ok(Page {
-            user: UserView {
-                id: query.user_id,
-                name,
-            },
+            user,
             purchases,
             next,
             freshness,

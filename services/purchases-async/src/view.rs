@@ -31,10 +31,18 @@ struct PurchaseRow {
     product_id: Uuid,
 }
 
+/// A user as the view keeps them.
+#[derive(Debug, Clone)]
+struct StoredUser {
+    name: String,
+    given_name: String,
+    family_name: String,
+    deleted: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Name, and whether the user is deleted.
-    users: HashMap<Uuid, (String, bool)>,
+    users: HashMap<Uuid, StoredUser>,
     products: HashMap<Uuid, ProductView>,
     by_user: HashMap<Uuid, BTreeMap<Key, PurchaseRow>>,
     /// Where each order sits in `by_user`, if it is complete enough to be answered.
@@ -59,17 +67,13 @@ impl View {
             state: RwLock::new(State::default()),
             trusted: AtomicBool::new(true),
         });
-        let users = sqlx::query("SELECT id, name, deleted_at FROM p_users")
+        let users = sqlx::query(SELECT_USERS).fetch_all(view.db.pool()).await?;
+        let products = sqlx::query(SELECT_PRODUCTS)
             .fetch_all(view.db.pool())
             .await?;
-        let products = sqlx::query("SELECT id, title, image_url, price_cents FROM p_products")
+        let purchases = sqlx::query(SELECT_PURCHASES)
             .fetch_all(view.db.pool())
             .await?;
-        let purchases = sqlx::query(
-            "SELECT order_id, user_id, product_id, quantity, status, placed_at FROM p_purchases",
-        )
-        .fetch_all(view.db.pool())
-        .await?;
         view.apply_rows(&users, &products, &purchases)?;
         Ok(view)
     }
@@ -81,29 +85,17 @@ impl View {
 
     /// Reads these users' rows back after a commit.
     pub async fn refresh_users(&self, ids: &[Uuid]) {
-        let rows = self
-            .read_back("SELECT id, name, deleted_at FROM p_users WHERE id IN", ids)
-            .await;
+        let rows = self.read_back(SELECT_USERS, "id", ids).await;
         self.settle(rows.and_then(|rows| self.apply_rows(&rows, &[], &[])));
     }
 
     pub async fn refresh_products(&self, ids: &[Uuid]) {
-        let rows = self
-            .read_back(
-                "SELECT id, title, image_url, price_cents FROM p_products WHERE id IN",
-                ids,
-            )
-            .await;
+        let rows = self.read_back(SELECT_PRODUCTS, "id", ids).await;
         self.settle(rows.and_then(|rows| self.apply_rows(&[], &rows, &[])));
     }
 
     pub async fn refresh_orders(&self, ids: &[Uuid]) {
-        let rows = self
-            .read_back(
-                "SELECT order_id, user_id, product_id, quantity, status, placed_at FROM p_purchases WHERE order_id IN",
-                ids,
-            )
-            .await;
+        let rows = self.read_back(SELECT_PURCHASES, "order_id", ids).await;
         self.settle(rows.and_then(|rows| self.apply_rows(&[], &[], &rows)));
     }
 
@@ -119,14 +111,15 @@ impl View {
 
     async fn read_back(
         &self,
-        select: &'static str,
+        select: &str,
+        key: &str,
         ids: &[Uuid],
     ) -> Result<Vec<AnyRow>, StoreError> {
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-            // Only numbered placeholders are interpolated; the values are bound.
-            let sql = format!("{select} ({})", placeholders.join(", "));
+            // Only constants and numbered placeholders are interpolated; the values are bound.
+            let sql = format!("{select} WHERE {key} IN ({})", placeholders.join(", "));
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(id.to_string());
@@ -158,8 +151,8 @@ impl View {
             .state
             .write()
             .map_err(|_| StoreError::Corrupt("the view's lock is poisoned".into()))?;
-        for (id, name, deleted) in users {
-            state.users.insert(id, (name, deleted));
+        for (id, user) in users {
+            state.users.insert(id, user);
         }
         for product in products {
             state.products.insert(product.id, product);
@@ -185,8 +178,8 @@ impl View {
             .state
             .read()
             .map_err(|_| StoreError::Corrupt("the view's lock is poisoned".into()))?;
-        let name = match state.users.get(&query.user_id) {
-            Some((name, false)) => name.clone(),
+        let user = match state.users.get(&query.user_id) {
+            Some(user) if !user.deleted => user.clone(),
             _ => return Err(PurchasesError::UserNotFound(query.user_id)),
         };
         let start = match query.after {
@@ -212,7 +205,9 @@ impl View {
         Ok((
             UserView {
                 id: query.user_id,
-                name,
+                name: user.name,
+                given_name: user.given_name,
+                family_name: user.family_name,
             },
             purchases,
         ))
@@ -223,9 +218,17 @@ fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, StoreError> {
     purchases::rows::stored_uuid(&row.try_get::<String, _>(column)?, column)
 }
 
-fn decode_user(row: &AnyRow) -> Result<(Uuid, String, bool), StoreError> {
+fn decode_user(row: &AnyRow) -> Result<(Uuid, StoredUser), StoreError> {
     let deleted_at: Option<i64> = row.try_get("deleted_at")?;
-    Ok((uuid(row, "id")?, row.try_get("name")?, deleted_at.is_some()))
+    Ok((
+        uuid(row, "id")?,
+        StoredUser {
+            name: row.try_get("name")?,
+            given_name: row.try_get("given_name")?,
+            family_name: row.try_get("family_name")?,
+            deleted: deleted_at.is_some(),
+        },
+    ))
 }
 
 fn decode_product(row: &AnyRow) -> Result<ProductView, StoreError> {
@@ -234,8 +237,14 @@ fn decode_product(row: &AnyRow) -> Result<ProductView, StoreError> {
         title: row.try_get("title")?,
         image_url: row.try_get("image_url")?,
         price_cents: row.try_get("price_cents")?,
+        currency: row.try_get("currency")?,
     })
 }
+
+const SELECT_USERS: &str = "SELECT id, name, given_name, family_name, deleted_at FROM p_users";
+const SELECT_PRODUCTS: &str = "SELECT id, title, image_url, price_cents, currency FROM p_products";
+const SELECT_PURCHASES: &str =
+    "SELECT order_id, user_id, product_id, quantity, status, placed_at FROM p_purchases";
 
 type DecodedPurchase = (Uuid, Uuid, Option<Key>, Option<PurchaseRow>);
 

@@ -161,9 +161,12 @@ impl FanoutSource {
             Err(failure) => return Err(self.error(Dependency::Users, failure)),
         };
         let user = user.ok_or_else(|| invalid(Dependency::Users, "an answer without a user"))?;
+        // users' API has the whole name only: the parts exist in its events (schema 2).
         Ok(UserView {
             id,
             name: user.name,
+            given_name: String::new(),
+            family_name: String::new(),
         })
     }
 
@@ -293,6 +296,7 @@ fn purchase(
             title: product.title.clone(),
             image_url: product.image_url.clone(),
             price_cents: product.price_cents,
+            currency: String::new(),
         }),
         None => None,
     };

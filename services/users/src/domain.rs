@@ -101,9 +101,31 @@ pub struct User {
     pub updated_at: i64,
 }
 
+/// A display name as given and family name: the last word is the family name, the words
+/// before it the given name; a one-word name is a given name only. A heuristic (names do not
+/// split so simply everywhere), which is why event schema 2 keeps `name` beside the parts.
+pub fn split_name(name: &str) -> (&str, &str) {
+    let name = name.trim();
+    match name.rsplit_once(char::is_whitespace) {
+        Some((given, family)) => (given.trim_end(), family),
+        None => (name, ""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_word_is_the_family_name() {
+        assert_eq!(split_name("Ada Lovelace"), ("Ada", "Lovelace"));
+        assert_eq!(
+            split_name("Grace Brewster  Hopper"),
+            ("Grace Brewster", "Hopper")
+        );
+        assert_eq!(split_name("Plato"), ("Plato", ""));
+        assert_eq!(split_name("  Alan Turing "), ("Alan", "Turing"));
+    }
 
     #[test]
     fn emails_are_lower_cased_and_checked_for_shape() {

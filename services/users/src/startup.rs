@@ -17,6 +17,7 @@ use crate::store::UserStore;
 pub struct Application {
     host: ServiceHost,
     wakeup: Wakeup,
+    event_schema: u32,
 }
 
 impl Application {
@@ -33,7 +34,11 @@ impl Application {
         .await?;
         let nats = platform::nats::connect(&config.nats, "users").await?;
         let wakeup = outbox::spawn_relay(&host, nats, "users", &config.relay);
-        Ok(Self { host, wakeup })
+        Ok(Self {
+            host,
+            wakeup,
+            event_schema: config.events.event_schema,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -48,7 +53,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let api = UserApi::new(UserStore::new(self.host.database().clone(), self.wakeup));
+        let store = UserStore::new(self.host.database().clone(), self.wakeup)
+            .with_event_schema(self.event_schema);
+        let api = UserApi::new(store);
         let services = ServiceSet::new()
             .with(UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host

@@ -23,6 +23,8 @@ pub struct UserStore {
     db: Database,
     /// Woken after every commit, so the relay publishes the new event at once.
     wakeup: Wakeup,
+    /// The event schema version it publishes (see `outbox::EventSchemaArgs`).
+    event_schema: u32,
 }
 
 /// A row as stored, tombstones included.
@@ -33,7 +35,28 @@ struct StoredUser {
 
 impl UserStore {
     pub fn new(db: Database, wakeup: Wakeup) -> Self {
-        Self { db, wakeup }
+        Self {
+            db,
+            wakeup,
+            event_schema: outbox::SCHEMA_VERSION,
+        }
+    }
+
+    /// Publishes events of schema version `event_schema` from now on.
+    #[must_use]
+    pub fn with_event_schema(mut self, event_schema: u32) -> Self {
+        self.event_schema = event_schema;
+        self
+    }
+
+    /// The given and family name of schema 2; version 1 leaves them out.
+    fn name_parts(&self, name: &str) -> (String, String) {
+        if self.event_schema >= 2 {
+            let (given, family) = crate::domain::split_name(name);
+            (given.to_owned(), family.to_owned())
+        } else {
+            (String::new(), String::new())
+        }
     }
 
     pub async fn create(&self, new: &NewUser) -> Result<User, UsersError> {
@@ -62,13 +85,23 @@ impl UserStore {
             }
             other => other.map_err(StoreError::from)?,
         };
+        let (given_name, family_name) = self.name_parts(&user.name);
         let payload = events::UserRegistered {
             user_id: user.id.to_string(),
             email: user.email.clone(),
             name: user.name.clone(),
+            given_name,
+            family_name,
         };
         EVENTS
-            .record(&mut tx, &user.id, user.version, now, &payload)
+            .record_schema(
+                &mut tx,
+                &user.id,
+                user.version,
+                now,
+                self.event_schema,
+                &payload,
+            )
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(user)
@@ -118,12 +151,22 @@ impl UserStore {
             // on PostgreSQL, whose transactions do not take the write lock up front).
             return Err(UsersError::ChangedConcurrently(target_id));
         }
+        let (given_name, family_name) = self.name_parts(&user.name);
         let payload = events::UserRenamed {
             user_id: user.id.to_string(),
             name: user.name.clone(),
+            given_name,
+            family_name,
         };
         EVENTS
-            .record(&mut tx, &user.id, user.version, now, &payload)
+            .record_schema(
+                &mut tx,
+                &user.id,
+                user.version,
+                now,
+                self.event_schema,
+                &payload,
+            )
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(user)

@@ -80,6 +80,7 @@ impl TestApp {
             user_id: id.to_string(),
             email: format!("{id}@example.com"),
             name: "Ada".into(),
+            ..Default::default()
         };
         self.publish(USERS, &id, 1, &registered).await;
         self.wait_until_known("known_users", &id).await;
@@ -95,6 +96,7 @@ impl TestApp {
             title: "Teapot".into(),
             image_url: "https://example.com/teapot.png".into(),
             price_cents: 1999,
+            ..Default::default()
         };
         self.publish(PRODUCTS, &id, 1, &created).await;
         self.wait_until_known("known_products", &id).await;

@@ -60,6 +60,7 @@ async fn an_order_for_a_product_created_a_moment_ago_succeeds_once_the_replica_h
         title: "Kettle".into(),
         image_url: String::new(),
         price_cents: 2500,
+        ..Default::default()
     };
     app.publish(PRODUCTS, &product, 1, &created).await;
 

@@ -22,6 +22,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         // The feed to NATS has tests of its own; these run without it, as a service must.
         nats: NatsArgs::new(testkit::UNREACHABLE_NATS),
         relay: RelayArgs::default(),
+        events: outbox::EventSchemaArgs::default(),
         db: DatabaseArgs::default(),
         common: CommonArgs::default(),
     };

@@ -16,21 +16,24 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(backend, CommonArgs::default()).await
+    spawn_app_with(backend, |_| {}).await
 }
 
-pub async fn spawn_app_with(backend: Backend, common: CommonArgs) -> TestApp {
+/// Starts the service with `adjust` applied to its configuration.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     testkit::init_tracing();
     let db = TestDatabase::create(backend).await;
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         database_url: db.url().to_owned(),
         // The feed to NATS has tests of its own; these run without it, as a service must.
         nats: NatsArgs::new(testkit::UNREACHABLE_NATS),
         relay: RelayArgs::default(),
+        events: outbox::EventSchemaArgs::default(),
         db: DatabaseArgs::default(),
-        common,
+        common: CommonArgs::default(),
     };
+    adjust(&mut config);
     let app = Application::build(config)
         .await
         .expect("the service starts");

@@ -8,6 +8,7 @@ use crate::helpers::spawn_app;
 
 backend_tests!(
     a_registered_user_can_be_read_back_and_leaves_one_event,
+    schema_2_events_add_the_split_name_and_keep_the_whole_one,
     invalid_input_is_rejected_naming_the_field,
     a_duplicate_email_is_rejected_whatever_its_case,
     an_unknown_user_is_not_found,
@@ -50,6 +51,49 @@ async fn a_registered_user_can_be_read_back_and_leaves_one_event(backend: Backen
     assert_eq!(registered.user_id, created.id);
     assert_eq!(registered.email, "ada@example.com");
     assert_eq!(registered.name, "Ada Lovelace");
+    assert_eq!(
+        (
+            registered.given_name.as_str(),
+            registered.family_name.as_str()
+        ),
+        ("", ""),
+        "schema 1 leaves the parts out"
+    );
+}
+
+async fn schema_2_events_add_the_split_name_and_keep_the_whole_one(backend: Backend) {
+    let app =
+        crate::helpers::spawn_app_with(backend, |config| config.events.event_schema = 2).await;
+    let created = app
+        .create("grace@example.com", "Grace Brewster Hopper")
+        .await;
+    app.client
+        .clone()
+        .update_user(pb::UpdateUserRequest {
+            id: created.id.clone(),
+            name: "Grace Hopper".to_owned(),
+            expected_version: None,
+        })
+        .await
+        .expect("renamed");
+    let outbox = app.outbox().await;
+    assert!(outbox.iter().all(|event| event.schema_version == 2));
+    let registered: events::UserRegistered = payload(&outbox[0]);
+    assert_eq!(
+        registered.name, "Grace Brewster Hopper",
+        "the old field stays"
+    );
+    assert_eq!(registered.given_name, "Grace Brewster");
+    assert_eq!(registered.family_name, "Hopper");
+    let renamed: events::UserRenamed = payload(&outbox[1]);
+    assert_eq!(
+        (
+            renamed.name.as_str(),
+            renamed.given_name.as_str(),
+            renamed.family_name.as_str()
+        ),
+        ("Grace Hopper", "Grace", "Hopper")
+    );
 }
 
 async fn invalid_input_is_rejected_naming_the_field(backend: Backend) {
