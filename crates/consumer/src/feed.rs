@@ -229,7 +229,7 @@ impl<P: Projection> Consumer<P> {
                     break 'feed;
                 }
                 if broken {
-                    tracing::info!(
+                    tracing::warn!(
                         consumer = %self.spec.name,
                         stream = %self.spec.stream,
                         "a delivery went missing (a server failed over?); resuming after the committed position"
@@ -279,7 +279,7 @@ impl<P: Projection> Consumer<P> {
                 info.config.deliver_policy
             }
             Ok(info) => {
-                tracing::info!(
+                tracing::warn!(
                     consumer = %self.spec.name,
                     stream = %self.spec.stream,
                     committed,
