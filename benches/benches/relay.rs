@@ -174,10 +174,7 @@ async fn open(backend: Backend) -> anyhow::Result<(TestDatabase, Database)> {
 }
 
 fn producer(service: &'static str) -> Producer {
-    Producer {
-        service,
-        kind: "user",
-    }
+    Producer::new(service, "user")
 }
 
 async fn write_event(

@@ -143,14 +143,34 @@ impl OutboxEvent {
     }
 }
 
-/// The source of one kind of event: an owning service and the kind of entity it writes.
+/// The source of one kind of event: an owning service, the kind of entity it writes, and
+/// the schema version of the payloads it writes.
 #[derive(Debug, Clone, Copy)]
 pub struct Producer {
     pub service: &'static str,
     pub kind: &'static str,
+    pub schema_version: u32,
 }
 
 impl Producer {
+    /// A producer of schema version 1 payloads.
+    pub const fn new(service: &'static str, kind: &'static str) -> Self {
+        Self {
+            service,
+            kind,
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    /// The same producer writing payloads of `schema_version` (fields added since 1).
+    #[must_use]
+    pub const fn with_schema_version(self, schema_version: u32) -> Self {
+        Self {
+            schema_version,
+            ..self
+        }
+    }
+
     /// Records that entity `id` reached `version` by the change `payload` describes. `conn`
     /// must be the transaction that makes the change.
     pub async fn record<M: prost::Message + prost::Name>(
@@ -161,27 +181,6 @@ impl Producer {
         occurred_at_micros: i64,
         payload: &M,
     ) -> Result<(), StoreError> {
-        self.record_schema(
-            conn,
-            id,
-            version,
-            occurred_at_micros,
-            SCHEMA_VERSION,
-            payload,
-        )
-        .await
-    }
-
-    /// [`Producer::record`] for a payload of schema version `schema_version`.
-    pub async fn record_schema<M: prost::Message + prost::Name>(
-        &self,
-        conn: &mut AnyConnection,
-        id: &Uuid,
-        version: u64,
-        occurred_at_micros: i64,
-        schema_version: u32,
-        payload: &M,
-    ) -> Result<(), StoreError> {
         let aggregate = Aggregate {
             producer: self.service,
             kind: self.kind,
@@ -190,7 +189,7 @@ impl Producer {
         };
         append(
             conn,
-            &OutboxEvent::with_schema(aggregate, occurred_at_micros, schema_version, payload),
+            &OutboxEvent::with_schema(aggregate, occurred_at_micros, self.schema_version, payload),
         )
         .await
     }

@@ -19,10 +19,7 @@ backend_tests!(
     killing_the_relay_mid_stream_loses_and_duplicates_nothing,
 );
 
-const USERS: Producer = Producer {
-    service: "users",
-    kind: "user",
-};
+const USERS: Producer = Producer::new("users", "user");
 
 struct Fixture {
     _db: TestDatabase,

@@ -12,10 +12,7 @@ use uuid::Uuid;
 use crate::domain::{Cancellation, NewOrder, Order, OrderStatus};
 use crate::error::OrdersError;
 
-const EVENTS: Producer = Producer {
-    service: "orders",
-    kind: "order",
-};
+const EVENTS: Producer = Producer::new("orders", "order");
 
 const COLUMNS: &str = "id, user_id, product_id, quantity, status, version, placed_at, updated_at";
 

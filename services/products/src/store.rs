@@ -15,10 +15,7 @@ use crate::error::ProductsError;
 /// Every price this service holds is in cents of this currency.
 const PRICE_CURRENCY: &str = "USD";
 
-const EVENTS: Producer = Producer {
-    service: "products",
-    kind: "product",
-};
+const EVENTS: Producer = Producer::new("products", "product");
 
 const COLUMNS: &str = "id, title, image_url, price_cents, version, created_at, updated_at";
 
@@ -34,8 +31,8 @@ pub struct ProductStore {
     db: Database,
     /// Woken after every commit, so the relay publishes the new event at once.
     wakeup: Wakeup,
-    /// The event schema version it publishes (see `outbox::EventSchemaArgs`).
-    event_schema: u32,
+    /// Where its events go, and in which schema version (see `outbox::EventSchemaArgs`).
+    events: Producer,
 }
 
 impl ProductStore {
@@ -43,20 +40,20 @@ impl ProductStore {
         Self {
             db,
             wakeup,
-            event_schema: outbox::SCHEMA_VERSION,
+            events: EVENTS,
         }
     }
 
     /// Publishes events of schema version `event_schema` from now on.
     #[must_use]
     pub fn with_event_schema(mut self, event_schema: u32) -> Self {
-        self.event_schema = event_schema;
+        self.events = EVENTS.with_schema_version(event_schema);
         self
     }
 
     /// The currency field of schema 2; version 1 leaves it out (its prices are USD).
     fn currency(&self) -> String {
-        if self.event_schema >= 2 {
+        if self.events.schema_version >= 2 {
             PRICE_CURRENCY.to_owned()
         } else {
             String::new()
@@ -94,15 +91,8 @@ impl ProductStore {
             price_cents: product.price_cents,
             currency: self.currency(),
         };
-        EVENTS
-            .record_schema(
-                &mut tx,
-                &product.id,
-                product.version,
-                now,
-                self.event_schema,
-                &payload,
-            )
+        self.events
+            .record(&mut tx, &product.id, product.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(product)
@@ -208,15 +198,8 @@ impl ProductStore {
             price_cents: product.price_cents,
             currency: self.currency(),
         };
-        EVENTS
-            .record_schema(
-                &mut tx,
-                &product.id,
-                product.version,
-                now,
-                self.event_schema,
-                &payload,
-            )
+        self.events
+            .record(&mut tx, &product.id, product.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(product)

@@ -13,18 +13,15 @@ use uuid::Uuid;
 use crate::domain::{Deletion, NewUser, Rename, User};
 use crate::error::UsersError;
 
-const EVENTS: Producer = Producer {
-    service: "users",
-    kind: "user",
-};
+const EVENTS: Producer = Producer::new("users", "user");
 
 #[derive(Debug, Clone)]
 pub struct UserStore {
     db: Database,
     /// Woken after every commit, so the relay publishes the new event at once.
     wakeup: Wakeup,
-    /// The event schema version it publishes (see `outbox::EventSchemaArgs`).
-    event_schema: u32,
+    /// Where its events go, and in which schema version (see `outbox::EventSchemaArgs`).
+    events: Producer,
 }
 
 /// A row as stored, tombstones included.
@@ -38,20 +35,20 @@ impl UserStore {
         Self {
             db,
             wakeup,
-            event_schema: outbox::SCHEMA_VERSION,
+            events: EVENTS,
         }
     }
 
     /// Publishes events of schema version `event_schema` from now on.
     #[must_use]
     pub fn with_event_schema(mut self, event_schema: u32) -> Self {
-        self.event_schema = event_schema;
+        self.events = EVENTS.with_schema_version(event_schema);
         self
     }
 
     /// The given and family name of schema 2; version 1 leaves them out.
     fn name_parts(&self, name: &str) -> (String, String) {
-        if self.event_schema >= 2 {
+        if self.events.schema_version >= 2 {
             let (given, family) = crate::domain::split_name(name);
             (given.to_owned(), family.to_owned())
         } else {
@@ -93,15 +90,8 @@ impl UserStore {
             given_name,
             family_name,
         };
-        EVENTS
-            .record_schema(
-                &mut tx,
-                &user.id,
-                user.version,
-                now,
-                self.event_schema,
-                &payload,
-            )
+        self.events
+            .record(&mut tx, &user.id, user.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(user)
@@ -158,15 +148,8 @@ impl UserStore {
             given_name,
             family_name,
         };
-        EVENTS
-            .record_schema(
-                &mut tx,
-                &user.id,
-                user.version,
-                now,
-                self.event_schema,
-                &payload,
-            )
+        self.events
+            .record(&mut tx, &user.id, user.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(user)
@@ -201,7 +184,7 @@ impl UserStore {
         let payload = events::UserDeleted {
             user_id: deleted.id.to_string(),
         };
-        EVENTS
+        self.events
             .record(&mut tx, &deleted.id, deleted.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;

@@ -10,14 +10,8 @@ use platform::config::{CommonArgs, DatabaseArgs};
 use platform::nats::NatsArgs;
 use uuid::Uuid;
 
-pub const USERS: outbox::Producer = outbox::Producer {
-    service: "users",
-    kind: "user",
-};
-pub const PRODUCTS: outbox::Producer = outbox::Producer {
-    service: "products",
-    kind: "product",
-};
+pub const USERS: outbox::Producer = outbox::Producer::new("users", "user");
+pub const PRODUCTS: outbox::Producer = outbox::Producer::new("products", "product");
 use testkit::{Backend, RunningServer, TestDatabase};
 use tonic::transport::Channel;
 
