@@ -79,30 +79,57 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The consumer sequences of one pull, which JetStream numbers 1, 2, 3... per delivery
-/// (redeliveries included). A jump means a delivery was lost on the way, typically when the
-/// server leading the consumer failed over; a step back, that the new leader restarted from
-/// an older state. Either way, acknowledging a later event (ack policy "all") would
-/// acknowledge what this side never saw, so the pull is reopened from the committed position
-/// instead.
-#[derive(Debug, Default)]
+/// (redeliveries included). A jump means a delivery was lost on the way, typically when a
+/// server between the consumer's leader and this client failed; a step back, that a new
+/// leader restarted from an older state. Either way, acknowledging a later event (ack policy
+/// "all") would acknowledge what this side never saw, so the pull is reopened from the
+/// committed position instead.
+#[derive(Debug)]
 struct DeliverySequence {
-    next: Option<u64>,
+    next: u64,
 }
 
 impl DeliverySequence {
+    /// Expects the delivery after `delivered`, the consumer sequence the server reported when
+    /// the pull was opened. Seeding it from the server rather than from the first message is
+    /// what catches a delivery handed, in between, to a pull request left over from before.
+    fn after(delivered: u64) -> Self {
+        Self {
+            next: delivered + 1,
+        }
+    }
+
     /// Whether `message` is the delivery expected next; it becomes the new reference.
-    fn follows(&mut self, message: &jetstream::Message) -> bool {
+    fn check(&mut self, message: &jetstream::Message) -> Result<(), OutOfSequence> {
         let Ok(info) = message.info() else {
-            return true;
+            return Ok(());
         };
-        self.step(info.consumer_sequence)
+        let expected = self.next;
+        if self.step(info.consumer_sequence) {
+            Ok(())
+        } else {
+            Err(OutOfSequence {
+                expected,
+                delivered: info.consumer_sequence,
+                stream_sequence: info.stream_sequence,
+            })
+        }
     }
 
     fn step(&mut self, sequence: u64) -> bool {
-        let in_order = self.next.is_none_or(|next| next == sequence);
-        self.next = Some(sequence + 1);
+        let in_order = self.next == sequence;
+        self.next = sequence + 1;
         in_order
     }
+}
+
+/// A delivery that did not carry the expected consumer sequence, kept for the log line that
+/// tells an operator a failover was absorbed.
+#[derive(Debug)]
+struct OutOfSequence {
+    expected: u64,
+    delivered: u64,
+    stream_sequence: u64,
 }
 
 /// A message off the stream, decoded as far as the crate needs before the transaction.
@@ -174,8 +201,8 @@ impl<P: Projection> Consumer<P> {
                 opened = self.open() => opened,
                 () = cancel.cancelled() => break,
             };
-            let mut messages = match opened {
-                Ok(messages) => messages,
+            let (mut messages, mut delivery) = match opened {
+                Ok(opened) => opened,
                 Err(error) => {
                     if waiting_since.is_none() {
                         waiting_since = Some(Instant::now());
@@ -193,7 +220,6 @@ impl<P: Projection> Consumer<P> {
                 tracing::info!(consumer = %self.spec.name, stream = %self.spec.stream, waited = ?since.elapsed(), "following the stream");
             }
             backoff = Duration::from_millis(50);
-            let mut delivery = DeliverySequence::default();
 
             loop {
                 let first = tokio::select! {
@@ -209,18 +235,18 @@ impl<P: Projection> Consumer<P> {
                     None => break,
                 };
                 let mut batch = Vec::new();
-                let mut broken = !delivery.follows(&first);
-                if !broken {
+                let mut out_of_sequence = delivery.check(&first).err();
+                if out_of_sequence.is_none() {
                     batch.push(first);
                 }
                 // Take what has already arrived, without waiting for more: batches grow
                 // under load and stay at one event when idle, so latency never waits on size.
-                while !broken && batch.len() < self.spec.batch_size {
+                while out_of_sequence.is_none() && batch.len() < self.spec.batch_size {
                     match messages.next().now_or_never() {
-                        Some(Some(Ok(message))) if delivery.follows(&message) => {
-                            batch.push(message);
-                        }
-                        Some(Some(Ok(_))) => broken = true,
+                        Some(Some(Ok(message))) => match delivery.check(&message) {
+                            Ok(()) => batch.push(message),
+                            Err(gap) => out_of_sequence = Some(gap),
+                        },
                         _ => break,
                     }
                 }
@@ -228,11 +254,15 @@ impl<P: Projection> Consumer<P> {
                 if !self.handle(batch, &cancel).await {
                     break 'feed;
                 }
-                if broken {
+                if let Some(gap) = out_of_sequence {
                     tracing::warn!(
                         consumer = %self.spec.name,
                         stream = %self.spec.stream,
-                        "a delivery went missing (a server failed over?); resuming after the committed position"
+                        expected_delivery = gap.expected,
+                        delivery = gap.delivered,
+                        stream_sequence = gap.stream_sequence,
+                        committed = self.status.borrow().stream_sequence,
+                        "deliveries out of sequence (a server failed over?); resuming after the committed position"
                     );
                     break;
                 }
@@ -251,7 +281,8 @@ impl<P: Projection> Consumer<P> {
         log_position(&self.spec, &self.status.borrow());
     }
 
-    /// Opens the pull, from the event after the last one this side committed.
+    /// Opens the pull, from the event after the last one this side committed, and says which
+    /// delivery must come first.
     ///
     /// The durable's own pointer cannot be trusted for that: it counts events *delivered*,
     /// and a previous run (killed, or a pull dropped on a NATS hiccup) may have received
@@ -259,8 +290,10 @@ impl<P: Projection> Consumer<P> {
     /// and with ack policy "all" the acknowledgement of any later event would discard them
     /// unseen. So when the durable has delivered past the committed position, it is
     /// recreated to start right after that position: the local database, where the position
-    /// commits with the data, is the single source of truth.
-    async fn open(&self) -> Result<pull::Stream, async_nats::Error> {
+    /// commits with the data, is the single source of truth. The check is made on the state
+    /// the server returns when the durable is updated, the last look before pulling, so a
+    /// delivery to a leftover pull request just before it is caught too.
+    async fn open(&self) -> Result<(pull::Stream, DeliverySequence), async_nats::Error> {
         use async_nats::jetstream::consumer::DeliverPolicy;
         use async_nats::jetstream::context::ConsumerInfoErrorKind;
         let stream = self.js.get_stream(&self.spec.stream).await?;
@@ -272,29 +305,35 @@ impl<P: Projection> Consumer<P> {
                 start_sequence: committed + 1,
             }
         };
-        let deliver_policy = match stream.consumer_info(&self.spec.name).await {
-            Ok(info) if info.delivered.stream_sequence <= committed => {
-                // Nothing in flight beyond what is committed: keep the durable, updating
-                // its settings (its start policy cannot change on an update).
-                info.config.deliver_policy
-            }
-            Ok(info) => {
-                tracing::warn!(
-                    consumer = %self.spec.name,
-                    stream = %self.spec.stream,
-                    committed,
-                    delivered = info.delivered.stream_sequence,
-                    "events were delivered past the committed position; resuming after it"
-                );
-                stream.delete_consumer(&self.spec.name).await?;
-                resume
-            }
-            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => resume,
+        let mut existing = match stream.consumer_info(&self.spec.name).await {
+            Ok(info) => Some(info),
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => None,
             Err(error) => return Err(error.into()),
         };
-        let consumer = stream
-            .create_consumer(self.spec.config(deliver_policy))
-            .await?;
+        let consumer = loop {
+            // An update keeps the durable's start policy (it cannot change); a new durable
+            // starts after the committed position.
+            let kept = existing.take();
+            let deliver_policy = kept
+                .as_ref()
+                .map_or(resume, |info| info.config.deliver_policy);
+            let consumer = stream
+                .create_consumer(self.spec.config(deliver_policy))
+                .await?;
+            let delivered = consumer.cached_info().delivered.stream_sequence;
+            if kept.is_none() || delivered <= committed {
+                break consumer;
+            }
+            tracing::warn!(
+                consumer = %self.spec.name,
+                stream = %self.spec.stream,
+                committed,
+                delivered,
+                "events were delivered past the committed position; resuming after it"
+            );
+            stream.delete_consumer(&self.spec.name).await?;
+        };
+        let delivery = DeliverySequence::after(consumer.cached_info().delivered.consumer_sequence);
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.spec.batch_size)
@@ -302,7 +341,7 @@ impl<P: Projection> Consumer<P> {
             .expires(Duration::from_secs(30))
             .messages()
             .await?;
-        Ok(messages)
+        Ok((messages, delivery))
     }
 
     /// Applies and acknowledges one batch. Returns false when cancelled before it committed
@@ -602,14 +641,26 @@ mod tests {
 
     #[test]
     fn a_jump_or_a_step_back_in_deliveries_breaks_the_sequence() {
-        let mut delivery = DeliverySequence::default();
+        let mut delivery = DeliverySequence::after(6);
         assert!(
             delivery.step(7),
-            "the first delivery of a pull sets the reference"
+            "the delivery after the one the server reported"
         );
         assert!(delivery.step(8));
         assert!(!delivery.step(10), "delivery 9 went missing");
         assert!(delivery.step(11));
         assert!(!delivery.step(3), "a new leader restarted from older state");
+    }
+
+    #[test]
+    fn a_delivery_made_before_the_first_message_arrived_breaks_the_sequence() {
+        // The server reported 6 deliveries when the pull opened; a seventh went to a pull
+        // request left over from a dropped stream, so the first message here is the eighth.
+        let mut delivery = DeliverySequence::after(6);
+        assert!(!delivery.step(8));
+        assert!(
+            DeliverySequence::after(0).step(1),
+            "a new durable's first delivery"
+        );
     }
 }
