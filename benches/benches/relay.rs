@@ -19,8 +19,7 @@ use contracts::events::v1 as events;
 use hdrhistogram::Histogram;
 use natsd::{NatsServer, NatsServerOptions, SyncPolicy};
 use outbox::{Producer, Relay, RelayArgs, RelayConfig, StreamArgs, StreamSpec, Wakeup};
-use platform::db::{Database, DatabaseConfig};
-use sqlx::AnyConnection;
+use platform::db::{Database, DatabaseConfig, WriteTx};
 use testkit::{Backend, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -274,13 +273,16 @@ struct Recorder {
 }
 
 impl Projection for Recorder {
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
-            sqlx::query("INSERT INTO bench_users (id, email) VALUES ($1, $2)")
-                .bind(event.envelope.aggregate_id.as_str())
-                .bind(event.decode::<events::UserRegistered>()?.email)
-                .execute(&mut *conn)
-                .await?;
+            tx.execute(
+                "INSERT INTO bench_users (id, email) VALUES ($1, $2)",
+                &[
+                    event.envelope.aggregate_id.as_str().into(),
+                    event.decode::<events::UserRegistered>()?.email.into(),
+                ],
+            )
+            .await?;
         }
         if let Ok(mut written) = self.written.lock() {
             written.extend(

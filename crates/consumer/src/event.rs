@@ -4,8 +4,7 @@
 use std::future::Future;
 
 use contracts::events::v1::EventEnvelope;
-use platform::db::StoreError;
-use sqlx::AnyConnection;
+use platform::db::{StoreError, WriteTx};
 
 /// How an event relates to the last version of its aggregate applied by this consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +129,7 @@ impl From<sqlx::Error> for ApplyError {
 pub trait Projection: Send + Sync + 'static {
     fn apply(
         &self,
-        conn: &mut AnyConnection,
+        tx: &mut WriteTx,
         events: &[Event],
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use contracts::events::v1::EventEnvelope;
 use futures::{FutureExt as _, StreamExt as _};
-use platform::db::{Database, StoreError};
+use platform::db::{Database, StoreError, WriteTx};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -151,16 +151,11 @@ enum BatchError {
 
 impl From<StoreError> for BatchError {
     fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(_) | StoreError::ReadUnavailable(_) => Self::Unavailable(error),
-            other => Self::Failed(ApplyError::Store(other)),
+        if error.is_transient() {
+            Self::Unavailable(error)
+        } else {
+            Self::Failed(ApplyError::Store(error))
         }
-    }
-}
-
-impl From<sqlx::Error> for BatchError {
-    fn from(error: sqlx::Error) -> Self {
-        StoreError::from(error).into()
     }
 }
 
@@ -533,38 +528,23 @@ impl<P: Projection> Consumer<P> {
 
     /// Applies one event under a savepoint, retrying failures up to `max_attempts`. Returns
     /// false when the event was dead-lettered instead.
-    async fn apply_alone(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        event: &Event,
-    ) -> Result<bool, BatchError> {
+    async fn apply_alone(&self, tx: &mut WriteTx, event: &Event) -> Result<bool, BatchError> {
         let mut attempt = 0;
         let reason = loop {
             attempt += 1;
-            sqlx::query("SAVEPOINT consumer_event")
-                .execute(&mut *conn)
-                .await?;
-            match self
-                .projection
-                .apply(conn, std::slice::from_ref(event))
-                .await
-            {
+            tx.execute("SAVEPOINT consumer_event", &[]).await?;
+            match self.projection.apply(tx, std::slice::from_ref(event)).await {
                 Ok(()) => {
-                    sqlx::query("RELEASE SAVEPOINT consumer_event")
-                        .execute(&mut *conn)
-                        .await?;
+                    tx.execute("RELEASE SAVEPOINT consumer_event", &[]).await?;
                     return Ok(true);
                 }
-                Err(ApplyError::Store(error @ StoreError::Unavailable(_))) => {
+                Err(ApplyError::Store(error)) if error.is_transient() => {
                     return Err(BatchError::Unavailable(error));
                 }
                 Err(error) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT consumer_event")
-                        .execute(&mut *conn)
+                    tx.execute("ROLLBACK TO SAVEPOINT consumer_event", &[])
                         .await?;
-                    sqlx::query("RELEASE SAVEPOINT consumer_event")
-                        .execute(&mut *conn)
-                        .await?;
+                    tx.execute("RELEASE SAVEPOINT consumer_event", &[]).await?;
                     let rejected = matches!(error, ApplyError::Rejected(_));
                     if rejected || attempt >= self.spec.max_attempts {
                         break format!(
@@ -585,15 +565,11 @@ impl<P: Projection> Consumer<P> {
             reason,
             payload: event.envelope.encode_to_vec(),
         };
-        self.dead_letter(conn, &letter).await?;
+        self.dead_letter(tx, &letter).await?;
         Ok(false)
     }
 
-    async fn dead_letter(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        letter: &DeadLetter,
-    ) -> Result<(), BatchError> {
+    async fn dead_letter(&self, tx: &mut WriteTx, letter: &DeadLetter) -> Result<(), BatchError> {
         tracing::error!(
             consumer = %self.spec.name,
             stream = %letter.stream,
@@ -603,7 +579,7 @@ impl<P: Projection> Consumer<P> {
             reason = %letter.reason,
             "dead-lettering an event"
         );
-        store::insert_dead_letter(conn, &self.spec.name, letter).await?;
+        store::insert_dead_letter(tx, &self.spec.name, letter).await?;
         Ok(())
     }
 }

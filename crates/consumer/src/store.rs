@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use platform::db::{Database, StoreError, version_from_db};
-use sqlx::{AnyConnection, Row as _};
+use platform::db::{Database, Param, StoreError, WriteTx, version_from_db};
+use sqlx::Row as _;
 
 /// An aggregate, as (aggregate_type, aggregate_id).
 pub(crate) type AggregateKey = (String, String);
@@ -15,7 +15,7 @@ const CHUNK: usize = 200;
 
 /// The highest applied version of each of `keys` that this consumer has seen.
 pub(crate) async fn load_versions(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     consumer: &str,
     keys: &[&AggregateKey],
 ) -> Result<HashMap<AggregateKey, u64>, StoreError> {
@@ -38,16 +38,19 @@ pub(crate) async fn load_versions(
                 "SELECT aggregate_type, aggregate_id, version FROM consumer_versions
                  WHERE consumer = $1 AND aggregate_type = $2 AND aggregate_id IN ({placeholders})"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(consumer)
-                .bind(aggregate_type);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                let key = (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?);
-                versions.insert(key, version_from_db(row.try_get("version")?)?);
-            }
+            let mut params: Vec<Param> = Vec::with_capacity(chunk.len() + 2);
+            params.push(consumer.into());
+            params.push(aggregate_type.into());
+            params.extend(chunk.iter().map(|id| Param::from(*id)));
+            let rows = tx
+                .fetch_all(&sql, &params, |row| {
+                    Ok((
+                        (row.text("aggregate_type")?, row.text("aggregate_id")?),
+                        version_from_db(row.integer("version")?)?,
+                    ))
+                })
+                .await?;
+            versions.extend(rows);
         }
     }
     Ok(versions)
@@ -55,7 +58,7 @@ pub(crate) async fn load_versions(
 
 /// Raises the stored versions to these; never lowers one.
 pub(crate) async fn store_versions(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     consumer: &str,
     versions: &HashMap<AggregateKey, u64>,
 ) -> Result<(), StoreError> {
@@ -74,15 +77,14 @@ pub(crate) async fn store_versions(
              DO UPDATE SET version = excluded.version WHERE excluded.version > consumer_versions.version",
             values.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
         for ((aggregate_type, aggregate_id), version) in chunk {
-            query = query
-                .bind(consumer)
-                .bind(aggregate_type.as_str())
-                .bind(aggregate_id.as_str())
-                .bind(platform::db::stored_version(**version)?);
+            params.push(consumer.into());
+            params.push(aggregate_type.as_str().into());
+            params.push(aggregate_id.as_str().into());
+            params.push(platform::db::stored_version(**version)?.into());
         }
-        query.execute(&mut *conn).await?;
+        tx.execute(&sql, &params).await?;
     }
     Ok(())
 }
@@ -124,14 +126,14 @@ pub(crate) struct BatchCounts {
 }
 
 pub(crate) async fn advance_position(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     consumer: &str,
     stream: &str,
     counts: &BatchCounts,
     applied_at_micros: i64,
 ) -> Result<(), StoreError> {
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    sqlx::query(
+    tx.execute(
         "INSERT INTO consumer_positions
            (consumer, stream, stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps, n_dead_lettered)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -144,17 +146,18 @@ pub(crate) async fn advance_position(
            n_skipped = consumer_positions.n_skipped + excluded.n_skipped,
            n_gaps = consumer_positions.n_gaps + excluded.n_gaps,
            n_dead_lettered = consumer_positions.n_dead_lettered + excluded.n_dead_lettered",
+        &[
+            consumer.into(),
+            stream.into(),
+            count(counts.last_sequence).into(),
+            counts.last_event_at_micros.into(),
+            applied_at_micros.into(),
+            count(counts.n_applied).into(),
+            count(counts.n_skipped).into(),
+            count(counts.n_gaps).into(),
+            count(counts.n_dead_lettered).into(),
+        ],
     )
-    .bind(consumer)
-    .bind(stream)
-    .bind(count(counts.last_sequence))
-    .bind(counts.last_event_at_micros)
-    .bind(applied_at_micros)
-    .bind(count(counts.n_applied))
-    .bind(count(counts.n_skipped))
-    .bind(count(counts.n_gaps))
-    .bind(count(counts.n_dead_lettered))
-    .execute(conn)
     .await?;
     Ok(())
 }
@@ -207,25 +210,28 @@ pub struct DeadLetter {
 }
 
 pub(crate) async fn insert_dead_letter(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     consumer: &str,
     letter: &DeadLetter,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    tx.execute(
         "INSERT INTO consumer_dead_letters
            (consumer, stream, stream_sequence, subject, event_id, event_type, reason, payload, failed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            consumer.into(),
+            letter.stream.as_str().into(),
+            i64::try_from(letter.stream_sequence)
+                .unwrap_or(i64::MAX)
+                .into(),
+            letter.subject.as_str().into(),
+            letter.event_id.as_deref().into(),
+            letter.event_type.as_deref().into(),
+            letter.reason.as_str().into(),
+            letter.payload.clone().into(),
+            platform::time::now_micros().into(),
+        ],
     )
-    .bind(consumer)
-    .bind(letter.stream.as_str())
-    .bind(i64::try_from(letter.stream_sequence).unwrap_or(i64::MAX))
-    .bind(letter.subject.as_str())
-    .bind(letter.event_id.as_deref())
-    .bind(letter.event_type.as_deref())
-    .bind(letter.reason.as_str())
-    .bind(letter.payload.clone())
-    .bind(platform::time::now_micros())
-    .execute(conn)
     .await?;
     Ok(())
 }
@@ -258,13 +264,13 @@ pub async fn dead_letters(db: &Database, consumer: &str) -> Result<Vec<DeadLette
 
 /// Forgets everything `consumer` applied, for a rebuild that replays its streams from the
 /// start. Run it in the transaction that also empties the projection.
-pub async fn reset(conn: &mut AnyConnection, consumer: &str) -> Result<(), StoreError> {
+pub async fn reset(tx: &mut WriteTx, consumer: &str) -> Result<(), StoreError> {
     for sql in [
         "DELETE FROM consumer_versions WHERE consumer = $1",
         "DELETE FROM consumer_positions WHERE consumer = $1",
         "DELETE FROM consumer_dead_letters WHERE consumer = $1",
     ] {
-        sqlx::query(sql).bind(consumer).execute(&mut *conn).await?;
+        tx.execute(sql, &[consumer.into()]).await?;
     }
     Ok(())
 }

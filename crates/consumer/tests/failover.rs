@@ -10,8 +10,8 @@ use consumer::{ApplyError, Consumer, ConsumerSpec, Event, Projection};
 use contracts::events::v1 as events;
 use natsd::{NatsCluster, SyncPolicy};
 use outbox::{Producer, Relay, RelayArgs, RelayConfig, StreamArgs, StreamSpec, Wakeup};
-use platform::db::{Database, DatabaseConfig};
-use sqlx::{AnyConnection, Row as _};
+use platform::db::{Database, DatabaseConfig, WriteTx};
+use sqlx::Row as _;
 use testkit::{Backend, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -24,13 +24,16 @@ const CONSUMER: &str = "failover";
 struct Ledger;
 
 impl Projection for Ledger {
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
-            sqlx::query("INSERT INTO ledger (event_id, stream_sequence) VALUES ($1, $2)")
-                .bind(event.envelope.event_id.as_str())
-                .bind(i64::try_from(event.stream_sequence).expect("small"))
-                .execute(&mut *conn)
-                .await?;
+            tx.execute(
+                "INSERT INTO ledger (event_id, stream_sequence) VALUES ($1, $2)",
+                &[
+                    event.envelope.event_id.as_str().into(),
+                    i64::try_from(event.stream_sequence).expect("small").into(),
+                ],
+            )
+            .await?;
         }
         Ok(())
     }

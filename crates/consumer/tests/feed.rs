@@ -8,8 +8,9 @@ use consumer::{ApplyError, Consumer, ConsumerSpec, Event, Freshness, Position, P
 use contracts::events::v1 as events;
 use natsd::NatsServer;
 use outbox::{Aggregate, OutboxEvent};
-use platform::db::{Database, DatabaseConfig, StoreError};
-use sqlx::{AnyConnection, Row as _};
+use platform::db::WriteTx;
+use platform::db::{Database, DatabaseConfig};
+use sqlx::Row as _;
 use testkit::{Backend, TestDatabase, backend_tests};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,7 @@ backend_tests!(
 struct Ledger;
 
 impl Projection for Ledger {
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let name = match event.event_type() {
                 "events.v1.UserRegistered" => event.decode::<events::UserRegistered>()?.name,
@@ -42,22 +43,27 @@ impl Projection for Ledger {
                 "boom" => {
                     // A real failing statement, so PostgreSQL's aborted-transaction state
                     // is exercised too.
-                    let failed = sqlx::query("INSERT INTO no_such_table VALUES (1)")
-                        .execute(&mut *conn)
+                    let failed = tx
+                        .execute("INSERT INTO no_such_table VALUES (1)", &[])
                         .await
                         .expect_err("the table does not exist");
-                    return Err(ApplyError::Store(StoreError::Failed(failed)));
+                    return Err(ApplyError::Store(failed));
                 }
                 _ => {}
             }
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO ledger (aggregate_id, version, name, gap) VALUES ($1, $2, $3, $4)",
+                &[
+                    event.envelope.aggregate_id.as_str().into(),
+                    i64::try_from(event.envelope.aggregate_version)
+                        .expect("small")
+                        .into(),
+                    name.into(),
+                    matches!(event.freshness, Freshness::AfterGap { .. })
+                        .to_string()
+                        .into(),
+                ],
             )
-            .bind(event.envelope.aggregate_id.as_str())
-            .bind(i64::try_from(event.envelope.aggregate_version).expect("small"))
-            .bind(name)
-            .bind(matches!(event.freshness, Freshness::AfterGap { .. }).to_string())
-            .execute(&mut *conn)
             .await?;
         }
         Ok(())

@@ -36,8 +36,7 @@ pub fn spawn_relay(
 }
 
 use contracts::events::v1::EventEnvelope;
-use platform::db::{Migrations, StoreError};
-use sqlx::AnyConnection;
+use platform::db::{Migrations, StoreError, WriteTx};
 use uuid::Uuid;
 
 /// The outbox table's migrations, to run beside the owning service's own.
@@ -171,11 +170,11 @@ impl Producer {
         }
     }
 
-    /// Records that entity `id` reached `version` by the change `payload` describes. `conn`
+    /// Records that entity `id` reached `version` by the change `payload` describes. `tx`
     /// must be the transaction that makes the change.
     pub async fn record<M: prost::Message + prost::Name>(
         &self,
-        conn: &mut AnyConnection,
+        tx: &mut WriteTx,
         id: &Uuid,
         version: u64,
         occurred_at_micros: i64,
@@ -188,33 +187,34 @@ impl Producer {
             version,
         };
         append(
-            conn,
+            tx,
             &OutboxEvent::with_schema(aggregate, occurred_at_micros, self.schema_version, payload),
         )
         .await
     }
 }
 
-/// Records `event` on `conn`, which must be the transaction that makes the change.
-pub async fn append(conn: &mut AnyConnection, event: &OutboxEvent) -> Result<(), StoreError> {
+/// Records `event` in `tx`, which must be the transaction that makes the change.
+pub async fn append(tx: &mut WriteTx, event: &OutboxEvent) -> Result<(), StoreError> {
     let aggregate_version = i64::try_from(event.aggregate_version).map_err(|_| {
         StoreError::Corrupt(format!(
             "aggregate version {} overflows",
             event.aggregate_version
         ))
     })?;
-    sqlx::query(
+    tx.execute(
         "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, aggregate_version, envelope, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            event.event_id.to_string().into(),
+            event.subject.as_str().into(),
+            event.event_type.as_str().into(),
+            event.aggregate_id.as_str().into(),
+            aggregate_version.into(),
+            event.envelope.clone().into(),
+            event.occurred_at_micros.into(),
+        ],
     )
-    .bind(event.event_id.to_string())
-    .bind(&event.subject)
-    .bind(&event.event_type)
-    .bind(&event.aggregate_id)
-    .bind(aggregate_version)
-    .bind(event.envelope.clone())
-    .bind(event.occurred_at_micros)
-    .execute(conn)
     .await?;
     Ok(())
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
-use platform::db::{Database, StoreError};
-use sqlx::Row as _;
+use platform::db::{Database, Param, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -249,38 +248,33 @@ impl Relay {
     /// in order, for the retry.
     async fn publish_batch(&self, in_flight: &[i64]) -> (Vec<i64>, Option<RelayError>) {
         let batch = self.config.batch_size as usize;
-        let rows = sqlx::query(
-            "SELECT seq, event_id, subject, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(i64::try_from(batch + in_flight.len()).unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
-        .await;
+        let limit = i64::try_from(batch + in_flight.len()).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .read_rows(
+                "SELECT seq, event_id, subject, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+                &[limit.into()],
+                |row| {
+                    Ok((
+                        row.integer("seq")?,
+                        row.text("event_id")?,
+                        row.text("subject")?,
+                        row.blob("envelope")?,
+                    ))
+                },
+            )
+            .await;
         let rows = match rows {
             Ok(rows) => rows,
-            Err(error) => return (Vec::new(), Some(StoreError::from(error).into())),
+            Err(error) => return (Vec::new(), Some(error.into())),
         };
 
         let mut pending = Vec::with_capacity(batch);
         let mut failure = None;
-        for row in &rows {
+        for (seq, event_id, subject, envelope) in rows {
             if pending.len() == batch {
                 break;
             }
-            let decoded = (|| {
-                Ok::<_, sqlx::Error>((
-                    row.try_get::<i64, _>("seq")?,
-                    row.try_get::<String, _>("event_id")?,
-                    row.try_get::<String, _>("subject")?,
-                    row.try_get::<Vec<u8>, _>("envelope")?,
-                ))
-            })();
-            let (seq, event_id, subject, envelope) = match decoded {
-                Ok(columns) => columns,
-                Err(error) => {
-                    failure = Some(StoreError::from(error).into());
-                    break;
-                }
-            };
             if in_flight.contains(&seq) {
                 continue;
             }
@@ -327,12 +321,11 @@ impl Relay {
             "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(platform::time::now_micros());
-        for seq in seqs {
-            query = query.bind(*seq);
-        }
+        let mut params = Vec::with_capacity(seqs.len() + 1);
+        params.push(platform::time::now_micros().into());
+        params.extend(seqs.iter().map(|seq| Param::Integer(*seq)));
         let mut tx = self.db.begin_write().await?;
-        query.execute(&mut *tx).await?;
+        tx.execute(&sql, &params).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -341,12 +334,12 @@ impl Relay {
         let retention = i64::try_from(self.config.retention.as_micros()).unwrap_or(i64::MAX);
         let cutoff = platform::time::now_micros().saturating_sub(retention);
         let mut tx = self.db.begin_write().await?;
-        let pruned =
-            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let pruned = tx
+            .execute(
+                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
+                &[cutoff.into()],
+            )
+            .await?;
         tx.commit().await?;
         if pruned > 0 {
             tracing::debug!(pruned, "pruned published outbox rows");

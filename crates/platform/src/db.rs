@@ -1,16 +1,19 @@
 //! Connecting to a service's own database, SQLite or PostgreSQL chosen by URL, and running
-//! its embedded migrations. Queries go through sqlx's `Any` driver with `$n` placeholders,
-//! which both backends accept, so a service writes each query once.
+//! its embedded migrations. Every query is written once, with `$n` placeholders, which both
+//! backends accept: on PostgreSQL it goes through sqlx's `Any` driver, on an SQLite file the
+//! hot reads and every write transaction go through a synchronous connection instead (see
+//! [`crate::sqlite`]), behind the same [`Database::read_rows`] and [`WriteTx`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::any::AnyArguments;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor as _, Transaction};
 
-pub use crate::sqlite_reads::Columns;
+pub use crate::sqlite::Columns;
 
 /// The database products the services support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,13 +75,30 @@ pub enum StoreError {
     /// A stored value that the code cannot read back, e.g. an unknown status.
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
-    /// A synchronous SQLite read (see [`crate::sqlite_reads`]) found the database busy or
+    /// A synchronous SQLite statement (see [`crate::sqlite`]) found the database locked or
     /// could not open it: worth retrying.
     #[error("the database is unavailable")]
-    ReadUnavailable(#[source] rusqlite::Error),
-    /// A synchronous SQLite read failed otherwise.
-    #[error("the database read failed")]
-    ReadFailed(#[source] rusqlite::Error),
+    SqliteUnavailable(#[source] rusqlite::Error),
+    /// A synchronous SQLite statement failed otherwise.
+    #[error("the database operation failed")]
+    SqliteFailed(#[source] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::SqliteUnavailable(_))
+    }
+
+    /// Whether a write broke a UNIQUE (or primary key) constraint, which a store turns into
+    /// a domain answer such as "email already registered".
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Failed(sqlx::Error::Database(db_error)) => db_error.is_unique_violation(),
+            Self::SqliteFailed(error) => crate::sqlite::is_unique_violation(error),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -108,12 +128,6 @@ fn is_transient(error: &sqlx::Error) -> bool {
         ),
         _ => false,
     }
-}
-
-/// True when the error is a violated unique constraint, which a store turns into a
-/// domain answer such as "email already registered".
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db_error) if db_error.is_unique_violation())
 }
 
 /// How to open a database.
@@ -147,21 +161,38 @@ pub struct Database {
     acquire_timeout: Duration,
     /// Stops the SQLite checkpointer when the last clone goes.
     _checkpointer: Option<Arc<tokio_util::sync::DropGuard>>,
-    /// Synchronous read connections, for an SQLite file (not `:memory:`, which a second
-    /// connection would not share).
-    sqlite_reads: Option<Arc<crate::sqlite_reads::SqliteReads>>,
+    /// Synchronous connections for an SQLite file (not `:memory:`, which a second connection
+    /// would not share): reads, and the one connection every write transaction uses.
+    sqlite: Option<SqliteFile>,
 }
 
-/// A value bound to a [`Database::read_rows`] query.
+#[derive(Debug, Clone)]
+struct SqliteFile {
+    reads: Arc<crate::sqlite::SqliteReads>,
+    writer: Arc<crate::sqlite::SqliteWriter>,
+}
+
+/// A value bound to a query's `$n` placeholder, in order. NULLs carry their type, which
+/// PostgreSQL needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Param {
     Text(String),
     Integer(i64),
+    Blob(Vec<u8>),
+    Bool(bool),
+    NullText,
+    NullInteger,
 }
 
 impl From<String> for Param {
     fn from(text: String) -> Self {
         Self::Text(text)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
     }
 }
 
@@ -171,36 +202,115 @@ impl From<i64> for Param {
     }
 }
 
-/// A write transaction (see [`Database::begin_write`]). Dereferences to the connection, so
-/// queries run on `&mut *tx`; dropping it without committing rolls back.
+impl From<i32> for Param {
+    fn from(integer: i32) -> Self {
+        Self::Integer(i64::from(integer))
+    }
+}
+
+impl From<bool> for Param {
+    fn from(flag: bool) -> Self {
+        Self::Bool(flag)
+    }
+}
+
+impl From<Vec<u8>> for Param {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::Blob(bytes)
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(integer: Option<i64>) -> Self {
+        integer.map_or(Self::NullInteger, Self::Integer)
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(text: Option<&str>) -> Self {
+        text.map_or(Self::NullText, Self::from)
+    }
+}
+
+/// `sql` with `params` bound, for the sqlx path.
+fn bound<'q>(sql: &str, params: &[Param]) -> sqlx::query::Query<'q, Any, AnyArguments> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for param in params {
+        query = match param {
+            Param::Text(text) => query.bind(text.clone()),
+            Param::Integer(integer) => query.bind(*integer),
+            Param::Blob(bytes) => query.bind(bytes.clone()),
+            Param::Bool(flag) => query.bind(*flag),
+            Param::NullText => query.bind(None::<String>),
+            Param::NullInteger => query.bind(None::<i64>),
+        };
+    }
+    query
+}
+
+/// A write transaction (see [`Database::begin_write`]). Statements run with
+/// [`WriteTx::execute`] and [`WriteTx::fetch_all`]; dropping it without committing rolls back.
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
+    tx: Tx,
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+enum Tx {
+    Sqlx(Transaction<'static, Any>),
+    Sqlite(crate::sqlite::SqliteTx),
+}
+
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Runs a statement; returns how many rows it changed.
+    pub async fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, StoreError> {
+        match &mut self.tx {
+            Tx::Sqlite(tx) => tx.execute(sql, params),
+            Tx::Sqlx(tx) => Ok(bound(sql, params).execute(&mut **tx).await?.rows_affected()),
+        }
+    }
+
+    /// Runs a query inside the transaction (it sees the transaction's own writes) and
+    /// decodes every row.
+    pub async fn fetch_all<T>(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        match &mut self.tx {
+            Tx::Sqlite(tx) => tx.fetch_all(sql, params, decode),
+            Tx::Sqlx(tx) => {
+                let rows = bound(sql, params).fetch_all(&mut **tx).await?;
+                rows.iter().map(|row| decode(row)).collect()
+            }
+        }
+    }
+
+    /// The first row of a query, if any.
+    pub async fn fetch_optional<T>(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .fetch_all(sql, params, decode)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.tx {
+            Tx::Sqlite(tx) => tx.commit(),
+            Tx::Sqlx(tx) => Ok(tx.commit().await?),
+        }
     }
 }
 
 impl std::fmt::Debug for WriteTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteTx").finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::AnyConnection;
-
-    fn deref(&self) -> &Self::Target {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
     }
 }
 
@@ -237,15 +347,18 @@ impl Database {
             .map_err(DbError::Connect)?;
         let checkpointer =
             (backend == Backend::Sqlite).then(|| Arc::new(checkpoint_in_background(pool.clone())));
-        let sqlite_reads = (backend == Backend::Sqlite)
+        let sqlite = (backend == Backend::Sqlite)
             .then(|| sqlite_file(&url))
             .flatten()
-            .map(|path| Arc::new(crate::sqlite_reads::SqliteReads::new(path)));
+            .map(|path| SqliteFile {
+                reads: Arc::new(crate::sqlite::SqliteReads::new(path.clone())),
+                writer: Arc::new(crate::sqlite::SqliteWriter::new(path)),
+            });
         Ok(Self {
             pool,
             backend,
             _checkpointer: checkpointer,
-            sqlite_reads,
+            sqlite,
             write_turn: (backend == Backend::Sqlite).then(Arc::default),
             acquire_timeout: config.acquire_timeout,
         })
@@ -277,7 +390,7 @@ impl Database {
 
     /// Runs a short, indexed read (a point lookup, one page of a range) and decodes every
     /// row. On an SQLite file it runs inline through a synchronous connection (see
-    /// [`crate::sqlite_reads`]); otherwise through the pool. `sql` uses `$n` placeholders,
+    /// [`crate::sqlite`]); otherwise through the pool. `sql` uses `$n` placeholders,
     /// bound from `params` in order.
     pub async fn read_rows<T>(
         &self,
@@ -285,24 +398,32 @@ impl Database {
         params: &[Param],
         decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        if let Some(reads) = &self.sqlite_reads {
-            return reads.read_rows(sql, params, decode);
+        if let Some(sqlite) = &self.sqlite {
+            return sqlite.reads.read_rows(sql, params, decode);
         }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-        for param in params {
-            query = match param {
-                Param::Text(text) => query.bind(text.clone()),
-                Param::Integer(integer) => query.bind(*integer),
-            };
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = bound(sql, params).fetch_all(&self.pool).await?;
         rows.iter().map(|row| decode(row)).collect()
+    }
+
+    /// The first row of a [`Database::read_rows`] query, if any (a lookup by key).
+    pub async fn read_optional<T>(
+        &self,
+        sql: &str,
+        params: &[Param],
+        decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .read_rows(sql, params, decode)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// Starts a transaction that will write. On SQLite it first waits for this process's
     /// write turn (bounded by the acquire timeout), then takes the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes can fail with
-    /// SQLITE_BUSY at once instead of waiting its turn.
+    /// SQLITE_BUSY at once instead of waiting its turn. On an SQLite file the transaction
+    /// runs on the synchronous write connection.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let turn = match &self.write_turn {
             Some(turn) => Some(
@@ -312,9 +433,10 @@ impl Database {
             ),
             None => None,
         };
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let tx = match (&self.sqlite, self.backend) {
+            (Some(sqlite), _) => Tx::Sqlite(sqlite.writer.begin(self.acquire_timeout).await?),
+            (None, Backend::Sqlite) => Tx::Sqlx(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            (None, Backend::Postgres) => Tx::Sqlx(self.pool.begin().await?),
         };
         Ok(WriteTx { tx, _turn: turn })
     }

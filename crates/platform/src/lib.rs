@@ -14,7 +14,7 @@ pub mod nats;
 pub mod paging;
 pub mod process;
 pub mod server;
-pub mod sqlite_reads;
+pub mod sqlite;
 pub mod status;
 pub mod telemetry;
 pub mod time;

@@ -20,11 +20,11 @@ pub fn invalid_argument(violation: &FieldViolation) -> Status {
 /// and the caller learns only whether retrying may help.
 pub fn from_store_error(error: &StoreError) -> Status {
     match error {
-        StoreError::Unavailable(_) | StoreError::ReadUnavailable(_) => {
+        StoreError::Unavailable(_) | StoreError::SqliteUnavailable(_) => {
             tracing::warn!(error = %error_chain(error), "database unavailable");
             Status::unavailable("the database is unavailable; retry with backoff")
         }
-        StoreError::Failed(_) | StoreError::ReadFailed(_) | StoreError::Corrupt(_) => {
+        StoreError::Failed(_) | StoreError::SqliteFailed(_) | StoreError::Corrupt(_) => {
             tracing::error!(error = %error_chain(error), "database operation failed");
             Status::internal("internal error")
         }

@@ -96,7 +96,7 @@ impl Application {
 
 async fn sweep_outbox(db: &Database) -> Result<(), platform::db::StoreError> {
     let mut tx = db.begin_write().await?;
-    sqlx::query("DELETE FROM outbox").execute(&mut *tx).await?;
+    tx.execute("DELETE FROM outbox", &[]).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use consumer::{ApplyError, Event, Projection};
 use contracts::events::v1 as events;
-use sqlx::AnyConnection;
+use platform::db::WriteTx;
 
 /// The durable consumers' name on both streams.
 pub const CONSUMER: &str = "orders";
@@ -17,7 +17,7 @@ pub struct UsersReplica;
 pub struct ProductsReplica;
 
 impl Projection for UsersReplica {
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let (id, deleted) = match event.event_type() {
                 t if t == <events::UserRegistered as prost::Name>::full_name() => {
@@ -32,14 +32,15 @@ impl Projection for UsersReplica {
                 _ => return Err(event.unknown_type()),
             };
             let id = event.aggregate_uuid(&id)?;
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO known_users (id, deleted_at, learned_at) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at, learned_at = excluded.learned_at",
+                &[
+                    id.to_string().into(),
+                    deleted.then(|| event.occurred_at_micros()).into(),
+                    platform::time::now_micros().into(),
+                ],
             )
-            .bind(id.to_string())
-            .bind(deleted.then(|| event.occurred_at_micros()))
-            .bind(platform::time::now_micros())
-            .execute(&mut *conn)
             .await?;
         }
         Ok(())
@@ -47,7 +48,7 @@ impl Projection for UsersReplica {
 }
 
 impl Projection for ProductsReplica {
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let id = match event.event_type() {
                 t if t == <events::ProductCreated as prost::Name>::full_name() => {
@@ -59,13 +60,11 @@ impl Projection for ProductsReplica {
                 _ => return Err(event.unknown_type()),
             };
             let id = event.aggregate_uuid(&id)?;
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO known_products (id, learned_at) VALUES ($1, $2)
                  ON CONFLICT (id) DO NOTHING",
+                &[id.to_string().into(), platform::time::now_micros().into()],
             )
-            .bind(id.to_string())
-            .bind(platform::time::now_micros())
-            .execute(&mut *conn)
             .await?;
         }
         Ok(())

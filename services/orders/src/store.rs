@@ -3,10 +3,10 @@
 
 use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
-use platform::db::{Columns, Database, StoreError, check_version, stored_version, version_from_db};
+use platform::db::{
+    Columns, Database, StoreError, WriteTx, check_version, stored_version, version_from_db,
+};
 use platform::paging::Cursor;
-use sqlx::AnyConnection;
-use sqlx::Row as _;
 use uuid::Uuid;
 
 use crate::domain::{Cancellation, NewOrder, Order, OrderStatus};
@@ -65,19 +65,19 @@ impl OrderStore {
         };
         let mut tx = self.db.begin_write().await?;
         check_references(&mut tx, self.references, new).await?;
-        sqlx::query(
+        tx.execute(
             "INSERT INTO orders (id, user_id, product_id, quantity, status, version, placed_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+            &[
+                order.id.to_string().into(),
+                order.user_id.to_string().into(),
+                order.product_id.to_string().into(),
+                order.quantity.into(),
+                order.status.as_str().into(),
+                now.into(),
+            ],
         )
-        .bind(order.id.to_string())
-        .bind(order.user_id.to_string())
-        .bind(order.product_id.to_string())
-        .bind(i64::from(order.quantity))
-        .bind(order.status.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
         let payload = events::OrderPlaced {
             order_id: order.id.to_string(),
             user_id: order.user_id.to_string(),
@@ -93,17 +93,11 @@ impl OrderStore {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order, OrdersError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM orders WHERE id = $1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        match row {
-            Some(row) => Ok(decode(&row)?),
-            None => Err(OrdersError::NotFound(id)),
-        }
+        let sql = format!("SELECT {COLUMNS} FROM orders WHERE id = $1");
+        self.db
+            .read_optional(&sql, &[id.to_string().into()], decode)
+            .await?
+            .ok_or(OrdersError::NotFound(id))
     }
 
     /// A user's orders, newest first, starting after `after`.
@@ -146,17 +140,14 @@ impl OrderStore {
     pub async fn cancel(&self, cancellation: &Cancellation) -> Result<Order, OrdersError> {
         let id = cancellation.id;
         let mut tx = self.db.begin_write().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM orders WHERE id = $1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        let current = match row {
-            Some(row) => decode(&row)?,
-            None => return Err(OrdersError::NotFound(id)),
-        };
+        let current = tx
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM orders WHERE id = $1"),
+                &[id.to_string().into()],
+                decode,
+            )
+            .await?
+            .ok_or(OrdersError::NotFound(id))?;
         check_version(cancellation.expected_version, current.version).map_err(|conflict| {
             OrdersError::VersionMismatch {
                 id,
@@ -174,17 +165,18 @@ impl OrderStore {
             updated_at: now,
             ..current
         };
-        let updated = sqlx::query(
-            "UPDATE orders SET status = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
-        )
-        .bind(order.status.as_str())
-        .bind(now)
-        .bind(id.to_string())
-        .bind(stored_version(current.version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        if updated.rows_affected() != 1 {
+        let updated = tx
+            .execute(
+                "UPDATE orders SET status = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+                &[
+                    order.status.as_str().into(),
+                    now.into(),
+                    id.to_string().into(),
+                    stored_version(current.version)?.into(),
+                ],
+            )
+            .await?;
+        if updated != 1 {
             // Another transaction changed the row between our read and this write (possible
             // on PostgreSQL, whose transactions do not take the write lock up front).
             return Err(OrdersError::ChangedConcurrently(id));
@@ -226,7 +218,7 @@ fn decode(row: &dyn Columns) -> Result<Order, StoreError> {
 /// Refuses an order whose user or product the replica does not know, or whose user it knows
 /// to be deleted. Read in the placing transaction, so the answer and the order agree.
 async fn check_references(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     references: References,
     new: &NewOrder,
 ) -> Result<(), OrdersError> {
@@ -240,28 +232,21 @@ async fn check_references(
             "SELECT 1 AS known FROM products WHERE id = $1",
         ),
     };
-    let user = sqlx::query(users)
-        .bind(new.user_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(StoreError::from)?;
+    let user = tx
+        .fetch_optional(users, &[new.user_id.to_string().into()], |row| {
+            row.optional_integer("deleted_at")
+        })
+        .await?;
     match user {
         None => return Err(OrdersError::UnknownUser(new.user_id)),
-        Some(row)
-            if row
-                .try_get::<Option<i64>, _>("deleted_at")
-                .map_err(StoreError::from)?
-                .is_some() =>
-        {
-            return Err(OrdersError::DeletedUser(new.user_id));
-        }
-        Some(_) => {}
+        Some(Some(_deleted_at)) => return Err(OrdersError::DeletedUser(new.user_id)),
+        Some(None) => {}
     }
-    let product = sqlx::query(products)
-        .bind(new.product_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(StoreError::from)?;
+    let product = tx
+        .fetch_optional(products, &[new.product_id.to_string().into()], |row| {
+            row.integer("known")
+        })
+        .await?;
     if product.is_none() {
         return Err(OrdersError::UnknownProduct(new.product_id));
     }

@@ -72,18 +72,18 @@ impl ProductStore {
             updated_at: now,
         };
         let mut tx = self.db.begin_write().await?;
-        sqlx::query(
+        tx.execute(
             "INSERT INTO products (id, title, image_url, price_cents, version, created_at, updated_at)
              VALUES ($1, $2, $3, $4, 1, $5, $5)",
+            &[
+                product.id.to_string().into(),
+                product.title.as_str().into(),
+                product.image_url.as_str().into(),
+                product.price_cents.into(),
+                now.into(),
+            ],
         )
-        .bind(product.id.to_string())
-        .bind(&product.title)
-        .bind(&product.image_url)
-        .bind(product.price_cents)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
         let payload = events::ProductCreated {
             product_id: product.id.to_string(),
             title: product.title.clone(),
@@ -99,17 +99,11 @@ impl ProductStore {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Product, ProductsError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM products WHERE id = $1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        match row {
-            Some(row) => Ok(decode(&row)?),
-            None => Err(ProductsError::NotFound(id)),
-        }
+        let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
+        self.db
+            .read_optional(&sql, &[id.to_string().into()], decode)
+            .await?
+            .ok_or(ProductsError::NotFound(id))
     }
 
     /// The products among `ids` that exist, in the order of `ids` (which must hold no
@@ -143,17 +137,14 @@ impl ProductStore {
 
     pub async fn update(&self, change: &ProductChange) -> Result<Product, ProductsError> {
         let mut tx = self.db.begin_write().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM products WHERE id = $1"
-        )))
-        .bind(change.id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        let current = match row {
-            Some(row) => decode(&row)?,
-            None => return Err(ProductsError::NotFound(change.id)),
-        };
+        let current = tx
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM products WHERE id = $1"),
+                &[change.id.to_string().into()],
+                decode,
+            )
+            .await?
+            .ok_or(ProductsError::NotFound(change.id))?;
         check_version(change.expected_version, current.version).map_err(|conflict| {
             ProductsError::VersionMismatch {
                 id: change.id,
@@ -173,20 +164,21 @@ impl ProductStore {
             updated_at: now,
             ..changed
         };
-        let updated = sqlx::query(
-            "UPDATE products SET title = $1, image_url = $2, price_cents = $3, version = version + 1, updated_at = $4
-             WHERE id = $5 AND version = $6",
-        )
-        .bind(&product.title)
-        .bind(&product.image_url)
-        .bind(product.price_cents)
-        .bind(now)
-        .bind(product.id.to_string())
-        .bind(stored_version(current.version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        if updated.rows_affected() != 1 {
+        let updated = tx
+            .execute(
+                "UPDATE products SET title = $1, image_url = $2, price_cents = $3, version = version + 1, updated_at = $4
+                 WHERE id = $5 AND version = $6",
+                &[
+                    product.title.as_str().into(),
+                    product.image_url.as_str().into(),
+                    product.price_cents.into(),
+                    now.into(),
+                    product.id.to_string().into(),
+                    stored_version(current.version)?.into(),
+                ],
+            )
+            .await?;
+        if updated != 1 {
             // Another transaction changed the row between our read and this write (possible
             // on PostgreSQL, whose transactions do not take the write lock up front).
             return Err(ProductsError::ChangedConcurrently(product.id));
@@ -216,22 +208,18 @@ impl ProductStore {
             id: Uuid::nil(),
         });
         // One row more than the page tells whether another page follows.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM products
              WHERE created_at > $1 OR (created_at = $1 AND id > $2)
              ORDER BY created_at, id
              LIMIT $3"
-        )))
-        .bind(cursor.sort_key)
-        .bind(cursor.id.to_string())
-        .bind(i64::from(page_size) + 1)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        let mut products = rows
-            .iter()
-            .map(|row| decode(row))
-            .collect::<Result<Vec<_>, _>>()?;
+        );
+        let params = [
+            cursor.sort_key.into(),
+            cursor.id.to_string().into(),
+            (i64::from(page_size) + 1).into(),
+        ];
+        let mut products = self.db.read_rows(&sql, &params, decode).await?;
         let next = if products.len() > page_size as usize {
             products.truncate(page_size as usize);
             products.last().map(|last| Cursor {

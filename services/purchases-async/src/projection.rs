@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use consumer::{ApplyError, Event, Projection, parse_payload_id};
 use contracts::events::v1 as events;
+use platform::db::{Param, WriteTx};
 use prost::Name as _;
-use sqlx::AnyConnection;
 use uuid::Uuid;
 
 use crate::view::View;
@@ -64,7 +64,7 @@ impl Projection for Users {
         self.view.refresh_users(&touched(events)).await;
     }
 
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let event_type = event.event_type();
             // A reader of schema 1 was built before the name parts existed: it never sees them.
@@ -84,7 +84,7 @@ impl Projection for Users {
                     given_name: &given_name,
                     family_name: &family_name,
                 };
-                upsert_user(conn, id, Some(names), None).await?;
+                upsert_user(tx, id, Some(names), None).await?;
             } else if event_type == events::UserRenamed::full_name() {
                 let renamed = event.decode::<events::UserRenamed>()?;
                 let id = event.aggregate_uuid(&renamed.user_id)?;
@@ -94,11 +94,11 @@ impl Projection for Users {
                     given_name: &given_name,
                     family_name: &family_name,
                 };
-                upsert_user(conn, id, Some(names), None).await?;
+                upsert_user(tx, id, Some(names), None).await?;
             } else if event_type == events::UserDeleted::full_name() {
                 let deleted = event.decode::<events::UserDeleted>()?;
                 let id = event.aggregate_uuid(&deleted.user_id)?;
-                upsert_user(conn, id, None, Some(event.occurred_at_micros().max(1))).await?;
+                upsert_user(tx, id, None, Some(event.occurred_at_micros().max(1))).await?;
             } else {
                 return Err(event.unknown_type());
             }
@@ -108,27 +108,28 @@ impl Projection for Users {
 }
 
 async fn upsert_user(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     id: Uuid,
     names: Option<Names<'_>>,
     deleted_at: Option<i64>,
 ) -> Result<(), ApplyError> {
     // A rename keeps the tombstone off; a deletion keeps the last known name.
-    sqlx::query(
+    tx.execute(
         "INSERT INTO p_users (id, name, given_name, family_name, deleted_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET
            name = CASE WHEN $6 THEN excluded.name ELSE p_users.name END,
            given_name = CASE WHEN $6 THEN excluded.given_name ELSE p_users.given_name END,
            family_name = CASE WHEN $6 THEN excluded.family_name ELSE p_users.family_name END,
            deleted_at = excluded.deleted_at",
+        &[
+            id.to_string().into(),
+            names.as_ref().map(|names| names.name).unwrap_or_default().into(),
+            names.as_ref().map(|names| names.given_name).unwrap_or_default().into(),
+            names.as_ref().map(|names| names.family_name).unwrap_or_default().into(),
+            deleted_at.into(),
+            names.is_some().into(),
+        ],
     )
-    .bind(id.to_string())
-    .bind(names.as_ref().map(|names| names.name).unwrap_or_default())
-    .bind(names.as_ref().map(|names| names.given_name).unwrap_or_default())
-    .bind(names.as_ref().map(|names| names.family_name).unwrap_or_default())
-    .bind(deleted_at)
-    .bind(names.is_some())
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -138,7 +139,7 @@ impl Projection for Products {
         self.view.refresh_products(&touched(events)).await;
     }
 
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         for event in events {
             let event_type = event.event_type();
             let (id, title, image_url, price_cents, currency) =
@@ -170,18 +171,19 @@ impl Projection for Products {
                 String::new()
             };
             let id = event.aggregate_uuid(&id)?;
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO p_products (id, title, image_url, price_cents, currency) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET
                    title = excluded.title, image_url = excluded.image_url, price_cents = excluded.price_cents,
                    currency = excluded.currency",
+                &[
+                    id.to_string().into(),
+                    title.into(),
+                    image_url.into(),
+                    price_cents.into(),
+                    currency.into(),
+                ],
             )
-            .bind(id.to_string())
-            .bind(title)
-            .bind(image_url)
-            .bind(price_cents)
-            .bind(currency)
-            .execute(&mut *conn)
             .await?;
         }
         Ok(())
@@ -197,7 +199,7 @@ impl Projection for Purchases {
         true
     }
 
-    async fn apply(&self, conn: &mut AnyConnection, events: &[Event]) -> Result<(), ApplyError> {
+    async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         // Every event is checked first, then the batch is written in a few multi-row
         // statements instead of one per event (a statement costs far more than a row). The
         // two upserts commute: a placement's facts never change and it leaves the status
@@ -250,16 +252,17 @@ impl Projection for Purchases {
                    user_id = excluded.user_id, product_id = excluded.product_id,
                    quantity = excluded.quantity, placed_at = excluded.placed_at"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 5);
             for (id, placement) in chunk {
-                query = query
-                    .bind(id.to_string())
-                    .bind(placement.user_id.to_string())
-                    .bind(placement.product_id.to_string())
-                    .bind(placement.quantity)
-                    .bind(placement.placed_at);
+                params.extend([
+                    id.to_string().into(),
+                    placement.user_id.to_string().into(),
+                    placement.product_id.to_string().into(),
+                    placement.quantity.into(),
+                    placement.placed_at.into(),
+                ]);
             }
-            query.execute(&mut *conn).await?;
+            tx.execute(&sql, &params).await?;
         }
         let cancellations: Vec<_> = cancellations.into_iter().collect();
         for chunk in cancellations.chunks(ROWS_PER_STATEMENT) {
@@ -269,11 +272,11 @@ impl Projection for Purchases {
                 "INSERT INTO p_purchases (order_id, user_id, status) VALUES {values}
                  ON CONFLICT (order_id) DO UPDATE SET status = 'cancelled'"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, user_id) in chunk {
-                query = query.bind(id.to_string()).bind(user_id.to_string());
-            }
-            query.execute(&mut *conn).await?;
+            let params: Vec<Param> = chunk
+                .iter()
+                .flat_map(|(id, user_id)| [id.to_string().into(), user_id.to_string().into()])
+                .collect();
+            tx.execute(&sql, &params).await?;
         }
         Ok(())
     }

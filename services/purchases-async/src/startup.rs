@@ -127,9 +127,7 @@ async fn rebuild(
     }
     let mut tx = db.begin_write().await?;
     for table in ["p_purchases", "p_products", "p_users"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
-            .execute(&mut *tx)
-            .await?;
+        tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
     }
     consumer::reset(&mut tx, consumer_name).await?;
     tx.commit().await?;

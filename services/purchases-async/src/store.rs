@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use consumer::Position;
-use platform::db::{Database, StoreError};
+use platform::db::Database;
 use platform::paging::Cursor;
 use purchases::{Freshness, Page, PurchaseSource, PurchasesError, Query, StreamPosition, UserView};
-use sqlx::Row as _;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -74,59 +73,55 @@ impl PurchaseSource for ProjectionReader {
                 freshness,
             });
         }
-        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        let user = sqlx::query(
-            "SELECT name, given_name, family_name, deleted_at FROM p_users WHERE id = $1",
-        )
-        .bind(query.user_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(StoreError::from)?;
-        let user = match user {
-            Some(row)
-                if row
-                    .try_get::<Option<i64>, _>("deleted_at")
-                    .map_err(StoreError::from)?
-                    .is_none() =>
-            {
-                let text =
-                    |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
-                UserView {
-                    id: query.user_id,
-                    name: text("name")?,
-                    given_name: text("given_name")?,
-                    family_name: text("family_name")?,
-                }
-            }
-            _ => return Err(PurchasesError::UserNotFound(query.user_id)),
+        let user = self
+            .db
+            .read_optional(
+                "SELECT name, given_name, family_name, deleted_at FROM p_users WHERE id = $1",
+                &[query.user_id.to_string().into()],
+                |row| {
+                    let live = row.optional_integer("deleted_at")?.is_none();
+                    Ok(live.then_some((
+                        row.text("name")?,
+                        row.text("given_name")?,
+                        row.text("family_name")?,
+                    )))
+                },
+            )
+            .await?;
+        let Some(Some((name, given_name, family_name))) = user else {
+            return Err(PurchasesError::UserNotFound(query.user_id));
+        };
+        let user = UserView {
+            id: query.user_id,
+            name,
+            given_name,
+            family_name,
         };
         let after = query.after.unwrap_or(Cursor {
             sort_key: i64::MAX,
             id: Uuid::max(),
         });
-        let rows = sqlx::query(
-            "SELECT pu.order_id, pu.status, pu.quantity, pu.placed_at, pu.product_id,
-                    pr.title, pr.image_url, pr.price_cents, pr.currency
-             FROM p_purchases pu LEFT JOIN p_products pr ON pr.id = pu.product_id
-             WHERE pu.user_id = $1 AND pu.placed_at IS NOT NULL
-               AND (pu.placed_at < $2 OR (pu.placed_at = $2 AND pu.order_id < $3))
-             ORDER BY pu.placed_at DESC, pu.order_id DESC
-             LIMIT $4",
-        )
-        .bind(query.user_id.to_string())
-        .bind(after.sort_key)
-        .bind(after.id.to_string())
-        .bind(i64::from(query.page_size) + 1)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::from)?;
-        let mut purchases = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // placed_at is filtered non-null, so every row is a complete purchase.
-            if let Some(purchase) = purchases::rows::decode_purchase(row)? {
-                purchases.push(purchase);
-            }
-        }
+        let rows = self
+            .db
+            .read_rows(
+                "SELECT pu.order_id, pu.status, pu.quantity, pu.placed_at, pu.product_id,
+                        pr.title, pr.image_url, pr.price_cents, pr.currency
+                 FROM p_purchases pu LEFT JOIN p_products pr ON pr.id = pu.product_id
+                 WHERE pu.user_id = $1 AND pu.placed_at IS NOT NULL
+                   AND (pu.placed_at < $2 OR (pu.placed_at = $2 AND pu.order_id < $3))
+                 ORDER BY pu.placed_at DESC, pu.order_id DESC
+                 LIMIT $4",
+                &[
+                    query.user_id.to_string().into(),
+                    after.sort_key.into(),
+                    after.id.to_string().into(),
+                    (i64::from(query.page_size) + 1).into(),
+                ],
+                purchases::rows::decode_purchase,
+            )
+            .await?;
+        // placed_at is filtered non-null, so every row is a complete purchase.
+        let mut purchases: Vec<_> = rows.into_iter().flatten().collect();
         let next = Page::cut(&mut purchases, query.page_size);
         Ok(Page {
             user,

@@ -14,11 +14,9 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use platform::db::{Database, StoreError};
+use platform::db::{Columns, Database, Param, StoreError};
 use platform::paging::Cursor;
 use purchases::{OrderStatus, ProductView, PurchaseView, PurchasesError, Query, UserView};
-use sqlx::Row as _;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 /// Newest first: (placed_at, order id), both descending.
@@ -67,14 +65,24 @@ impl View {
             state: RwLock::new(State::default()),
             trusted: AtomicBool::new(true),
         });
-        let users = sqlx::query(SELECT_USERS).fetch_all(view.db.pool()).await?;
-        let products = sqlx::query(SELECT_PRODUCTS)
-            .fetch_all(view.db.pool())
-            .await?;
-        let purchases = sqlx::query(SELECT_PURCHASES)
-            .fetch_all(view.db.pool())
-            .await?;
-        view.apply_rows(&users, &products, &purchases)?;
+        // Whole tables, once at start: through the pool, off the async workers' threads.
+        let pool = view.db.pool();
+        let users = sqlx::query(SELECT_USERS).fetch_all(pool).await?;
+        let users = users
+            .iter()
+            .map(|row| decode_user(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let products = sqlx::query(SELECT_PRODUCTS).fetch_all(pool).await?;
+        let products = products
+            .iter()
+            .map(|row| decode_product(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let purchases = sqlx::query(SELECT_PURCHASES).fetch_all(pool).await?;
+        let purchases = purchases
+            .iter()
+            .map(|row| decode_purchase(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        view.apply_rows(users, products, purchases)?;
         Ok(view)
     }
 
@@ -85,18 +93,22 @@ impl View {
 
     /// Reads these users' rows back after a commit.
     pub async fn refresh_users(&self, ids: &[Uuid]) {
-        let rows = self.read_back(SELECT_USERS, "id", ids).await;
-        self.settle(rows.and_then(|rows| self.apply_rows(&rows, &[], &[])));
+        let rows = self.read_back(SELECT_USERS, "id", ids, decode_user).await;
+        self.settle(rows.and_then(|rows| self.apply_rows(rows, Vec::new(), Vec::new())));
     }
 
     pub async fn refresh_products(&self, ids: &[Uuid]) {
-        let rows = self.read_back(SELECT_PRODUCTS, "id", ids).await;
-        self.settle(rows.and_then(|rows| self.apply_rows(&[], &rows, &[])));
+        let rows = self
+            .read_back(SELECT_PRODUCTS, "id", ids, decode_product)
+            .await;
+        self.settle(rows.and_then(|rows| self.apply_rows(Vec::new(), rows, Vec::new())));
     }
 
     pub async fn refresh_orders(&self, ids: &[Uuid]) {
-        let rows = self.read_back(SELECT_PURCHASES, "order_id", ids).await;
-        self.settle(rows.and_then(|rows| self.apply_rows(&[], &[], &rows)));
+        let rows = self
+            .read_back(SELECT_PURCHASES, "order_id", ids, decode_purchase)
+            .await;
+        self.settle(rows.and_then(|rows| self.apply_rows(Vec::new(), Vec::new(), rows)));
     }
 
     fn settle(&self, outcome: Result<(), StoreError>) {
@@ -109,44 +121,31 @@ impl View {
         }
     }
 
-    async fn read_back(
+    /// The rows of `select` whose `key` is one of `ids`, decoded.
+    async fn read_back<T>(
         &self,
         select: &str,
         key: &str,
         ids: &[Uuid],
-    ) -> Result<Vec<AnyRow>, StoreError> {
+        decode: fn(&dyn Columns) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
             // Only constants and numbered placeholders are interpolated; the values are bound.
             let sql = format!("{select} WHERE {key} IN ({})", placeholders.join(", "));
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            rows.extend(query.fetch_all(self.db.pool()).await?);
+            let params: Vec<Param> = chunk.iter().map(|id| id.to_string().into()).collect();
+            rows.extend(self.db.read_rows(&sql, &params, decode).await?);
         }
         Ok(rows)
     }
 
     fn apply_rows(
         &self,
-        users: &[AnyRow],
-        products: &[AnyRow],
-        purchases: &[AnyRow],
+        users: Vec<(Uuid, StoredUser)>,
+        products: Vec<ProductView>,
+        purchases: Vec<DecodedPurchase>,
     ) -> Result<(), StoreError> {
-        let users = users
-            .iter()
-            .map(decode_user)
-            .collect::<Result<Vec<_>, _>>()?;
-        let products = products
-            .iter()
-            .map(decode_product)
-            .collect::<Result<Vec<_>, _>>()?;
-        let purchases = purchases
-            .iter()
-            .map(decode_purchase)
-            .collect::<Result<Vec<_>, _>>()?;
         let mut state = self
             .state
             .write()
@@ -214,30 +213,29 @@ impl View {
     }
 }
 
-fn uuid(row: &AnyRow, column: &str) -> Result<Uuid, StoreError> {
-    purchases::rows::stored_uuid(&row.try_get::<String, _>(column)?, column)
+fn uuid(row: &dyn Columns, column: &str) -> Result<Uuid, StoreError> {
+    purchases::rows::stored_uuid(&row.text(column)?, column)
 }
 
-fn decode_user(row: &AnyRow) -> Result<(Uuid, StoredUser), StoreError> {
-    let deleted_at: Option<i64> = row.try_get("deleted_at")?;
+fn decode_user(row: &dyn Columns) -> Result<(Uuid, StoredUser), StoreError> {
     Ok((
         uuid(row, "id")?,
         StoredUser {
-            name: row.try_get("name")?,
-            given_name: row.try_get("given_name")?,
-            family_name: row.try_get("family_name")?,
-            deleted: deleted_at.is_some(),
+            name: row.text("name")?,
+            given_name: row.text("given_name")?,
+            family_name: row.text("family_name")?,
+            deleted: row.optional_integer("deleted_at")?.is_some(),
         },
     ))
 }
 
-fn decode_product(row: &AnyRow) -> Result<ProductView, StoreError> {
+fn decode_product(row: &dyn Columns) -> Result<ProductView, StoreError> {
     Ok(ProductView {
         id: uuid(row, "id")?,
-        title: row.try_get("title")?,
-        image_url: row.try_get("image_url")?,
-        price_cents: row.try_get("price_cents")?,
-        currency: row.try_get("currency")?,
+        title: row.text("title")?,
+        image_url: row.text("image_url")?,
+        price_cents: row.integer("price_cents")?,
+        currency: row.text("currency")?,
     })
 }
 
@@ -249,13 +247,13 @@ const SELECT_PURCHASES: &str =
 type DecodedPurchase = (Uuid, Uuid, Option<Key>, Option<PurchaseRow>);
 
 /// A purchase row, indexed only once its placement has arrived.
-fn decode_purchase(row: &AnyRow) -> Result<DecodedPurchase, StoreError> {
+fn decode_purchase(row: &dyn Columns) -> Result<DecodedPurchase, StoreError> {
     let order_id = uuid(row, "order_id")?;
     let user_id = uuid(row, "user_id")?;
-    let placed_at: Option<i64> = row.try_get("placed_at")?;
-    let product_id: Option<String> = row.try_get("product_id")?;
-    let quantity: Option<i64> = row.try_get("quantity")?;
-    let status = match row.try_get::<String, _>("status")?.as_str() {
+    let placed_at = row.optional_integer("placed_at")?;
+    let product_id = row.optional_text("product_id")?;
+    let quantity = row.optional_integer("quantity")?;
+    let status = match row.text("status")?.as_str() {
         "placed" => OrderStatus::Placed,
         "cancelled" => OrderStatus::Cancelled,
         other => {

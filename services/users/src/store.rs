@@ -4,10 +4,8 @@
 use contracts::events::v1 as events;
 use outbox::{Producer, Wakeup};
 use platform::db::{
-    Columns, Database, StoreError, check_version, is_unique_violation, stored_version,
-    version_from_db,
+    Columns, Database, StoreError, WriteTx, check_version, stored_version, version_from_db,
 };
-use sqlx::AnyConnection;
 use uuid::Uuid;
 
 use crate::domain::{Deletion, NewUser, Rename, User};
@@ -67,20 +65,22 @@ impl UserStore {
             updated_at: now,
         };
         let mut tx = self.db.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO users (id, email, name, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)",
-        )
-        .bind(user.id.to_string())
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
+        let inserted = tx
+            .execute(
+                "INSERT INTO users (id, email, name, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)",
+                &[
+                    user.id.to_string().into(),
+                    user.email.as_str().into(),
+                    user.name.as_str().into(),
+                    now.into(),
+                ],
+            )
+            .await;
         match inserted {
-            Err(error) if is_unique_violation(&error) => {
+            Err(error) if error.is_unique_violation() => {
                 return Err(UsersError::EmailTaken(user.email));
             }
-            other => other.map_err(StoreError::from)?,
+            other => other?,
         };
         let (given_name, family_name) = self.name_parts(&user.name);
         let payload = events::UserRegistered {
@@ -100,9 +100,9 @@ impl UserStore {
     pub async fn get(&self, id: Uuid) -> Result<User, UsersError> {
         let stored = self
             .db
-            .read_rows(SELECT_USER, &[id.to_string().into()], decode)
+            .read_optional(SELECT_USER, &[id.to_string().into()], decode)
             .await?;
-        match stored.into_iter().next() {
+        match stored {
             None => Err(UsersError::NotFound(id)),
             Some(StoredUser { deleted: true, .. }) => Err(UsersError::Gone(id)),
             Some(StoredUser { user, .. }) => Ok(user),
@@ -126,17 +126,18 @@ impl UserStore {
             updated_at: now,
             ..current
         };
-        let updated = sqlx::query(
-            "UPDATE users SET name = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
-        )
-        .bind(&user.name)
-        .bind(now)
-        .bind(user.id.to_string())
-        .bind(stored_version(current_version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        if updated.rows_affected() != 1 {
+        let updated = tx
+            .execute(
+                "UPDATE users SET name = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+                &[
+                    user.name.as_str().into(),
+                    now.into(),
+                    user.id.to_string().into(),
+                    stored_version(current_version)?.into(),
+                ],
+            )
+            .await?;
+        if updated != 1 {
             // Another transaction changed the row between our read and this write (possible
             // on PostgreSQL, whose transactions do not take the write lock up front).
             return Err(UsersError::ChangedConcurrently(target_id));
@@ -167,16 +168,17 @@ impl UserStore {
             updated_at: now,
             ..current.clone()
         };
-        let updated = sqlx::query(
-            "UPDATE users SET email = NULL, name = NULL, deleted_at = $1, version = version + 1, updated_at = $1 WHERE id = $2 AND version = $3",
-        )
-        .bind(now)
-        .bind(deleted.id.to_string())
-        .bind(stored_version(current.version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        if updated.rows_affected() != 1 {
+        let updated = tx
+            .execute(
+                "UPDATE users SET email = NULL, name = NULL, deleted_at = $1, version = version + 1, updated_at = $1 WHERE id = $2 AND version = $3",
+                &[
+                    now.into(),
+                    deleted.id.to_string().into(),
+                    stored_version(current.version)?.into(),
+                ],
+            )
+            .await?;
+        if updated != 1 {
             // Another transaction changed the row between our read and this write (possible
             // on PostgreSQL, whose transactions do not take the write lock up front).
             return Err(UsersError::ChangedConcurrently(target_id));
@@ -195,21 +197,18 @@ impl UserStore {
 const SELECT_USER: &str =
     "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users WHERE id = $1";
 
-async fn load(conn: &mut AnyConnection, id: Uuid) -> Result<Option<StoredUser>, StoreError> {
-    let row = sqlx::query(SELECT_USER)
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(|row| decode(row)).transpose()
+async fn load(tx: &mut WriteTx, id: Uuid) -> Result<Option<StoredUser>, StoreError> {
+    tx.fetch_optional(SELECT_USER, &[id.to_string().into()], decode)
+        .await
 }
 
 /// Loads a user about to be changed, refusing unknown, deleted and stale-version targets.
 async fn load_for_write(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     id: Uuid,
     expected_version: Option<u64>,
 ) -> Result<User, UsersError> {
-    let user = match load(conn, id).await? {
+    let user = match load(tx, id).await? {
         None => return Err(UsersError::NotFound(id)),
         Some(StoredUser { deleted: true, .. }) => return Err(UsersError::Deleted(id)),
         Some(StoredUser { user, .. }) => user,
