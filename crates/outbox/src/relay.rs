@@ -6,11 +6,14 @@
 //! landed but whose acknowledgement was lost (NATS died, the relay was killed), JetStream drops
 //! the copy within its duplicate window. Consumers deduplicate beyond it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use platform::db::{Database, Param, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +125,38 @@ pub struct Relay {
 /// How often published rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// A publish's acknowledgement, with the row it is for.
+type AckFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (i64, String, Result<(), async_nats::Error>)> + Send>,
+>;
+
+/// What one run of the pipeline has published and not yet marked.
+#[derive(Debug, Default)]
+struct Pipeline {
+    /// The highest seq read so far; reads continue after it (0: from the first row).
+    cursor: i64,
+    /// Published (in flight or acknowledged), not yet marked.
+    sent: HashSet<i64>,
+    /// Acknowledged by JetStream, in publish order, waiting to be marked.
+    acknowledged: Vec<i64>,
+    /// When the oldest of them was acknowledged.
+    acknowledged_since: Option<tokio::time::Instant>,
+}
+
+/// Longest an acknowledged row waits to be marked published, unless a whole batch is
+/// waiting. Marks are gathered because each is a commit that rewrites the outbox's pages: one
+/// per event cost as much disk writing as the events themselves. A mark lost to a crash only
+/// re-publishes rows that JetStream drops as duplicates.
+const MARK_AFTER: Duration = Duration::from_millis(100);
+
+/// Sleeps until `due`, or forever when there is none.
+async fn sleep_until_some(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Relay {
     pub fn new(
         db: Database,
@@ -152,8 +187,6 @@ impl Relay {
         let mut backoff = Duration::from_millis(50);
         let mut failing_since: Option<tokio::time::Instant> = None;
         let mut next_prune = tokio::time::Instant::now();
-        // Acknowledged by JetStream, not yet marked: marked while the next batch goes out.
-        let mut unmarked: Vec<i64> = Vec::new();
         while !cancel.is_cancelled() {
             let attempt = async {
                 if !stream_ready {
@@ -167,93 +200,135 @@ impl Relay {
                     stream_ready = true;
                     tracing::info!(stream = %self.stream.name, "stream ready");
                 }
-                self.step(&mut unmarked).await
-            };
-            let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                () = cancel.cancelled() => break,
-            };
-            match outcome {
-                Ok(n_published) => {
+                let mut recovered = || {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(stream = %self.stream.name, outage = ?since.elapsed(), "relay recovered");
                     }
                     backoff = Duration::from_millis(50);
-                    if n_published == self.config.batch_size as usize {
-                        continue; // more rows are waiting
-                    }
-                    self.mark_now(&mut unmarked).await;
-                    if tokio::time::Instant::now() >= next_prune {
-                        next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
-                        if let Err(error) = self.prune().await {
-                            tracing::warn!(error = %platform::status::error_chain(&error), "pruning the outbox failed");
-                        }
-                    }
-                    tokio::select! {
-                        () = self.wakeup.0.notified() => {}
-                        () = tokio::time::sleep(self.config.idle_poll) => {}
-                        () = cancel.cancelled() => break,
-                    }
-                }
-                Err(error) => {
-                    if failing_since.is_none() {
-                        failing_since = Some(tokio::time::Instant::now());
-                        tracing::warn!(stream = %self.stream.name, error = %platform::status::error_chain(&error), "relay cannot publish; events wait in the outbox");
-                    } else {
-                        tracing::debug!(error = %platform::status::error_chain(&error), "relay still failing");
-                    }
-                    if matches!(error, RelayError::Stream { .. }) {
-                        stream_ready = false;
-                    }
-                    self.mark_now(&mut unmarked).await;
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = cancel.cancelled() => break,
-                    }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
-                }
+                };
+                self.pump(&cancel, &mut next_prune, &mut recovered).await
+            };
+            let Err(error) = attempt.await else {
+                break; // cancelled
+            };
+            if failing_since.is_none() {
+                failing_since = Some(tokio::time::Instant::now());
+                tracing::warn!(stream = %self.stream.name, error = %platform::status::error_chain(&error), "relay cannot publish; events wait in the outbox");
+            } else {
+                tracing::debug!(error = %platform::status::error_chain(&error), "relay still failing");
             }
+            if matches!(error, RelayError::Stream { .. }) {
+                stream_ready = false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = cancel.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
         }
-        // Best effort: what stays unmarked is published again after a restart, and dropped
-        // by JetStream as a duplicate.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.mark_now(&mut unmarked)).await;
         tracing::debug!(stream = %self.stream.name, "relay stopped");
     }
 
-    /// Marks the previous batch while publishing the next one, so the database and JetStream
-    /// work side by side rather than in turn. Returns how many rows this batch published.
-    async fn step(&self, unmarked: &mut Vec<i64>) -> Result<usize, RelayError> {
-        let (marked, (acknowledged, failure)) =
-            tokio::join!(self.mark_published(unmarked), self.publish_batch(unmarked));
-        // Rows whose mark failed stay unpublished in the table and go out again later, which
-        // JetStream drops as duplicates (same message id) and consumers skip beyond that.
-        *unmarked = acknowledged;
-        marked?;
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(unmarked.len()),
-        }
-    }
-
-    async fn mark_now(&self, unmarked: &mut Vec<i64>) {
-        if let Err(error) = self.mark_published(unmarked).await {
-            tracing::debug!(error = %platform::status::error_chain(&error), "marking published rows failed; they will be published again");
-        }
-        unmarked.clear();
-    }
-
-    /// Publishes the oldest unpublished rows not in `in_flight`, at most one batch, and returns
-    /// the acknowledged ones and the failure that stopped the batch, if any. Publishes are
-    /// pipelined; only the acknowledged prefix counts, so a failure midway leaves the rest,
-    /// in order, for the retry.
-    async fn publish_batch(&self, in_flight: &[i64]) -> (Vec<i64>, Option<RelayError>) {
+    /// Publishes rows as they commit, without waiting for earlier acknowledgements: up to two
+    /// batches are in flight, acknowledged in publish order, and marked a batch at a time
+    /// (or [`MARK_AFTER`] after the first of them was acknowledged). Waiting for each batch's acknowledgements before
+    /// publishing the next, as this did before, made every event committed meanwhile wait for
+    /// a JetStream fsync it had no part in. Returns Ok when cancelled, after marking what
+    /// was acknowledged; an error ends the pipeline (what it had in flight stays unmarked and
+    /// is published again, which JetStream drops as duplicates).
+    async fn pump(
+        &self,
+        cancel: &CancellationToken,
+        next_prune: &mut tokio::time::Instant,
+        recovered: &mut impl FnMut(),
+    ) -> Result<(), RelayError> {
         let batch = self.config.batch_size as usize;
-        let limit = i64::try_from(batch + in_flight.len()).unwrap_or(i64::MAX);
+        let max_in_flight = 2 * batch;
+        let mut in_flight = FuturesOrdered::new();
+        let mut pipeline = Pipeline::default();
+        let mut more = true;
+        let mut rescan_at = tokio::time::Instant::now() + self.config.idle_poll;
+        loop {
+            if more && in_flight.len() < max_in_flight {
+                let room = (max_in_flight - in_flight.len()).min(batch);
+                match self.publish_more(room, &mut pipeline, &mut in_flight).await {
+                    Ok(published) => more = published == room,
+                    Err(error) => {
+                        self.mark(&mut pipeline).await;
+                        return Err(error);
+                    }
+                }
+                continue;
+            }
+            let mark_due = pipeline.acknowledged_since.map(|since| since + MARK_AFTER);
+            if pipeline.acknowledged.len() >= batch
+                || mark_due.is_some_and(|due| tokio::time::Instant::now() >= due)
+            {
+                self.mark(&mut pipeline).await;
+            }
+            if in_flight.is_empty() && tokio::time::Instant::now() >= *next_prune {
+                *next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                if let Err(error) = self.prune().await {
+                    tracing::warn!(error = %platform::status::error_chain(&error), "pruning the outbox failed");
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    // Best effort: what stays unmarked is published again after a restart,
+                    // and dropped by JetStream as a duplicate.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.mark(&mut pipeline)).await;
+                    return Ok(());
+                }
+                Some((seq, event_id, acked)) = in_flight.next() => match acked {
+                    Ok(()) => {
+                        pipeline
+                            .acknowledged_since
+                            .get_or_insert_with(tokio::time::Instant::now);
+                        pipeline.acknowledged.push(seq);
+                        recovered();
+                    }
+                    Err(source) => {
+                        self.mark(&mut pipeline).await;
+                        return Err(RelayError::Publish { event_id, source });
+                    }
+                },
+                () = self.wakeup.0.notified() => more = true,
+                () = sleep_until_some(mark_due) => {}
+                () = tokio::time::sleep_until(rescan_at) => {
+                    // Rows another process committed, or (on PostgreSQL) a lower seq that
+                    // committed after higher ones the cursor already passed.
+                    pipeline.cursor = 0;
+                    more = true;
+                    rescan_at = tokio::time::Instant::now() + self.config.idle_poll;
+                }
+            }
+        }
+    }
+
+    /// Publishes up to `room` unpublished rows past the pipeline's cursor, in seq order, and
+    /// returns how many it read. Publishing only queues each message on the connection; its
+    /// acknowledgement joins `in_flight`.
+    async fn publish_more(
+        &self,
+        room: usize,
+        pipeline: &mut Pipeline,
+        in_flight: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<usize, RelayError> {
+        // Rows already sent but not yet marked are skipped, so after a rescan from the start
+        // the read takes that many more.
+        let skipped = if pipeline.cursor == 0 {
+            pipeline.sent.len()
+        } else {
+            0
+        };
+        let limit = i64::try_from(room + skipped).unwrap_or(i64::MAX);
         let rows = self
             .db
             .read_rows(
-                "SELECT seq, event_id, subject, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-                &[limit.into()],
+                "SELECT seq, event_id, subject, envelope FROM outbox
+                 WHERE published_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
+                &[pipeline.cursor.into(), limit.into()],
                 |row| {
                     Ok((
                         row.integer("seq")?,
@@ -263,50 +338,44 @@ impl Relay {
                     ))
                 },
             )
-            .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(error) => return (Vec::new(), Some(error.into())),
-        };
-
-        let mut pending = Vec::with_capacity(batch);
-        let mut failure = None;
+            .await?;
+        let n_read = rows.len().saturating_sub(skipped);
         for (seq, event_id, subject, envelope) in rows {
-            if pending.len() == batch {
-                break;
-            }
-            if in_flight.contains(&seq) {
+            pipeline.cursor = pipeline.cursor.max(seq);
+            if !pipeline.sent.insert(seq) {
                 continue;
             }
             let publish = PublishMessage::build()
                 .payload(envelope.into())
                 .message_id(event_id.as_str());
-            match self.js.send_publish(subject, publish).await {
-                Ok(ack) => pending.push((seq, event_id, ack)),
-                Err(error) => {
-                    failure = Some(RelayError::Publish {
-                        event_id,
-                        source: error.into(),
-                    });
-                    break;
-                }
-            }
+            let ack = self
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(|error| RelayError::Publish {
+                    event_id: event_id.clone(),
+                    source: error.into(),
+                })?;
+            in_flight.push_back(Box::pin(async move {
+                let acked = ack.await.map(drop).map_err(async_nats::Error::from);
+                (seq, event_id, acked)
+            }));
         }
+        Ok(n_read)
+    }
 
-        let mut acknowledged = Vec::with_capacity(pending.len());
-        for (seq, event_id, ack) in pending {
-            match ack.await {
-                Ok(_) => acknowledged.push(seq),
-                Err(error) => {
-                    failure = Some(RelayError::Publish {
-                        event_id,
-                        source: error.into(),
-                    });
-                    break;
-                }
-            }
+    /// Marks the acknowledged rows published; they leave the pipeline either way. Rows whose
+    /// mark failed stay unpublished in the table and go out again later, which JetStream
+    /// drops as duplicates (same message id) and consumers skip beyond that.
+    async fn mark(&self, pipeline: &mut Pipeline) {
+        pipeline.acknowledged_since = None;
+        let acknowledged = std::mem::take(&mut pipeline.acknowledged);
+        if let Err(error) = self.mark_published(&acknowledged).await {
+            tracing::debug!(error = %platform::status::error_chain(&error), "marking published rows failed; they will be published again");
         }
-        (acknowledged, failure)
+        for seq in &acknowledged {
+            pipeline.sent.remove(seq);
+        }
     }
 
     /// Marks exactly these rows. (Marking a range `seq <= n` would be wrong on PostgreSQL,

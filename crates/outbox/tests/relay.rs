@@ -17,6 +17,7 @@ use uuid::Uuid;
 backend_tests!(
     events_written_while_nats_is_down_all_arrive_in_order_once_it_is_back,
     killing_the_relay_mid_stream_loses_and_duplicates_nothing,
+    rows_committed_without_a_wake_up_are_published_by_the_next_rescan,
 );
 
 const USERS: Producer = Producer::new("users", "user");
@@ -165,6 +166,31 @@ async fn events_written_while_nats_is_down_all_arrive_in_order_once_it_is_back(b
     cancel.cancel();
     relay.await.expect("the relay stops cleanly");
     fixture.assert_stream_matches_outbox(201).await;
+}
+
+/// Rows another process commits (it cannot wake this relay), or that PostgreSQL commits
+/// under a seq lower than rows already published, are found by the periodic rescan.
+async fn rows_committed_without_a_wake_up_are_published_by_the_next_rescan(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let cancel = CancellationToken::new();
+    let relay = tokio::spawn(fixture.relay(8).await.run(cancel.clone()));
+    let woken = Uuid::now_v7();
+    fixture.write(&woken, 1).await;
+    fixture.drained().await;
+
+    // Through a wake-up the relay does not listen to, as another process would write.
+    let elsewhere = Writer {
+        database: fixture.database.clone(),
+        wakeup: Wakeup::new(),
+    };
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    for id in &ids {
+        elsewhere.write(id, 1).await;
+    }
+    fixture.drained().await;
+    cancel.cancel();
+    relay.await.expect("the relay stops cleanly");
+    fixture.assert_stream_matches_outbox(21).await;
 }
 
 async fn killing_the_relay_mid_stream_loses_and_duplicates_nothing(backend: Backend) {
