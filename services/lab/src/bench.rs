@@ -34,7 +34,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Offered request rates per second, stepped through in order until the mode saturates
-    /// [default: 100,250,500,1000,2000,4000,8000; with --quick 200,1000,4000].
+    /// [default: 100,250,500,1000,2000,4000,8000,16000; with --quick 200,1000,4000].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=200_000))]
     pub rates: Vec<u32>,
     /// How long each rate is held, in milliseconds [default: 5000; with --quick 1000].
@@ -94,7 +94,7 @@ impl BenchArgs {
             if self.quick {
                 vec![200, 1_000, 4_000]
             } else {
-                vec![100, 250, 500, 1_000, 2_000, 4_000, 8_000]
+                vec![100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000]
             }
         } else {
             self.rates.clone()
@@ -831,7 +831,7 @@ mod tests {
         let settings = args().settings();
         assert_eq!(
             settings.rates,
-            vec![100, 250, 500, 1_000, 2_000, 4_000, 8_000]
+            vec![100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000]
         );
         let quick = BenchArgs {
             quick: true,
