@@ -6,6 +6,7 @@
 //! It deliberately holds no business rules and no schema: those belong to the service that
 //! owns the data.
 
+mod admission;
 pub mod config;
 pub mod db;
 pub mod fields;

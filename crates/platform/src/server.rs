@@ -16,13 +16,19 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::MapResponseLayer;
 
+use crate::admission::Admission;
+
 /// Knobs of the server stack.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// Longest a handler may run; the caller's own deadline (grpc-timeout) applies too.
     pub request_timeout: Duration,
-    /// Requests in flight across all connections before new ones are shed.
+    /// Requests in the server at once across all connections, running or still waiting for a
+    /// worker thread, before new ones are shed.
     pub max_concurrent_requests: usize,
+    /// Longest requests may go on waiting for a worker thread before new ones are shed (the
+    /// runtime's scheduling delay, held above it for 100 ms).
+    pub max_queue_delay: Duration,
     /// How long in-flight requests get to finish after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// Faults injected into this server's application methods (none unless someone sets them).
@@ -40,6 +46,9 @@ impl Default for ServerSettings {
                 crate::config::CommonArgs::DEFAULT_MAX_CONCURRENT_REQUESTS,
             )
             .unwrap_or(usize::MAX),
+            max_queue_delay: Duration::from_millis(
+                crate::config::CommonArgs::DEFAULT_MAX_QUEUE_DELAY_MS,
+            ),
             shutdown_grace: Duration::from_secs(15),
             faults: fault::Faults::default(),
             fault_admin: None,
@@ -202,6 +211,8 @@ impl GrpcServer {
         };
 
         let settings = self.settings;
+        let admission =
+            Admission::start(settings.max_concurrent_requests, settings.max_queue_delay);
         let serving = Server::builder()
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
             // Bounds the time any handler holds resources, whatever deadline the caller set.
@@ -209,9 +220,12 @@ impl GrpcServer {
             .layer(
                 ServiceBuilder::new()
                     .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
-                    // Shedding sits outside the limit: when every permit is taken, a new request
-                    // fails at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+                    // Shedding sits outside both bounds: past either, a new request fails at
+                    // once with RESOURCE_EXHAUSTED instead of queueing without bound.
                     .load_shed()
+                    // Requests accepted and waiting for a worker thread count too (see
+                    // `admission`); the limit inside counts only the ones running.
+                    .layer(admission.layer())
                     .layer(GlobalConcurrencyLimitLayer::new(
                         settings.max_concurrent_requests,
                     ))
