@@ -61,7 +61,7 @@ impl CommonArgs {
     /// bursts past 10 ms on this 2-core machine shared with the load generator, which the
     /// 100 ms persistence absorbs). `lab bench`, a saturated monolith's admitted requests at
     /// p50: 851 ms with no admission, 270 ms with the task bound alone, 100-150 ms with a
-    /// delay bound of 10-20 ms, 3-20 ms with 5 ms, which also shed 2-3% at 2,000/s, a load the
+    /// delay bound of 10-20 ms, 3-20 ms with 5 ms, which also shed 3% at 2,000/s, a load the
     /// monolith otherwise carries.
     pub const DEFAULT_MAX_QUEUE_DELAY_MS: u64 = 10;
 
