@@ -9,10 +9,12 @@
 //! see that queue:
 //! - the runtime's live tasks: a bound on requests accepted and not finished, waiting or not
 //!   (memory and work in hand);
-//! - the runtime's scheduling delay, sampled by a task that sleeps and records how late it
-//!   woke: a bound on how long an admitted request waits for a worker thread (latency). Only a
-//!   delay that persists counts, as in CoDel, so a single stall (a worker blocked on a slow disk
-//!   for 100 ms) lets the queue it built drain instead of failing it.
+//! - when asked for, the runtime's scheduling delay, sampled by a task that sleeps and records
+//!   how late it woke: a bound on how long an admitted request waits for a worker thread
+//!   (latency). Only a delay that persists counts, as in CoDel, so a single stall (a worker
+//!   blocked on a slow disk for 100 ms) lets the queue it built drain instead of failing it.
+//!   It is off by default: on a machine whose cores are shared, the delay also rises when the
+//!   machine rather than the server is busy, and it then sheds requests the server could serve.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,19 +86,20 @@ impl Detector {
 #[derive(Debug)]
 pub(crate) struct Admission {
     layer: AdmissionLayer,
-    probe: tokio::task::JoinHandle<()>,
+    probe: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Admission {
     /// Sheds past `max_requests` tasks beyond those alive now (the process's background work
     /// and this server's own tasks; open connections are tasks too, so each counts against the
-    /// bound as a request would), and while the scheduling delay stays above `max_delay`.
-    /// Starts the probe in the current runtime.
-    pub(crate) fn start(max_requests: usize, max_delay: Duration) -> Self {
+    /// bound as a request would), and, when a `max_delay` is given, while the scheduling delay
+    /// stays above it (the probe then runs in the current runtime).
+    pub(crate) fn start(max_requests: usize, max_delay: Option<Duration>) -> Self {
         let metrics = tokio::runtime::Handle::current().metrics();
         let ceiling = metrics.num_alive_tasks().saturating_add(max_requests);
         let overloaded = Arc::new(AtomicBool::new(false));
-        let probe = tokio::spawn(probe(Arc::clone(&overloaded), max_delay));
+        let probe =
+            max_delay.map(|max_delay| tokio::spawn(probe(Arc::clone(&overloaded), max_delay)));
         Self {
             layer: AdmissionLayer {
                 metrics,
@@ -114,7 +117,9 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.probe.abort();
+        if let Some(probe) = &self.probe {
+            probe.abort();
+        }
     }
 }
 

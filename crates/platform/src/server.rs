@@ -27,8 +27,8 @@ pub struct ServerSettings {
     /// worker thread, before new ones are shed.
     pub max_concurrent_requests: usize,
     /// Longest requests may go on waiting for a worker thread before new ones are shed (the
-    /// runtime's scheduling delay, held above it for 100 ms).
-    pub max_queue_delay: Duration,
+    /// runtime's scheduling delay, held above it for 100 ms); no such bound when `None`.
+    pub max_queue_delay: Option<Duration>,
     /// How long in-flight requests get to finish after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// Faults injected into this server's application methods (none unless someone sets them).
@@ -46,9 +46,7 @@ impl Default for ServerSettings {
                 crate::config::CommonArgs::DEFAULT_MAX_CONCURRENT_REQUESTS,
             )
             .unwrap_or(usize::MAX),
-            max_queue_delay: Duration::from_millis(
-                crate::config::CommonArgs::DEFAULT_MAX_QUEUE_DELAY_MS,
-            ),
+            max_queue_delay: None,
             shutdown_grace: Duration::from_secs(15),
             faults: fault::Faults::default(),
             fault_admin: None,

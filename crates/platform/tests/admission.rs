@@ -123,7 +123,7 @@ async fn requests_accepted_past_the_bound_while_the_worker_is_busy_are_shed() {
     let server = Server::start(ServerSettings {
         max_concurrent_requests: BOUND,
         // Only the bound on requests in hand is under test here.
-        max_queue_delay: Duration::from_secs(60),
+        max_queue_delay: None,
         ..ServerSettings::default()
     });
     let client = server.client().await;
@@ -148,7 +148,7 @@ async fn requests_accepted_past_the_bound_while_the_worker_is_busy_are_shed() {
 async fn requests_are_shed_while_the_wait_for_a_worker_stays_above_the_limit() {
     let server = Server::start(ServerSettings {
         max_concurrent_requests: 10_000,
-        max_queue_delay: Duration::from_millis(5),
+        max_queue_delay: Some(Duration::from_millis(5)),
         ..ServerSettings::default()
     });
     let client = server.client().await;
