@@ -56,7 +56,8 @@ impl Default for CommonArgs {
 impl CommonArgs {
     pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
     /// Enough for thousands of requests a second at millisecond latencies (Little's law). It
-    /// bounds the requests in hand; the queue delay below is what bounds their latency.
+    /// bounds the requests in hand, and so their latency loosely; `--max-queue-delay-ms` bounds
+    /// it tighter where the cores are the server's own.
     pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 256;
 
     pub fn server_settings(&self) -> crate::server::ServerSettings {
