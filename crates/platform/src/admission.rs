@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::RuntimeMetrics;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How often the scheduling delay is sampled: a wake-up costs a few microseconds.
 const PROBE_PERIOD: Duration = Duration::from_millis(5);
@@ -86,7 +87,8 @@ impl Detector {
 #[derive(Debug)]
 pub(crate) struct Admission {
     layer: AdmissionLayer,
-    probe: Option<tokio::task::JoinHandle<()>>,
+    /// Held only to be dropped with the server: dropping it stops the probe.
+    _probe: Option<AbortOnDropHandle<()>>,
 }
 
 impl Admission {
@@ -98,28 +100,21 @@ impl Admission {
         let metrics = tokio::runtime::Handle::current().metrics();
         let ceiling = metrics.num_alive_tasks().saturating_add(max_requests);
         let overloaded = Arc::new(AtomicBool::new(false));
-        let probe =
-            max_delay.map(|max_delay| tokio::spawn(probe(Arc::clone(&overloaded), max_delay)));
+        let probe = max_delay.map(|max_delay| {
+            AbortOnDropHandle::new(tokio::spawn(probe(Arc::clone(&overloaded), max_delay)))
+        });
         Self {
             layer: AdmissionLayer {
                 metrics,
                 ceiling,
                 overloaded,
             },
-            probe,
+            _probe: probe,
         }
     }
 
     pub(crate) fn layer(&self) -> AdmissionLayer {
         self.layer.clone()
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if let Some(probe) = &self.probe {
-            probe.abort();
-        }
     }
 }
 
