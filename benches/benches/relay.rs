@@ -207,11 +207,9 @@ fn relay(database: &Database, client: async_nats::Client, service: &str, wakeup:
 }
 
 async fn unpublished(database: &Database) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(database.pool())
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox_pending")
+        .fetch_one(database.pool())
+        .await?)
 }
 
 /// Events per second from a committed backlog to JetStream acks, marked published.

@@ -1,5 +1,7 @@
 //! The relay: publishes outbox rows to JetStream in commit order and marks them published once
-//! JetStream has acknowledged them.
+//! JetStream has acknowledged them, by taking them off the `outbox_pending` list. The outbox
+//! rows themselves are written once and never updated; they stay for the retention period, a
+//! record of what the service emitted, and are then pruned.
 //!
 //! Delivery is at least once into JetStream and exactly once in effect: every publish carries
 //! the event id as `Nats-Msg-Id`, so when the relay re-publishes a row whose earlier publish
@@ -7,6 +9,8 @@
 //! the copy within its duplicate window. Consumers deduplicate beyond it.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
-use platform::db::{Database, Param, StoreError};
+use platform::db::{Backend, Database, Param, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +55,8 @@ pub struct RelayArgs {
     /// trips over more events: 1024 drained a backlog about 1.3x faster than 256 here.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub outbox_batch_size: u32,
-    /// How long published rows stay in the outbox before they are pruned, in minutes.
+    /// How long a published row stays in the outbox after it was written, in minutes;
+    /// then it is pruned. Unpublished rows stay until they are published.
     #[arg(long, env = "OUTBOX_RETENTION_MINUTES", default_value_t = 60)]
     pub outbox_retention_minutes: u64,
     #[command(flatten)]
@@ -126,16 +131,17 @@ pub struct Relay {
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// A publish's acknowledgement, with the row it is for.
-type AckFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (i64, String, Result<(), async_nats::Error>)> + Send>,
->;
+type AckFuture = Pin<Box<dyn Future<Output = (i64, String, Result<(), async_nats::Error>)> + Send>>;
+
+/// A mark's commit, with the rows it marks.
+type MarkFuture<'a> = Pin<Box<dyn Future<Output = (Vec<i64>, Result<(), StoreError>)> + Send + 'a>>;
 
 /// What one run of the pipeline has published and not yet marked.
 #[derive(Debug, Default)]
 struct Pipeline {
     /// The highest seq read so far; reads continue after it (0: from the first row).
     cursor: i64,
-    /// Published (in flight or acknowledged), not yet marked.
+    /// Published (in flight, acknowledged, or being marked), not yet marked.
     sent: HashSet<i64>,
     /// Acknowledged by JetStream, in publish order, waiting to be marked.
     acknowledged: Vec<i64>,
@@ -144,10 +150,23 @@ struct Pipeline {
 }
 
 /// Longest an acknowledged row waits to be marked published, unless a whole batch is
-/// waiting. Marks are gathered because each is a commit that rewrites the outbox's pages: one
-/// per event cost as much disk writing as the events themselves. A mark lost to a crash only
-/// re-publishes rows that JetStream drops as duplicates.
+/// waiting. Marks are gathered because each is a commit (on SQLite a page or two of the
+/// pending list per batch, where one per event rewrote a page per event). A mark lost to a
+/// crash only re-publishes rows that JetStream drops as duplicates.
 const MARK_AFTER: Duration = Duration::from_millis(100);
+
+/// The pending rows past a cursor, in seq order, looked up one by one in the outbox: the cost
+/// follows the rows read, however many published rows the outbox still keeps below them.
+/// SQLite plans the join that way itself. PostgreSQL, left to choose, merge-joins, scanning
+/// the outbox from its first retained row; the lateral subquery (kept apart by `OFFSET 0`)
+/// makes it a nested loop of key lookups.
+const UNPUBLISHED_SQLITE: &str = "SELECT o.seq, o.event_id, o.subject, o.envelope
+    FROM outbox_pending p JOIN outbox o ON o.seq = p.seq
+    WHERE p.seq > $1 ORDER BY p.seq LIMIT $2";
+const UNPUBLISHED_POSTGRES: &str = "SELECT p.seq, o.event_id, o.subject, o.envelope
+    FROM outbox_pending p
+    CROSS JOIN LATERAL (SELECT event_id, subject, envelope FROM outbox WHERE outbox.seq = p.seq OFFSET 0) o
+    WHERE p.seq > $1 ORDER BY p.seq LIMIT $2";
 
 /// Sleeps until `due`, or forever when there is none.
 async fn sleep_until_some(due: Option<tokio::time::Instant>) {
@@ -231,11 +250,13 @@ impl Relay {
 
     /// Publishes rows as they commit, without waiting for earlier acknowledgements: up to two
     /// batches are in flight, acknowledged in publish order, and marked a batch at a time
-    /// (or [`MARK_AFTER`] after the first of them was acknowledged). Waiting for each batch's acknowledgements before
-    /// publishing the next, as this did before, made every event committed meanwhile wait for
-    /// a JetStream fsync it had no part in. Returns Ok when cancelled, after marking what
-    /// was acknowledged; an error ends the pipeline (what it had in flight stays unmarked and
-    /// is published again, which JetStream drops as duplicates).
+    /// (or [`MARK_AFTER`] after the first of them was acknowledged). Waiting for each batch's
+    /// acknowledgements before publishing the next, as this did before, made every event
+    /// committed meanwhile wait for a JetStream fsync it had no part in. A mark commits while
+    /// the next batches are read and published: on PostgreSQL it takes longer than both, and
+    /// waiting for it held the relay to a quarter of JetStream's rate. Returns Ok when
+    /// cancelled, after marking what was acknowledged; an error ends the pipeline (what it had
+    /// in flight stays unmarked and is published again, which JetStream drops as duplicates).
     async fn pump(
         &self,
         cancel: &CancellationToken,
@@ -246,6 +267,9 @@ impl Relay {
         let max_in_flight = 2 * batch;
         let mut in_flight = FuturesOrdered::new();
         let mut pipeline = Pipeline::default();
+        // At most one mark at a time, so marks commit in order and a slow database holds
+        // acknowledged rows back instead of piling up transactions.
+        let mut marking: Option<MarkFuture<'_>> = None;
         let mut more = true;
         let mut rescan_at = tokio::time::Instant::now() + self.config.idle_poll;
         loop {
@@ -253,23 +277,29 @@ impl Relay {
             // cost a query per event once the pipeline is full (a backlog drained at a tenth
             // of the speed on PostgreSQL).
             if more && in_flight.len() + batch <= max_in_flight {
-                let room = batch;
-                match self.publish_more(room, &mut pipeline, &mut in_flight).await {
-                    Ok(published) => more = published == room,
+                match self
+                    .publish_more(batch, &mut pipeline, &mut in_flight)
+                    .await
+                {
+                    Ok(published) => more = published == batch,
                     Err(error) => {
-                        self.mark(&mut pipeline).await;
+                        self.finish_marks(&mut pipeline, marking.take()).await;
                         return Err(error);
                     }
                 }
                 continue;
             }
             let mark_due = pipeline.acknowledged_since.map(|since| since + MARK_AFTER);
-            if pipeline.acknowledged.len() >= batch
-                || mark_due.is_some_and(|due| tokio::time::Instant::now() >= due)
+            if marking.is_none()
+                && (pipeline.acknowledged.len() >= batch
+                    || mark_due.is_some_and(|due| tokio::time::Instant::now() >= due))
             {
-                self.mark(&mut pipeline).await;
+                marking = Some(self.start_mark(&mut pipeline));
             }
-            if in_flight.is_empty() && tokio::time::Instant::now() >= *next_prune {
+            if in_flight.is_empty()
+                && marking.is_none()
+                && tokio::time::Instant::now() >= *next_prune
+            {
                 *next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
                 if let Err(error) = self.prune().await {
                     tracing::warn!(error = %platform::status::error_chain(&error), "pruning the outbox failed");
@@ -280,8 +310,16 @@ impl Relay {
                 () = cancel.cancelled() => {
                     // Best effort: what stays unmarked is published again after a restart,
                     // and dropped by JetStream as a duplicate.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.mark(&mut pipeline)).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        self.finish_marks(&mut pipeline, marking.take()),
+                    )
+                    .await;
                     return Ok(());
+                }
+                (seqs, marked) = async { marking.as_mut().expect("guarded by the condition").await }, if marking.is_some() => {
+                    marking = None;
+                    Self::marked(&mut pipeline, &seqs, marked);
                 }
                 Some((seq, event_id, acked)) = in_flight.next() => match acked {
                     Ok(()) => {
@@ -292,12 +330,12 @@ impl Relay {
                         recovered();
                     }
                     Err(source) => {
-                        self.mark(&mut pipeline).await;
+                        self.finish_marks(&mut pipeline, marking.take()).await;
                         return Err(RelayError::Publish { event_id, source });
                     }
                 },
                 () = self.wakeup.0.notified() => more = true,
-                () = sleep_until_some(mark_due) => {}
+                () = sleep_until_some(mark_due), if marking.is_none() => {}
                 () = tokio::time::sleep_until(rescan_at) => {
                     // Rows another process committed, or (on PostgreSQL) a lower seq that
                     // committed after higher ones the cursor already passed.
@@ -310,8 +348,8 @@ impl Relay {
     }
 
     /// Publishes up to `room` unpublished rows past the pipeline's cursor, in seq order, and
-    /// returns how many it read. Publishing only queues each message on the connection; its
-    /// acknowledgement joins `in_flight`.
+    /// returns how many it published. Publishing only queues each message on the connection;
+    /// its acknowledgement joins `in_flight`.
     async fn publish_more(
         &self,
         room: usize,
@@ -326,28 +364,35 @@ impl Relay {
             0
         };
         let limit = i64::try_from(room + skipped).unwrap_or(i64::MAX);
+        let sql = match self.db.backend() {
+            Backend::Sqlite => UNPUBLISHED_SQLITE,
+            Backend::Postgres => UNPUBLISHED_POSTGRES,
+        };
         let rows = self
             .db
-            .read_rows(
-                "SELECT seq, event_id, subject, envelope FROM outbox
-                 WHERE published_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
-                &[pipeline.cursor.into(), limit.into()],
-                |row| {
-                    Ok((
-                        row.integer("seq")?,
-                        row.text("event_id")?,
-                        row.text("subject")?,
-                        row.blob("envelope")?,
-                    ))
-                },
-            )
+            .read_rows(sql, &[pipeline.cursor.into(), limit.into()], |row| {
+                Ok((
+                    row.integer("seq")?,
+                    row.text("event_id")?,
+                    row.text("subject")?,
+                    row.blob("envelope")?,
+                ))
+            })
             .await?;
-        let n_read = rows.len().saturating_sub(skipped);
+        // Rows marked since `sent` was counted are no longer read, so the read can hold more
+        // new rows than there is room for; those wait for the next read.
+        let mut published = 0;
         for (seq, event_id, subject, envelope) in rows {
-            pipeline.cursor = pipeline.cursor.max(seq);
-            if !pipeline.sent.insert(seq) {
+            if pipeline.sent.contains(&seq) {
+                pipeline.cursor = pipeline.cursor.max(seq);
                 continue;
             }
+            if published == room {
+                break;
+            }
+            pipeline.cursor = pipeline.cursor.max(seq);
+            pipeline.sent.insert(seq);
+            published += 1;
             let publish = PublishMessage::build()
                 .payload(envelope.into())
                 .message_id(event_id.as_str());
@@ -364,21 +409,39 @@ impl Relay {
                 (seq, event_id, acked)
             }));
         }
-        Ok(n_read)
+        Ok(published)
     }
 
-    /// Marks the acknowledged rows published; they leave the pipeline either way. Rows whose
-    /// mark failed stay unpublished in the table and go out again later, which JetStream
-    /// drops as duplicates (same message id) and consumers skip beyond that.
-    async fn mark(&self, pipeline: &mut Pipeline) {
+    /// Starts marking the acknowledged rows published.
+    fn start_mark(&self, pipeline: &mut Pipeline) -> MarkFuture<'_> {
         pipeline.acknowledged_since = None;
-        let acknowledged = std::mem::take(&mut pipeline.acknowledged);
-        if let Err(error) = self.mark_published(&acknowledged).await {
+        let seqs = std::mem::take(&mut pipeline.acknowledged);
+        Box::pin(async move {
+            let marked = self.mark_published(&seqs).await;
+            (seqs, marked)
+        })
+    }
+
+    /// Rows leave the pipeline once their mark is done, whether it committed or not. Rows
+    /// whose mark failed stay unpublished in the table and go out again later, which
+    /// JetStream drops as duplicates (same message id) and consumers skip beyond that.
+    fn marked(pipeline: &mut Pipeline, seqs: &[i64], marked: Result<(), StoreError>) {
+        if let Err(error) = marked {
             tracing::debug!(error = %platform::status::error_chain(&error), "marking published rows failed; they will be published again");
         }
-        for seq in &acknowledged {
+        for seq in seqs {
             pipeline.sent.remove(seq);
         }
+    }
+
+    /// Waits for the mark in progress, then marks what was acknowledged since.
+    async fn finish_marks(&self, pipeline: &mut Pipeline, marking: Option<MarkFuture<'_>>) {
+        if let Some(marking) = marking {
+            let (seqs, marked) = marking.await;
+            Self::marked(pipeline, &seqs, marked);
+        }
+        let (seqs, marked) = self.start_mark(pipeline).await;
+        Self::marked(pipeline, &seqs, marked);
     }
 
     /// Marks exactly these rows. (Marking a range `seq <= n` would be wrong on PostgreSQL,
@@ -387,15 +450,13 @@ impl Relay {
         if seqs.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (2..seqs.len() + 2).map(|n| format!("${n}")).collect();
+        let placeholders: Vec<String> = (1..=seqs.len()).map(|n| format!("${n}")).collect();
         // Only numbered placeholders are interpolated; the values are bound.
         let sql = format!(
-            "UPDATE outbox SET published_at = $1 WHERE seq IN ({})",
+            "DELETE FROM outbox_pending WHERE seq IN ({})",
             placeholders.join(", ")
         );
-        let mut params = Vec::with_capacity(seqs.len() + 1);
-        params.push(platform::time::now_micros().into());
-        params.extend(seqs.iter().map(|seq| Param::Integer(*seq)));
+        let params: Vec<Param> = seqs.iter().map(|seq| Param::Integer(*seq)).collect();
         let mut tx = self.db.begin_write().await?;
         tx.execute(&sql, &params).await?;
         tx.commit().await?;
@@ -403,19 +464,27 @@ impl Relay {
     }
 
     async fn prune(&self) -> Result<u64, StoreError> {
-        let retention = i64::try_from(self.config.retention.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = platform::time::now_micros().saturating_sub(retention);
-        let mut tx = self.db.begin_write().await?;
-        let pruned = tx
-            .execute(
-                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
-                &[cutoff.into()],
-            )
-            .await?;
-        tx.commit().await?;
+        let pruned = prune(&self.db, self.config.retention).await?;
         if pruned > 0 {
             tracing::debug!(pruned, "pruned published outbox rows");
         }
         Ok(pruned)
     }
+}
+
+/// Deletes the published rows written more than `retention` ago and returns how many. Rows
+/// still pending stay, however old: they are the relay's work.
+pub async fn prune(db: &Database, retention: Duration) -> Result<u64, StoreError> {
+    let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    let cutoff = platform::time::now_micros().saturating_sub(retention);
+    let mut tx = db.begin_write().await?;
+    let pruned = tx
+        .execute(
+            "DELETE FROM outbox WHERE created_at < $1
+             AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = outbox.seq)",
+            &[cutoff.into()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(pruned)
 }

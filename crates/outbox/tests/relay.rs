@@ -77,7 +77,7 @@ impl Fixture {
     }
 
     async fn unpublished(&self) -> i64 {
-        sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
+        sqlx::query("SELECT COUNT(*) AS n FROM outbox_pending")
             .fetch_one(self.database.pool())
             .await
             .expect("count")

@@ -97,6 +97,7 @@ impl Application {
 async fn sweep_outbox(db: &Database) -> Result<(), platform::db::StoreError> {
     let mut tx = db.begin_write().await?;
     tx.execute("DELETE FROM outbox", &[]).await?;
+    tx.execute("DELETE FROM outbox_pending", &[]).await?;
     tx.commit().await?;
     Ok(())
 }
