@@ -150,9 +150,9 @@ struct Pipeline {
 }
 
 /// Longest an acknowledged row waits to be marked published, unless a whole batch is
-/// waiting. Marks are gathered because each is a commit (on SQLite a page or two of the
-/// pending list per batch, where one per event rewrote a page per event). A mark lost to a
-/// crash only re-publishes rows that JetStream drops as duplicates.
+/// waiting. Marks are gathered because each is a commit, and a commit per event cost as much
+/// disk writing as the events themselves. A mark lost to a crash only re-publishes rows that
+/// JetStream drops as duplicates.
 const MARK_AFTER: Duration = Duration::from_millis(100);
 
 /// The pending rows past a cursor, in seq order, looked up one by one in the outbox: the cost
