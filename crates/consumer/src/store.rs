@@ -20,9 +20,10 @@ pub(crate) async fn load_versions(
     keys: &[&AggregateKey],
 ) -> Result<HashMap<AggregateKey, u64>, StoreError> {
     let mut versions = HashMap::with_capacity(keys.len());
-    // Looked up per aggregate type so the whole primary key (consumer, type, id) serves the
-    // query: with the type left out, SQLite can only use the key's first column and scans
-    // every version this consumer ever stored, once per batch.
+    // Looked up per aggregate type so the whole primary key serves the query: with the type
+    // left out, SQLite (key: consumer, type, id) can only use the key's first column and scans
+    // every version this consumer ever stored, once per batch. PostgreSQL's key is led by the
+    // id instead (see its migration 2).
     let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
     for (aggregate_type, aggregate_id) in keys {
         by_type
