@@ -16,6 +16,7 @@ use uuid::Uuid;
 backend_tests!(
     an_upgrade_keeps_unpublished_rows_pending_and_later_appends_join_them,
     pruning_removes_old_published_rows_and_keeps_pending_ones,
+    pruning_takes_every_old_row_across_chunks,
 );
 
 const USERS: Producer = Producer::new("users", "user");
@@ -156,4 +157,47 @@ async fn pruning_removes_old_published_rows_and_keeps_pending_ones(backend: Back
         "pending rows stay, however old"
     );
     assert_eq!(pending(&database).await, left);
+}
+
+/// More old published rows than one pruning transaction takes, around a pending one, then
+/// young ones.
+async fn pruning_takes_every_old_row_across_chunks(backend: Backend) {
+    let (_db, database) = open(backend).await;
+    database
+        .migrate([outbox::migrations()])
+        .await
+        .expect("migrate");
+    let (n_old, n_young): (i64, i64) = (4_000, 500);
+    let now = platform::time::now_micros();
+    let mut tx = database.begin_write().await.expect("begin");
+    for n in 0..n_old + n_young {
+        let created_at = if n < n_old { n } else { now };
+        tx.execute(
+            "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, aggregate_version, envelope, created_at)
+             VALUES ($1, 'users.user.UserRegistered', 'events.v1.UserRegistered', $1, 1, $2, $3)",
+            &[Uuid::now_v7().to_string().into(), vec![0u8; 16].into(), created_at.into()],
+        )
+        .await
+        .expect("append");
+    }
+    tx.commit().await.expect("commit");
+    let all = outbox(&database).await;
+    let kept = *all.iter().nth(3_000).expect("a row in the middle");
+    sqlx::query("DELETE FROM outbox_pending WHERE seq <> $1")
+        .bind(kept)
+        .execute(database.pool())
+        .await
+        .expect("mark all but one published");
+
+    let pruned = outbox::relay::prune(&database, Duration::from_secs(60))
+        .await
+        .expect("prune");
+    assert_eq!(pruned, n_old.unsigned_abs() - 1);
+    let young: BTreeSet<i64> = all.iter().copied().skip(n_old as usize).collect();
+    let left: BTreeSet<i64> = young.iter().copied().chain([kept]).collect();
+    assert_eq!(
+        outbox(&database).await,
+        left,
+        "the pending row and the young ones stay"
+    );
 }
