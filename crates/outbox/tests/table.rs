@@ -30,6 +30,28 @@ async fn open(backend: Backend) -> (TestDatabase, Database) {
     (db, database)
 }
 
+/// A database with the outbox's current schema.
+async fn migrated(backend: Backend) -> (TestDatabase, Database) {
+    let (db, database) = open(backend).await;
+    database
+        .migrate([outbox::migrations()])
+        .await
+        .expect("migrate");
+    (db, database)
+}
+
+/// Marks the rows `condition` picks published, as the relay does once JetStream has
+/// acknowledged them.
+async fn mark_published(database: &Database, condition: &'static str, seq: i64) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM outbox_pending WHERE {condition}"
+    )))
+    .bind(seq)
+    .execute(database.pool())
+    .await
+    .expect("mark published");
+}
+
 /// The outbox's migrations up to and including `version`, as a database of that age ran them.
 fn migrations_up_to(version: i64) -> Migrations {
     let mut migrations = outbox::migrations();
@@ -116,11 +138,7 @@ async fn an_upgrade_keeps_unpublished_rows_pending_and_later_appends_join_them(b
 }
 
 async fn pruning_removes_old_published_rows_and_keeps_pending_ones(backend: Backend) {
-    let (_db, database) = open(backend).await;
-    database
-        .migrate([outbox::migrations()])
-        .await
-        .expect("migrate");
+    let (_db, database) = migrated(backend).await;
     for _ in 0..5 {
         append(&database).await;
     }
@@ -132,12 +150,7 @@ async fn pruning_removes_old_published_rows_and_keeps_pending_ones(backend: Back
     );
     let published: BTreeSet<i64> = all.iter().copied().take(3).collect();
     for seq in &published {
-        // As the relay marks a row once JetStream has acknowledged it.
-        sqlx::query("DELETE FROM outbox_pending WHERE seq = $1")
-            .bind(seq)
-            .execute(database.pool())
-            .await
-            .expect("mark published");
+        mark_published(&database, "seq = $1", *seq).await;
     }
 
     let pruned = outbox::relay::prune(&database, Duration::from_secs(3600))
@@ -162,11 +175,7 @@ async fn pruning_removes_old_published_rows_and_keeps_pending_ones(backend: Back
 /// More old published rows than one pruning transaction takes, around a pending one, then
 /// young ones.
 async fn pruning_takes_every_old_row_across_chunks(backend: Backend) {
-    let (_db, database) = open(backend).await;
-    database
-        .migrate([outbox::migrations()])
-        .await
-        .expect("migrate");
+    let (_db, database) = migrated(backend).await;
     let (n_old, n_young): (i64, i64) = (4_000, 500);
     let now = platform::time::now_micros();
     let mut tx = database.begin_write().await.expect("begin");
@@ -183,11 +192,7 @@ async fn pruning_takes_every_old_row_across_chunks(backend: Backend) {
     tx.commit().await.expect("commit");
     let all = outbox(&database).await;
     let kept = *all.iter().nth(3_000).expect("a row in the middle");
-    sqlx::query("DELETE FROM outbox_pending WHERE seq <> $1")
-        .bind(kept)
-        .execute(database.pool())
-        .await
-        .expect("mark all but one published");
+    mark_published(&database, "seq <> $1", kept).await;
 
     let pruned = outbox::relay::prune(&database, Duration::from_secs(60))
         .await
