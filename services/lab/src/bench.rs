@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 
 use crate::measure::{Clients, ErrorTally, Mode, micros, micros_histogram};
 use crate::seed::{Seeded, SeededUser};
+use crate::stages::{Sample, StageProbe, Stages};
 use crate::topology::{Endpoints, Service};
 use crate::up::RunningLab;
 use crate::writer::{AfterWrite, BackgroundWrites, PacedWriter, WriteTarget, lock};
@@ -198,6 +199,9 @@ pub struct FreshnessResult {
     pub writes_skipped: u64,
     /// Bucketed distribution: (upper bound in us, count).
     pub distribution: Vec<(u64, u64)>,
+    /// The same lags split into relay, JetStream and projection time, when the bench could
+    /// follow the orders stream.
+    pub stages: Option<Stages>,
     /// CPU used while writing and timing, by process, in percent of one core.
     pub cpu_pct: BTreeMap<String, f64>,
 }
@@ -604,8 +608,17 @@ async fn freshness(
 ) -> FreshnessResult {
     let rate = settings.freshness_write_rate;
     let every = u64::from((rate / FRESHNESS_SAMPLES_PER_SECOND).max(1));
-    // Recorded lags, and orders never seen.
-    let timed = Arc::new(Mutex::new((micros_histogram(), 0_u64)));
+    // Without the probe the stages are left out; the lags are timed all the same.
+    let probe = match StageProbe::start(&endpoints.nats_url).await {
+        Ok(probe) => Some(probe),
+        Err(error) => {
+            eprintln!("Not splitting freshness into stages: {error:#}");
+            None
+        }
+    };
+    // Recorded lags, the samples behind them, and orders never seen.
+    let timed = Arc::new(Mutex::new((micros_histogram(), Vec::new(), 0_u64)));
+    let began = Instant::now();
     let after: AfterWrite = {
         let (reader, timed) = (asynchronous.clone(), Arc::clone(&timed));
         Arc::new(move |write| {
@@ -622,8 +635,16 @@ async fn freshness(
                 let seen = visible_after(&reader, &user, &order_id, answered).await;
                 let mut timed = lock(&timed);
                 match seen {
-                    Some(elapsed) => timed.0.saturating_record(micros(elapsed)),
-                    None => timed.1 += 1,
+                    Some(visible) => {
+                        timed.0.saturating_record(micros(visible));
+                        timed.1.push(Sample {
+                            order_id,
+                            answered,
+                            at: answered.duration_since(began),
+                            visible,
+                        });
+                    }
+                    None => timed.2 += 1,
                 }
             })
         })
@@ -635,7 +656,11 @@ async fn freshness(
     );
     tokio::time::sleep(Duration::from_millis(settings.freshness_ms)).await;
     let (writes, writing) = writer.stop().await;
-    let (histogram, never_seen) = &*lock(&timed);
+    let (histogram, samples, never_seen) = &*lock(&timed);
+    let stages = probe.map(|probe| {
+        let splits: Vec<_> = samples.iter().filter_map(|s| probe.split(s)).collect();
+        crate::stages::summarize(&splits)
+    });
     FreshnessResult {
         p50_us: histogram.value_at_quantile(0.5),
         p90_us: histogram.value_at_quantile(0.9),
@@ -648,6 +673,7 @@ async fn freshness(
         write_errors: writes.failed,
         writes_skipped: writes.skipped,
         distribution: distribution(histogram),
+        stages,
         cpu_pct: BTreeMap::new(),
     }
 }
@@ -898,6 +924,7 @@ mod tests {
             write_errors: 0,
             writes_skipped: 0,
             distribution: Vec::new(),
+            stages: None,
             cpu_pct: BTreeMap::new(),
         };
         let catch_up = CatchUp {

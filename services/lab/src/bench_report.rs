@@ -153,6 +153,49 @@ fn freshness_line(report: &BenchReport) -> String {
     )
 }
 
+/// Where the lag went, stage by stage, when the bench could follow the orders stream.
+fn stages_line(report: &BenchReport) -> Option<String> {
+    let stages = report.freshness.stages.as_ref()?;
+    let stage = |s: &crate::stages::StageSummary| {
+        format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
+    };
+    Some(format!(
+        "Split over {} of them: relay (answer to publish) {}; JetStream (publish to delivery) {}; projection (delivery to visible) {}.",
+        stages.samples,
+        stage(&stages.relay),
+        stage(&stages.jetstream),
+        stage(&stages.projection)
+    ))
+}
+
+const SLOWEST_HEADERS: [&str; 5] = [
+    "at (ms into the phase)",
+    "freshness us",
+    "relay us",
+    "JetStream us",
+    "projection us",
+];
+
+fn slowest_rows(report: &BenchReport) -> Vec<[String; 5]> {
+    let Some(stages) = &report.freshness.stages else {
+        return Vec::new();
+    };
+    stages
+        .slowest
+        .iter()
+        .map(|split| {
+            [
+                split.at_ms,
+                split.total_us,
+                split.relay_us,
+                split.jetstream_us,
+                split.projection_us,
+            ]
+            .map(|value| value.to_string())
+        })
+        .collect()
+}
+
 fn catch_up_line(report: &BenchReport) -> String {
     let catch_up = &report.catch_up;
     format!(
@@ -170,6 +213,9 @@ pub fn terminal(report: &BenchReport) -> String {
     );
     text.push_str(&table(&SUMMARY_HEADERS, &summary_rows(report)));
     let _ = writeln!(text, "\n{}", freshness_line(report));
+    if let Some(line) = stages_line(report) {
+        let _ = writeln!(text, "{line}");
+    }
     let _ = writeln!(text, "{}", catch_up_line(report));
     let _ = writeln!(text, "{}\n", storage_line(report));
     let _ = writeln!(text, "Aims (ratios measured in this run):");
@@ -206,6 +252,11 @@ pub fn markdown(report: &BenchReport) -> String {
         catch_up_line(report),
         storage_line(report)
     );
+    if let Some(line) = stages_line(report) {
+        let _ = writeln!(text, "{line} The slowest timed orders:\n");
+        text.push_str(&markdown_table(&SLOWEST_HEADERS, &slowest_rows(report)));
+        text.push('\n');
+    }
     text.push_str(&markdown_table(&["aim", "measured", ""], &aim_rows(report)));
     text.push_str("\nEvery step:\n\n");
     text.push_str(&markdown_table(&STEP_HEADERS, &step_rows(report)));
@@ -271,6 +322,7 @@ falls behind.</p>
 <h2>Freshness of purchases-async</h2>
 <p>{freshness_line}</p>
 {freshness}
+<p>{stages_line}</p>
 <h2>All figures</h2>
 <pre>{markdown}</pre>
 "#,
@@ -286,6 +338,7 @@ falls behind.</p>
         ),
         freshness_line = escape(&freshness_line(report)),
         freshness = bar_chart(&freshness, ""),
+        stages_line = escape(&stages_line(report).unwrap_or_default()),
         markdown = escape(&markdown(report)),
     );
     crate::report::page("Lab bench", &body)

@@ -1346,12 +1346,9 @@ async fn clear_faults(endpoints: &Endpoints, service: Service) -> anyhow::Result
 const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
 
 async fn jetstream(nats_url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url.split(',').collect::<Vec<_>>())
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
-    Ok(async_nats::jetstream::new(client))
+    Ok(async_nats::jetstream::new(
+        crate::stages::connect(nats_url).await?,
+    ))
 }
 
 /// The last sequence of each stream the projection follows, read from JetStream itself.

@@ -17,6 +17,7 @@ mod footprint;
 mod measure;
 mod report;
 mod seed;
+mod stages;
 mod topology;
 mod up;
 mod writer;

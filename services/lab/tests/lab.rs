@@ -357,6 +357,28 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
     );
     assert_eq!(freshness["never_seen"], 0, "{freshness}");
     assert!(freshness["p99_us"].as_u64() >= freshness["p50_us"].as_u64());
+    // The probe follows the orders stream itself: it must have seen every timed order.
+    let stages = &freshness["stages"];
+    assert_eq!(stages["samples"], freshness["samples"], "{stages}");
+    let slowest: Vec<u64> = stages["slowest"]
+        .as_array()
+        .expect("the slowest samples")
+        .iter()
+        .filter_map(|split| split["total_us"].as_u64())
+        .collect();
+    assert!(
+        !slowest.is_empty() && slowest.is_sorted_by(|a, b| a >= b),
+        "{stages}"
+    );
+    let max = freshness["max_us"].as_u64().expect("max_us") as f64;
+    assert!(
+        (slowest[0] as f64 - max).abs() <= max * 0.01,
+        "the slowest split is the slowest sample: {stages}"
+    );
+    for stage in ["relay", "jetstream", "projection"] {
+        assert!(stages[stage]["p99_us"].as_u64() <= stages[stage]["max_us"].as_u64());
+    }
+    assert!(stdout.contains("Split over"), "{stdout}");
     assert_eq!(report["nats_fsync"], "lazy");
     assert!(report["background_writes"]["placed"].as_u64() > Some(0));
     assert_eq!(report["background_writes"]["failed"], 0);
