@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
 use contracts::events::v1::EventEnvelope;
-use futures::StreamExt as _;
+use futures::{Stream, StreamExt as _, future};
 use hdrhistogram::Histogram;
 use prost::Message as _;
 use serde::Serialize;
@@ -86,28 +87,16 @@ impl StageProbe {
             .context("cannot follow the orders stream")?;
         client.flush().await.context("NATS did not answer")?;
         let seen: Seen = Arc::default();
-        let on_wire = {
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut wire = wire;
-                while let Some(message) = wire.next().await {
-                    stamp(&seen, &message.payload, |stamps, at| {
-                        stamps.published.get_or_insert(at);
-                    });
-                }
-            })
-        };
-        let from_stream = {
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut delivered = delivered;
-                while let Some(Ok(message)) = delivered.next().await {
-                    stamp(&seen, &message.payload, |stamps, at| {
-                        stamps.delivered.get_or_insert(at);
-                    });
-                }
-            })
-        };
+        let on_wire = follow(wire.map(|message| message.payload), &seen, |stamps| {
+            &mut stamps.published
+        });
+        // The ordered consumer recreates itself after an error; what it misses meanwhile is
+        // left unsplit.
+        let from_stream = follow(
+            delivered.filter_map(|message| future::ready(message.ok().map(|m| m.message.payload))),
+            &seen,
+            |stamps| &mut stamps.delivered,
+        );
         Ok(Self {
             seen,
             tasks: vec![on_wire, from_stream],
@@ -132,6 +121,24 @@ impl StageProbe {
             projection_us: whole_micros(projection),
         })
     }
+}
+
+/// Stamps, in the field `which` picks, the first sighting of each event's aggregate on
+/// `payloads`, until the stream ends or the probe is dropped.
+fn follow(
+    payloads: impl Stream<Item = Bytes> + Send + 'static,
+    seen: &Seen,
+    which: fn(&mut Stamps) -> &mut Option<Instant>,
+) -> JoinHandle<()> {
+    let seen = Arc::clone(seen);
+    tokio::spawn(async move {
+        let mut payloads = std::pin::pin!(payloads);
+        while let Some(payload) = payloads.next().await {
+            stamp(&seen, &payload, |stamps, at| {
+                which(stamps).get_or_insert(at);
+            });
+        }
+    })
 }
 
 /// A stage may take no time at all (the relay publishing before the answer arrives).
