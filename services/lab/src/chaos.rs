@@ -1347,7 +1347,7 @@ const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
 
 async fn jetstream(nats_url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
     Ok(async_nats::jetstream::new(
-        crate::stages::connect(nats_url).await?,
+        crate::topology::connect_nats(nats_url).await?,
     ))
 }
 

@@ -53,20 +53,11 @@ impl Drop for StageProbe {
     }
 }
 
-/// Connects to the lab's NATS (a comma-separated list of URLs for a cluster).
-pub(crate) async fn connect(nats_url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url.split(',').collect::<Vec<_>>())
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))
-}
-
 impl StageProbe {
     /// Subscribes to the orders stream, from its next event on. Both subscriptions are in
     /// place on the server when this returns.
     pub async fn start(nats_url: &str) -> anyhow::Result<Self> {
-        let client = connect(nats_url).await?;
+        let client = crate::topology::connect_nats(nats_url).await?;
         let wire = client
             .subscribe(ORDERS_SUBJECTS)
             .await

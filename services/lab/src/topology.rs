@@ -348,6 +348,16 @@ pub fn channel_to(addr: SocketAddr) -> tonic::transport::Channel {
         .connect_lazy()
 }
 
+/// A client of the lab's NATS (a comma-separated list of URLs for a cluster).
+pub async fn connect_nats(nats_url: &str) -> anyhow::Result<async_nats::Client> {
+    use anyhow::Context as _;
+    async_nats::ConnectOptions::new()
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(nats_url.split(',').collect::<Vec<_>>())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))
+}
+
 /// `lab.json` in a data dir.
 pub fn state_file(data_dir: &Path) -> PathBuf {
     data_dir.join("lab.json")
