@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
+use crate::jetstream_alone::JetStreamAlone;
 use crate::measure::{Clients, ErrorTally, Mode, micros, micros_histogram};
 use crate::seed::{Seeded, SeededUser};
 use crate::stages::{Sample, StageProbe, Stages};
@@ -202,6 +203,9 @@ pub struct FreshnessResult {
     /// The same lags split into relay, JetStream and projection time, when the bench could
     /// follow the orders stream.
     pub stages: Option<Stages>,
+    /// JetStream's own publish-to-delivery at the same rate, measured alone just before:
+    /// the floor under the JetStream stage. None when it could not be measured.
+    pub jetstream_alone: Option<JetStreamAlone>,
     /// CPU used while writing and timing, by process, in percent of one core.
     pub cpu_pct: BTreeMap<String, f64>,
 }
@@ -321,6 +325,19 @@ pub async fn run(
     let (background_writes, _) = writer.stop().await;
 
     println!(
+        "Timing JetStream alone: {} messages/s for {:.1} s...",
+        settings.freshness_write_rate,
+        settings.freshness_ms as f64 / 1_000.0
+    );
+    let jetstream_alone = crate::jetstream_alone::measure(
+        &endpoints.nats_url,
+        settings.freshness_write_rate,
+        Duration::from_millis(settings.freshness_ms),
+    )
+    .await
+    .inspect_err(|error| eprintln!("Not timing JetStream alone: {error:#}"))
+    .ok();
+    println!(
         "Timing freshness: {} orders/s for {:.1} s...",
         settings.freshness_write_rate,
         settings.freshness_ms as f64 / 1_000.0
@@ -328,6 +345,7 @@ pub async fn run(
     let cpu_before = crate::cpu::sample(&lab.pids());
     let mut freshness = freshness(&endpoints, &clients.asynchronous, seeded, settings).await;
     freshness.cpu_pct = crate::cpu::usage(&cpu_before, &crate::cpu::sample(&lab.pids()));
+    freshness.jetstream_alone = jetstream_alone;
     println!("Timing a new projection built from every event in the streams...");
     let catch_up = catch_up(lab, seeded).await?;
     let storage_bytes = crate::footprint::measure(lab).await;
@@ -674,6 +692,7 @@ async fn freshness(
         writes_skipped: writes.skipped,
         distribution: distribution(histogram),
         stages,
+        jetstream_alone: None,
         cpu_pct: BTreeMap::new(),
     }
 }
@@ -925,6 +944,7 @@ mod tests {
             writes_skipped: 0,
             distribution: Vec::new(),
             stages: None,
+            jetstream_alone: None,
             cpu_pct: BTreeMap::new(),
         };
         let catch_up = CatchUp {

@@ -153,19 +153,35 @@ fn freshness_line(report: &BenchReport) -> String {
     )
 }
 
-/// Where the lag went, stage by stage, when the bench could follow the orders stream.
+/// Where the lag went, stage by stage, when the bench could follow the orders stream, and
+/// what JetStream alone takes at the same rate.
 fn stages_line(report: &BenchReport) -> Option<String> {
-    let stages = report.freshness.stages.as_ref()?;
     let stage = |s: &crate::stages::StageSummary| {
         format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
     };
-    Some(format!(
-        "Split over {} of them: relay (answer to publish) {}; JetStream (publish to delivery) {}; projection (delivery to visible) {}.",
-        stages.samples,
-        stage(&stages.relay),
-        stage(&stages.jetstream),
-        stage(&stages.projection)
-    ))
+    let split = report.freshness.stages.as_ref().map(|stages| {
+        format!(
+            "Split over {} of them: relay (answer to publish) {}; JetStream (publish to delivery) {}; projection (delivery to visible) {}.",
+            stages.samples,
+            stage(&stages.relay),
+            stage(&stages.jetstream),
+            stage(&stages.projection)
+        )
+    });
+    let alone = report.freshness.jetstream_alone.as_ref().map(|alone| {
+        format!(
+            "JetStream alone just before (the same broker, {} messages/s of {} bytes, nothing else writing): publish to delivery {}; publish to ack {}; {} of {} never delivered, {} failed.",
+            alone.rate_offered,
+            alone.payload_bytes,
+            stage(&alone.publish_to_delivery),
+            stage(&alone.publish_to_ack),
+            alone.never_delivered,
+            alone.messages,
+            alone.errors
+        )
+    });
+    let lines: Vec<String> = split.into_iter().chain(alone).collect();
+    (!lines.is_empty()).then(|| lines.join(" "))
 }
 
 const SLOWEST_HEADERS: [&str; 5] = [
@@ -253,7 +269,10 @@ pub fn markdown(report: &BenchReport) -> String {
         storage_line(report)
     );
     if let Some(line) = stages_line(report) {
-        let _ = writeln!(text, "{line} The slowest timed orders:\n");
+        let _ = writeln!(text, "{line}\n");
+    }
+    if report.freshness.stages.is_some() {
+        let _ = writeln!(text, "The slowest timed orders:\n");
         text.push_str(&markdown_table(&SLOWEST_HEADERS, &slowest_rows(report)));
         text.push('\n');
     }

@@ -14,6 +14,7 @@ mod children;
 mod cpu;
 mod demo;
 mod footprint;
+mod jetstream_alone;
 mod measure;
 mod report;
 mod seed;

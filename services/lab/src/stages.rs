@@ -24,7 +24,7 @@ use crate::measure::{micros, micros_histogram};
 use crate::writer::lock;
 
 /// The stream orders publishes to, and the subjects it captures.
-const ORDERS_STREAM: &str = "ORDERS";
+pub(crate) const ORDERS_STREAM: &str = "ORDERS";
 const ORDERS_SUBJECTS: &str = "orders.>";
 /// Orders remembered at most: a freshness phase at the highest write rate the flags allow
 /// (20,000/s for 60 s) stays well inside it, and nothing grows past it.
@@ -183,7 +183,7 @@ pub struct StageSummary {
 }
 
 impl StageSummary {
-    fn of(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Self {
         Self {
             p50_us: histogram.value_at_quantile(0.5),
             p99_us: histogram.value_at_quantile(0.99),

@@ -379,6 +379,23 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
         assert!(stages[stage]["p99_us"].as_u64() <= stages[stage]["max_us"].as_u64());
     }
     assert!(stdout.contains("Split over"), "{stdout}");
+    // JetStream alone at the freshness rate (100/s for 0.5 s): every message timed.
+    let alone = &freshness["jetstream_alone"];
+    assert_eq!(alone["messages"], 50, "{alone}");
+    assert_eq!(alone["never_delivered"], 0, "{alone}");
+    assert_eq!(alone["errors"], 0, "{alone}");
+    assert!(
+        alone["payload_bytes"].as_u64() > Some(100),
+        "sized like an order event: {alone}"
+    );
+    for span in ["publish_to_delivery", "publish_to_ack"] {
+        let max = alone[span]["max_us"].as_u64();
+        assert!(
+            max > Some(0) && alone[span]["p99_us"].as_u64() <= max,
+            "{alone}"
+        );
+    }
+    assert!(stdout.contains("JetStream alone just before"), "{stdout}");
     assert_eq!(report["nats_fsync"], "lazy");
     assert!(report["background_writes"]["placed"].as_u64() > Some(0));
     assert_eq!(report["background_writes"]["failed"], 0);
