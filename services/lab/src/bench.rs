@@ -677,7 +677,7 @@ async fn freshness(
     let (histogram, samples, never_seen) = &*lock(&timed);
     let stages = probe.map(|probe| {
         let splits: Vec<_> = samples.iter().filter_map(|s| probe.split(s)).collect();
-        crate::stages::summarize(&splits)
+        crate::stages::summarize(&splits, probe.jetstream_every_order())
     });
     FreshnessResult {
         p50_us: histogram.value_at_quantile(0.5),

@@ -161,11 +161,13 @@ fn stages_line(report: &BenchReport) -> Option<String> {
     };
     let split = report.freshness.stages.as_ref().map(|stages| {
         format!(
-            "Split over {} of them: relay (answer to publish) {}; JetStream (publish to delivery) {}; projection (delivery to visible) {}.",
+            "Split over {} of them: relay (answer to publish) {}; JetStream (publish to delivery) {}; projection (delivery to visible) {}. JetStream over all {} orders of the phase: {}.",
             stages.samples,
             stage(&stages.relay),
             stage(&stages.jetstream),
-            stage(&stages.projection)
+            stage(&stages.projection),
+            stages.every_order.orders,
+            stage(&stages.every_order.jetstream)
         )
     });
     let alone = report.freshness.jetstream_alone.as_ref().map(|alone| {

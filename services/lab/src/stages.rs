@@ -94,6 +94,23 @@ impl StageProbe {
         })
     }
 
+    /// The JetStream stage of every order the probe saw both times, timed or not: many
+    /// more than the timed samples, so its tail is read from thousands.
+    pub fn jetstream_every_order(&self) -> EveryOrder {
+        let mut jetstream = micros_histogram();
+        for stamps in lock(&self.seen).values() {
+            if let (Some(published), Some(delivered)) = (stamps.published, stamps.delivered) {
+                jetstream.saturating_record(whole_micros(
+                    delivered.saturating_duration_since(published),
+                ));
+            }
+        }
+        EveryOrder {
+            orders: jetstream.len(),
+            jetstream: StageSummary::of(&jetstream),
+        }
+    }
+
     /// Splits one timed order: answered at `answered`, first seen in purchases-async
     /// `visible` later. None when the probe missed one of its events.
     pub fn split(&self, sample: &Sample) -> Option<Split> {
@@ -206,12 +223,20 @@ pub struct Stages {
     pub projection: StageSummary,
     /// The slowest samples, slowest first.
     pub slowest: Vec<Split>,
+    pub every_order: EveryOrder,
+}
+
+/// The JetStream stage over every order of the freshness phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EveryOrder {
+    pub orders: u64,
+    pub jetstream: StageSummary,
 }
 
 /// How many of the slowest samples the report keeps whole.
 const SLOWEST_KEPT: usize = 10;
 
-pub fn summarize(splits: &[Split]) -> Stages {
+pub fn summarize(splits: &[Split], every_order: EveryOrder) -> Stages {
     let (mut relay, mut jetstream, mut projection) =
         (micros_histogram(), micros_histogram(), micros_histogram());
     for split in splits {
@@ -228,6 +253,7 @@ pub fn summarize(splits: &[Split]) -> Stages {
         jetstream: StageSummary::of(&jetstream),
         projection: StageSummary::of(&projection),
         slowest,
+        every_order,
     }
 }
 
@@ -248,7 +274,7 @@ mod tests {
     #[test]
     fn the_slowest_samples_come_first_and_are_bounded() {
         let splits: Vec<Split> = (1..=20).map(|n| split(n * 100, n)).collect();
-        let stages = summarize(&splits);
+        let stages = summarize(&splits, EveryOrder::default());
         assert_eq!(stages.samples, 20);
         let totals: Vec<u64> = stages.slowest.iter().map(|s| s.total_us).collect();
         let expected: Vec<u64> = (1..=20).rev().take(SLOWEST_KEPT).map(|n| n * 100).collect();
@@ -290,5 +316,9 @@ mod tests {
             ..sample
         };
         assert!(probe.split(&missing).is_none());
+        // Every order counts in the stage's own tail, timed or not: publish to delivery.
+        let every = probe.jetstream_every_order();
+        assert_eq!(every.orders, 1);
+        assert!(every.jetstream.max_us.abs_diff(2_300) <= 2, "{every:?}");
     }
 }

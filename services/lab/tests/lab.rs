@@ -375,6 +375,11 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
         (slowest[0] as f64 - max).abs() <= max * 0.01,
         "the slowest split is the slowest sample: {stages}"
     );
+    // The JetStream stage of every order the phase placed, timed or not.
+    assert!(
+        stages["every_order"]["orders"].as_u64() >= freshness["samples"].as_u64(),
+        "{stages}"
+    );
     for stage in ["relay", "jetstream", "projection"] {
         assert!(stages[stage]["p99_us"].as_u64() <= stages[stage]["max_us"].as_u64());
     }
