@@ -11,12 +11,12 @@ use anyhow::Context as _;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
 use bytes::{BufMut as _, Bytes, BytesMut};
+use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use futures::{StreamExt as _, future};
 use serde::Serialize;
 
 use crate::measure::{micros, micros_histogram};
-use crate::stages::{ORDERS_STREAM, StageSummary};
+use crate::stages::{self, ORDERS_STREAM, StageSummary};
 use crate::writer::lock;
 
 /// The scratch stream: deleted after each measurement, and before one in case a killed run
@@ -113,31 +113,11 @@ async fn time(
     payload_bytes: usize,
 ) -> anyhow::Result<JetStreamAlone> {
     let timeline: Timeline = Arc::new(Mutex::new(vec![Message::default(); count as usize]));
-    let wire = client
-        .subscribe(SUBJECT)
-        .await
-        .context("cannot subscribe to the scratch subject")?;
-    let deliveries = scratch
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .context("cannot follow the scratch stream")?
-        .messages()
-        .await
-        .context("cannot follow the scratch stream")?;
-    client.flush().await.context("NATS did not answer")?;
+    let (wire, deliveries) =
+        stages::sightings(client, SUBJECT, scratch, consumer::DeliverPolicy::All).await?;
     let followers = [
-        follow(wire.map(|message| message.payload), &timeline, |m| {
-            &mut m.on_wire
-        }),
-        follow(
-            deliveries.filter_map(|message| future::ready(message.ok().map(|m| m.message.payload))),
-            &timeline,
-            |m| &mut m.delivered,
-        ),
+        stages::follow(wire, stamper(&timeline, |m| &mut m.on_wire)),
+        stages::follow(deliveries, stamper(&timeline, |m| &mut m.delivered)),
     ];
 
     let mut acked = micros_histogram();
@@ -209,24 +189,19 @@ async fn time(
     })
 }
 
-/// Stamps, in the field `which` picks, the first sighting of each message on `payloads`.
-fn follow(
-    payloads: impl futures::Stream<Item = Bytes> + Send + 'static,
+/// Stamps, in the field `which` picks, the first sighting of each message.
+fn stamper(
     timeline: &Timeline,
     which: fn(&mut Message) -> &mut Option<Instant>,
-) -> tokio::task::JoinHandle<()> {
+) -> impl FnMut(&[u8], Instant) + Send + 'static {
     let timeline = Arc::clone(timeline);
-    tokio::spawn(async move {
-        let mut payloads = std::pin::pin!(payloads);
-        while let Some(payload) = payloads.next().await {
-            let at = Instant::now();
-            if let Some(index) = index_of(&payload)
-                && let Some(message) = lock(&timeline).get_mut(index)
-            {
-                which(message).get_or_insert(at);
-            }
+    move |payload, at| {
+        if let Some(index) = index_of(payload)
+            && let Some(message) = lock(&timeline).get_mut(index)
+        {
+            which(message).get_or_insert(at);
         }
-    })
+    }
 }
 
 /// How long JetStream took to acknowledge, or None when it refused or never answered.

@@ -58,36 +58,20 @@ impl StageProbe {
     /// place on the server when this returns.
     pub async fn start(nats_url: &str) -> anyhow::Result<Self> {
         let client = crate::topology::connect_nats(nats_url).await?;
-        let wire = client
-            .subscribe(ORDERS_SUBJECTS)
-            .await
-            .context("cannot subscribe to the orders subjects")?;
-        let delivered = jetstream::new(client.clone())
+        let orders = jetstream::new(client.clone())
             .get_stream(ORDERS_STREAM)
             .await
-            .context("no orders stream")?
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                deliver_policy: consumer::DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .context("cannot follow the orders stream")?
-            .messages()
-            .await
-            .context("cannot follow the orders stream")?;
-        client.flush().await.context("NATS did not answer")?;
+            .context("no orders stream")?;
+        let (wire, delivered) = sightings(
+            &client,
+            ORDERS_SUBJECTS,
+            &orders,
+            consumer::DeliverPolicy::New,
+        )
+        .await?;
         let seen: Seen = Arc::default();
-        let on_wire = follow(wire.map(|message| message.payload), &seen, |stamps| {
-            &mut stamps.published
-        });
-        // The ordered consumer recreates itself after an error; what it misses meanwhile is
-        // left unsplit.
-        let from_stream = follow(
-            delivered.filter_map(|message| future::ready(message.ok().map(|m| m.message.payload))),
-            &seen,
-            |stamps| &mut stamps.delivered,
-        );
+        let on_wire = follow(wire, stamper(&seen, |stamps| &mut stamps.published));
+        let from_stream = follow(delivered, stamper(&seen, |stamps| &mut stamps.delivered));
         Ok(Self {
             seen,
             tasks: vec![on_wire, from_stream],
@@ -131,41 +115,77 @@ impl StageProbe {
     }
 }
 
-/// Stamps, in the field `which` picks, the first sighting of each event's aggregate on
-/// `payloads`, until the stream ends or the probe is dropped.
-fn follow(
+/// Both sightings of each event on `subjects`: on the wire, from a plain subscription, and
+/// from `stream`, through an ordered consumer starting where `deliver_policy` says. Both are
+/// in place on the server when this returns. The ordered consumer recreates itself after an
+/// error; what it misses meanwhile is not seen.
+pub(crate) async fn sightings(
+    client: &async_nats::Client,
+    subjects: &str,
+    stream: &jetstream::stream::Stream,
+    deliver_policy: consumer::DeliverPolicy,
+) -> anyhow::Result<(
+    impl Stream<Item = Bytes> + Send + 'static,
+    impl Stream<Item = Bytes> + Send + 'static,
+)> {
+    let wire = client
+        .subscribe(subjects.to_owned())
+        .await
+        .with_context(|| format!("cannot subscribe to {subjects}"))?;
+    let delivered = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .context("cannot follow the stream")?
+        .messages()
+        .await
+        .context("cannot follow the stream")?;
+    client.flush().await.context("NATS did not answer")?;
+    Ok((
+        wire.map(|message| message.payload),
+        delivered.filter_map(|message| future::ready(message.ok().map(|m| m.message.payload))),
+    ))
+}
+
+/// Hands each payload on `payloads`, with the instant it arrived, to `sighted`, until the
+/// stream ends or the task is aborted.
+pub(crate) fn follow(
     payloads: impl Stream<Item = Bytes> + Send + 'static,
-    seen: &Seen,
-    which: fn(&mut Stamps) -> &mut Option<Instant>,
+    mut sighted: impl FnMut(&[u8], Instant) + Send + 'static,
 ) -> JoinHandle<()> {
-    let seen = Arc::clone(seen);
     tokio::spawn(async move {
         let mut payloads = std::pin::pin!(payloads);
         while let Some(payload) = payloads.next().await {
-            stamp(&seen, &payload, |stamps, at| {
-                which(stamps).get_or_insert(at);
-            });
+            sighted(&payload, Instant::now());
         }
     })
+}
+
+/// Stamps, in the field `which` picks, the first sighting of each event's aggregate. What
+/// does not decode is not an orders event this probe can place, and is left out.
+fn stamper(
+    seen: &Seen,
+    which: fn(&mut Stamps) -> &mut Option<Instant>,
+) -> impl FnMut(&[u8], Instant) + Send + 'static {
+    let seen = Arc::clone(seen);
+    move |payload, at| {
+        let Ok(envelope) = EventEnvelope::decode(payload) else {
+            return;
+        };
+        let mut seen = lock(&seen);
+        if seen.len() >= MAX_TRACKED && !seen.contains_key(&envelope.aggregate_id) {
+            return;
+        }
+        which(seen.entry(envelope.aggregate_id).or_default()).get_or_insert(at);
+    }
 }
 
 /// A stage may take no time at all (the relay publishing before the answer arrives).
 fn whole_micros(stage: Duration) -> u64 {
     u64::try_from(stage.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Records the first sighting of the event's aggregate. What does not decode is not an
-/// orders event this probe can place, and is left out.
-fn stamp(seen: &Seen, payload: &[u8], mark: impl FnOnce(&mut Stamps, Instant)) {
-    let at = Instant::now();
-    let Ok(envelope) = EventEnvelope::decode(payload) else {
-        return;
-    };
-    let mut seen = lock(seen);
-    if seen.len() >= MAX_TRACKED && !seen.contains_key(&envelope.aggregate_id) {
-        return;
-    }
-    mark(seen.entry(envelope.aggregate_id).or_default(), at);
 }
 
 /// One timed order.
