@@ -42,9 +42,23 @@ pub struct BenchArgs {
     /// How long each rate is held, in milliseconds [default: 5000; with --quick 1000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub step_ms: Option<u64>,
+    /// Steps added per mode between the last rate it carried and the first it did not,
+    /// each halving that gap (on a log scale), so its saturation is found more closely than
+    /// the rates' spacing [default: 2; with --quick 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=6))]
+    pub refine_steps: Option<u32>,
     /// The rate offered to every mode alike for the summary (added to the steps).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=200_000))]
     pub reference_rate: u32,
+    /// Rounds the summary is measured in at the reference rate, every mode taking a turn in
+    /// each, so that a passing disturbance of the machine falls on every mode alike
+    /// [default: 5; with --quick 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reference_rounds: Option<u32>,
+    /// How long each mode's turn in a round lasts, in milliseconds [default: 2000; with
+    /// --quick 500].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub reference_round_ms: Option<u64>,
     /// Orders per second placed in the background (in the microservices and the monolith
     /// alike) while the reads are measured [default: 100; with --quick 50].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=20_000))]
@@ -72,7 +86,10 @@ pub struct BenchArgs {
 pub struct Settings {
     pub rates: Vec<u32>,
     pub step_ms: u64,
+    pub refine_steps: u32,
     pub reference_rate: u32,
+    pub reference_rounds: u32,
+    pub reference_round_ms: u64,
     pub write_rate: u32,
     pub freshness_write_rate: u32,
     pub freshness_ms: u64,
@@ -109,7 +126,16 @@ impl BenchArgs {
             step_ms: self
                 .step_ms
                 .unwrap_or(if self.quick { 1_000 } else { 5_000 }),
+            refine_steps: self.refine_steps.unwrap_or(if self.quick { 1 } else { 2 }),
             reference_rate: self.reference_rate,
+            reference_rounds: self
+                .reference_rounds
+                .unwrap_or(if self.quick { 2 } else { 5 }),
+            reference_round_ms: self.reference_round_ms.unwrap_or(if self.quick {
+                500
+            } else {
+                2_000
+            }),
             write_rate: self.write_rate.unwrap_or(if self.quick { 50 } else { 100 }),
             freshness_write_rate: self.freshness_write_rate,
             freshness_ms: self
@@ -172,7 +198,26 @@ pub struct ModeResult {
     pub saturation_reached: bool,
 }
 
-/// The figures scripts read: one reference rate offered to every mode alike.
+/// The reference rate, offered to every mode in turn, round after round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reference {
+    pub rate: u32,
+    pub rounds: u32,
+    pub round_ms: u64,
+    /// Each mode's figures in each round, in the order the rounds ran.
+    pub per_round: BTreeMap<String, Vec<RoundFigures>>,
+}
+
+/// One mode's turn in one round.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RoundFigures {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub error_rate: f64,
+}
+
+/// The figures scripts read: one reference rate offered to every mode alike, over every
+/// round of [`Reference`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub p50_us: u64,
@@ -221,6 +266,8 @@ pub struct BenchReport {
     /// `summary.<mode>` at the reference rate, for `echo`, `sync`, `sync-sequential`,
     /// `async`, `monolith`.
     pub summary: BTreeMap<String, Summary>,
+    /// How the summary was measured, round by round.
+    pub reference: Reference,
     pub freshness: FreshnessResult,
     pub catch_up: CatchUp,
     /// Every step of every mode.
@@ -248,6 +295,9 @@ pub struct Aim {
     /// `<=` or `>=`.
     pub comparison: String,
     pub met: bool,
+    /// The same ratio in each round of the reference rate, when it is measured there: how
+    /// far one round's figure can be trusted on this machine today.
+    pub rounds: Vec<f64>,
 }
 
 /// Runs every phase on a running, seeded, caught-up lab.
@@ -275,7 +325,7 @@ pub async fn run(
     let mut steps: BTreeMap<Mode, Vec<Step>> =
         MODES.iter().map(|mode| (*mode, Vec::new())).collect();
     let mut saturated: BTreeMap<Mode, bool> = BTreeMap::new();
-    let total_steps = MODES.len() * settings.rates.len();
+    let total_steps = MODES.len() * (settings.rates.len() + settings.reference_rounds as usize);
     let progress = ProgressBar::new(total_steps as u64);
     progress.set_style(
         ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} steps {msg}")
@@ -291,18 +341,31 @@ pub async fn run(
             }
             progress.set_prefix(mode.name());
             progress.set_message(format!("{rate} req/s"));
-            let pids = lab.pids();
-            let cpu_before = crate::cpu::sample(&pids);
-            let step = open_loop(&clients, mode, &users, rate, settings).await;
-            let cpu = crate::cpu::usage(&cpu_before, &crate::cpu::sample(&pids));
+            let step = step_with_cpu(lab, &clients, mode, &users, rate, settings).await;
             if step.saturated {
                 saturated.insert(mode, true);
             }
-            steps.entry(mode).or_default().push(Step {
-                cpu_pct: cpu,
-                ..step
-            });
+            steps.entry(mode).or_default().push(step);
         }
+    }
+    for _ in 0..settings.refine_steps {
+        for mode in MODES {
+            let Some(rate) = steps
+                .get(&mode)
+                .and_then(|steps| between_carried_and_not(steps))
+            else {
+                continue;
+            };
+            progress.inc_length(1);
+            progress.inc(1);
+            progress.set_prefix(mode.name());
+            progress.set_message(format!("{rate} req/s, narrowing its saturation"));
+            let step = step_with_cpu(lab, &clients, mode, &users, rate, settings).await;
+            steps.entry(mode).or_default().push(step);
+        }
+    }
+    for steps in steps.values_mut() {
+        steps.sort_by_key(|step| step.offered_rps);
     }
     let series: BTreeMap<String, ModeResult> = steps
         .into_iter()
@@ -321,6 +384,7 @@ pub async fn run(
             )
         })
         .collect();
+    let (reference, at_reference) = reference_rounds(&clients, &users, settings, &progress).await;
     progress.finish_and_clear();
     let (background_writes, _) = writer.stop().await;
 
@@ -350,26 +414,25 @@ pub async fn run(
     let catch_up = catch_up(lab, seeded).await?;
     let storage_bytes = crate::footprint::measure(lab).await;
 
-    let summary: BTreeMap<String, Summary> = series
-        .iter()
-        .filter_map(|(mode, result)| {
-            let step = result
-                .steps
-                .iter()
-                .find(|step| step.offered_rps == settings.reference_rate)?;
-            Some((
-                mode.clone(),
+    let summary: BTreeMap<String, Summary> = at_reference
+        .into_iter()
+        .map(|(mode, step)| {
+            let saturation_rps = series
+                .get(mode.name())
+                .map_or(0.0, |result| result.saturation_rps);
+            (
+                mode.name().to_owned(),
                 Summary {
                     p50_us: step.p50_us,
                     p99_us: step.p99_us,
                     throughput_rps: step.throughput_rps,
                     error_rate: step.error_rate,
-                    saturation_rps: result.saturation_rps,
+                    saturation_rps,
                 },
-            ))
+            )
         })
         .collect();
-    let aims = aims(&summary, &freshness, &catch_up);
+    let aims = aims(&summary, &reference, &freshness, &catch_up);
     Ok(BenchReport {
         generated_at: crate::report::now_rfc3339(),
         machine: crate::report::machine(),
@@ -382,6 +445,7 @@ pub async fn run(
         },
         settings: settings.clone(),
         summary,
+        reference,
         freshness,
         catch_up,
         series,
@@ -393,13 +457,29 @@ pub async fn run(
 
 fn aims(
     summary: &BTreeMap<String, Summary>,
+    reference: &Reference,
     freshness: &FreshnessResult,
     catch_up: &CatchUp,
 ) -> Vec<Aim> {
     let get = |mode: &str| summary.get(mode);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    let hundredths = |value: f64| (value * 100.0).round() / 100.0;
+    // `mode`'s figure over `floor` times echo's, round by round.
+    let per_round = |mode: &str, figure: fn(&RoundFigures) -> u64, floor: f64| -> Vec<f64> {
+        let (Some(rounds), Some(echo)) = (
+            reference.per_round.get(mode),
+            reference.per_round.get("echo"),
+        ) else {
+            return Vec::new();
+        };
+        rounds
+            .iter()
+            .zip(echo)
+            .map(|(own, echo)| hundredths(ratio(figure(own) as f64, floor * figure(echo) as f64)))
+            .collect()
+    };
     let mut aims = Vec::new();
-    let mut aim = |name: &str, measured: f64, comparison: &str, target: f64| {
+    let mut aim = |name: &str, measured: f64, comparison: &str, target: f64, rounds: Vec<f64>| {
         let met = if comparison == "<=" {
             measured <= target
         } else {
@@ -407,24 +487,29 @@ fn aims(
         };
         aims.push(Aim {
             name: name.to_owned(),
-            measured: (measured * 100.0).round() / 100.0,
+            measured: hundredths(measured),
             target,
             comparison: comparison.to_owned(),
             met,
+            rounds,
         });
     };
+    let p50 = |figures: &RoundFigures| figures.p50_us;
+    let p99 = |figures: &RoundFigures| figures.p99_us;
     if let (Some(echo), Some(asynchronous)) = (get("echo"), get("async")) {
         aim(
             "async p50 / echo p50",
             ratio(asynchronous.p50_us as f64, echo.p50_us as f64),
             "<=",
             1.3,
+            per_round("async", p50, 1.0),
         );
         aim(
             "async p99 / echo p99",
             ratio(asynchronous.p99_us as f64, echo.p99_us as f64),
             "<=",
             2.0,
+            per_round("async", p99, 1.0),
         );
     }
     if let (Some(sync), Some(asynchronous)) = (get("sync"), get("async")) {
@@ -433,6 +518,7 @@ fn aims(
             ratio(asynchronous.saturation_rps, sync.saturation_rps),
             ">=",
             3.0,
+            Vec::new(),
         );
     }
     if let (Some(echo), Some(sync)) = (get("echo"), get("sync")) {
@@ -443,6 +529,7 @@ fn aims(
             ratio(sync.p50_us as f64, 3.0 * echo.p50_us as f64),
             "<=",
             1.2,
+            per_round("sync", p50, 3.0),
         );
     }
     aim(
@@ -450,14 +537,115 @@ fn aims(
         freshness.p99_us as f64 / 1_000.0,
         "<=",
         5.0,
+        Vec::new(),
     );
     aim(
         "catch-up (events/s)",
         catch_up.events_per_second,
         ">=",
         20_000.0,
+        Vec::new(),
     );
     aims
+}
+
+/// One step of the series: `rate` held for the step's length, with the CPU every process
+/// used meanwhile.
+async fn step_with_cpu(
+    lab: &RunningLab,
+    clients: &Clients,
+    mode: Mode,
+    users: &Arc<Vec<SeededUser>>,
+    rate: u32,
+    settings: &Settings,
+) -> Step {
+    let pids = lab.pids();
+    let cpu_before = crate::cpu::sample(&pids);
+    let length = Duration::from_millis(settings.step_ms);
+    let step = open_loop(clients, mode, users, rate, length, settings)
+        .await
+        .step(rate);
+    Step {
+        cpu_pct: crate::cpu::usage(&cpu_before, &crate::cpu::sample(&pids)),
+        ..step
+    }
+}
+
+/// The rate halfway (on a log scale) between the highest rate a mode carried and the lowest
+/// it did not, or None when the mode never saturated, never carried a rate, or the two are
+/// already within 10% of each other.
+fn between_carried_and_not(steps: &[Step]) -> Option<u32> {
+    let not_carried = steps
+        .iter()
+        .filter(|step| step.saturated)
+        .map(|step| step.offered_rps)
+        .min()?;
+    let carried = steps
+        .iter()
+        .filter(|step| !step.saturated && step.offered_rps < not_carried)
+        .map(|step| step.offered_rps)
+        .max()?;
+    if f64::from(not_carried) < 1.1 * f64::from(carried) {
+        return None;
+    }
+    let between = (f64::from(carried) * f64::from(not_carried)).sqrt().round() as u32;
+    (between > carried && between < not_carried).then_some(between)
+}
+
+/// Offers the reference rate to every mode in turn, `reference_rounds` times, each round
+/// starting one mode further on so no mode always follows the same one. Each mode's summary
+/// is taken over all its turns: a disturbance of the machine (a writeback, a neighbour on
+/// the host) lands on one turn of each mode rather than on one mode's whole measurement.
+async fn reference_rounds(
+    clients: &Clients,
+    users: &Arc<Vec<SeededUser>>,
+    settings: &Settings,
+    progress: &ProgressBar,
+) -> (Reference, BTreeMap<Mode, Step>) {
+    let rate = settings.reference_rate;
+    let turn = Duration::from_millis(settings.reference_round_ms);
+    let mut merged: BTreeMap<Mode, Measured> = BTreeMap::new();
+    let mut per_round: BTreeMap<String, Vec<RoundFigures>> = BTreeMap::new();
+    for round in 0..settings.reference_rounds {
+        let mut order = MODES;
+        order.rotate_left(round as usize % MODES.len());
+        for mode in order {
+            progress.inc(1);
+            progress.set_prefix(mode.name());
+            progress.set_message(format!(
+                "{rate} req/s, reference round {}/{}",
+                round + 1,
+                settings.reference_rounds
+            ));
+            let measured = open_loop(clients, mode, users, rate, turn, settings).await;
+            let step = measured.step(rate);
+            per_round
+                .entry(mode.name().to_owned())
+                .or_default()
+                .push(RoundFigures {
+                    p50_us: step.p50_us,
+                    p99_us: step.p99_us,
+                    error_rate: step.error_rate,
+                });
+            match merged.get_mut(&mode) {
+                Some(all) => all.absorb(&measured),
+                None => {
+                    merged.insert(mode, measured);
+                }
+            }
+        }
+    }
+    let steps = merged
+        .into_iter()
+        .map(|(mode, measured)| (mode, measured.step(rate)))
+        .collect();
+    let reference = Reference {
+        rate,
+        rounds: settings.reference_rounds,
+        round_ms: settings.reference_round_ms,
+        per_round,
+    };
+    (reference, steps)
 }
 
 /// Shared by the requests of one step.
@@ -470,7 +658,39 @@ struct StepRecorder {
     errors: ErrorTally,
 }
 
+/// What one stretch of open-loop load at one rate recorded.
+#[derive(Debug)]
+struct Measured {
+    recorder: StepRecorder,
+    scheduled: u64,
+    seconds: f64,
+}
+
+impl Measured {
+    fn step(&self, offered_rps: u32) -> Step {
+        self.recorder
+            .finish(offered_rps, self.scheduled, self.seconds)
+    }
+
+    /// Adds another stretch at the same rate, as if the two had run back to back.
+    fn absorb(&mut self, other: &Measured) {
+        self.recorder.absorb(&other.recorder);
+        self.scheduled += other.scheduled;
+        self.seconds += other.seconds;
+    }
+}
+
 impl StepRecorder {
+    fn absorb(&mut self, other: &StepRecorder) {
+        // Every recorder's histograms share `micros_histogram`'s bounds and record saturated
+        // values, so one always fits into another.
+        let _ = self.corrected.add(&other.corrected);
+        let _ = self.uncorrected.add(&other.uncorrected);
+        let _ = self.send_lag.add(&other.send_lag);
+        self.ok += other.ok;
+        self.errors.absorb(&other.errors);
+    }
+
     fn new() -> Self {
         Self {
             corrected: micros_histogram(),
@@ -514,16 +734,16 @@ impl StepRecorder {
     }
 }
 
-/// Requests due at `rate` per second for the step's length, each sent when due (by a timer
-/// thread, whose lateness is recorded) unless `max_in_flight` are outstanding.
+/// Requests due at `rate` per second for `duration`, each sent when due (by a timer thread,
+/// whose lateness is recorded) unless `max_in_flight` are outstanding.
 async fn open_loop(
     clients: &Clients,
     mode: Mode,
     users: &Arc<Vec<SeededUser>>,
     rate: u32,
+    duration: Duration,
     settings: &Settings,
-) -> Step {
-    let duration = Duration::from_millis(settings.step_ms);
+) -> Measured {
     let recorder = Arc::new(Mutex::new(StepRecorder::new()));
     let in_flight = Arc::new(Semaphore::new(settings.max_in_flight as usize));
     let tracker = TaskTracker::new();
@@ -605,9 +825,13 @@ async fn open_loop(
     tracker.wait().await;
     // Until the last answer, not the last send: a mode that fell behind finishes its backlog
     // after the step, and that time is part of what it took.
-    let elapsed = started.elapsed();
-    let recorder = lock(&recorder);
-    recorder.finish(rate, scheduled, elapsed.as_secs_f64())
+    let seconds = started.elapsed().as_secs_f64();
+    let recorder = std::mem::replace(&mut *lock(&recorder), StepRecorder::new());
+    Measured {
+        recorder,
+        scheduled,
+        seconds,
+    }
 }
 
 /// How long one order may take to appear before it counts as never seen.
@@ -861,7 +1085,10 @@ mod tests {
             quick: false,
             rates: Vec::new(),
             step_ms: None,
+            refine_steps: None,
             reference_rate: 500,
+            reference_rounds: None,
+            reference_round_ms: None,
             write_rate: None,
             freshness_write_rate: 1_000,
             freshness_ms: None,
@@ -919,6 +1146,68 @@ mod tests {
     }
 
     #[test]
+    fn refinement_halves_the_gap_where_a_mode_saturated() {
+        let step = |offered: u32, saturated: bool| {
+            let mut step = StepRecorder::new().finish(offered, 0, 1.0);
+            step.saturated = saturated;
+            step
+        };
+        let series = [step(1_000, false), step(2_000, false), step(4_000, true)];
+        assert_eq!(between_carried_and_not(&series), Some(2_828));
+        // The next refinement narrows whichever half the first one left.
+        let narrowed = [&series[..], &[step(2_828, true)]].concat();
+        assert_eq!(between_carried_and_not(&narrowed), Some(2_378));
+        let carried = [&series[..], &[step(2_828, false)]].concat();
+        assert_eq!(between_carried_and_not(&carried), Some(3_363));
+        // The reference rate may be run past saturation: it does not count as carried above.
+        let past = [step(1_000, true), step(500, false), step(2_000, false)];
+        assert_eq!(between_carried_and_not(&past), Some(707));
+        assert_eq!(
+            between_carried_and_not(&series[..2]),
+            None,
+            "never saturated"
+        );
+        assert_eq!(
+            between_carried_and_not(&[step(100, true)]),
+            None,
+            "nothing carried"
+        );
+        let close = [step(1_000, false), step(1_050, true)];
+        assert_eq!(between_carried_and_not(&close), None, "close enough");
+    }
+
+    #[test]
+    fn rounds_merge_as_if_they_had_run_back_to_back() {
+        let stretch = |latency_us: u64, ok: u64, failed: u64| {
+            let mut recorder = StepRecorder::new();
+            for _ in 0..ok {
+                recorder.ok += 1;
+                recorder.corrected.saturating_record(latency_us);
+            }
+            for _ in 0..failed {
+                recorder.errors.add("Unavailable", "down");
+            }
+            Measured {
+                recorder,
+                scheduled: ok + failed,
+                seconds: 1.0,
+            }
+        };
+        let mut all = stretch(100, 100, 0);
+        all.absorb(&stretch(10_000, 98, 2));
+        let step = all.step(100);
+        assert_eq!((step.scheduled, step.ok), (200, 198));
+        assert!((step.throughput_rps - 99.0).abs() < 1e-9, "{step:?}");
+        assert!((step.error_rate - 0.01).abs() < 1e-9);
+        assert_eq!(step.errors.get("Unavailable"), Some(&2));
+        assert_eq!(step.p50_us, 100, "half the answers took 100 us");
+        assert!(
+            step.p99_us >= 9_990,
+            "the slow round's tail is kept: {step:?}"
+        );
+    }
+
+    #[test]
     fn aims_compare_measured_ratios() {
         let summary = |p50, p99, saturation| Summary {
             p50_us: p50,
@@ -952,12 +1241,45 @@ mod tests {
             seconds_from_start: 2.0,
             events_per_second: 25_000.0,
         };
-        let aims = aims(&modes, &freshness, &catch_up);
-        let met = |name: &str| {
+        let figures = |p50_us, p99_us| RoundFigures {
+            p50_us,
+            p99_us,
+            error_rate: 0.0,
+        };
+        let reference = Reference {
+            rate: 200,
+            rounds: 2,
+            round_ms: 500,
+            per_round: BTreeMap::from([
+                (
+                    "echo".to_owned(),
+                    vec![figures(200, 300), figures(400, 300)],
+                ),
+                (
+                    "async".to_owned(),
+                    vec![figures(240, 600), figures(240, 900)],
+                ),
+                (
+                    "sync".to_owned(),
+                    vec![figures(660, 2_000), figures(900, 2_000)],
+                ),
+            ]),
+        };
+        let aims = aims(&modes, &reference, &freshness, &catch_up);
+        let find = |name: &str| {
             aims.iter()
                 .find(|aim| aim.name.starts_with(name))
-                .map(|aim| aim.met)
+                .unwrap_or_else(|| panic!("an aim {name}"))
         };
+        let met = |name: &str| Some(find(name).met);
+        // Each round is its own ratio, against echo in the same round.
+        assert_eq!(find("async p50").rounds, vec![1.2, 0.6]);
+        assert_eq!(find("async p99").rounds, vec![2.0, 3.0]);
+        assert_eq!(find("sync p50").rounds, vec![1.1, 0.75]);
+        assert!(
+            find("freshness").rounds.is_empty(),
+            "not measured in rounds"
+        );
         assert_eq!(met("async p50"), Some(true), "1.2x");
         assert_eq!(met("async p99"), Some(false), "2.33x");
         assert_eq!(met("async saturation"), Some(true), "6x");

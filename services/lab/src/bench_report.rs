@@ -93,7 +93,7 @@ const STEP_HEADERS: [&str; 8] = [
     "busiest process (CPU of one core)",
 ];
 
-fn aim_rows(report: &BenchReport) -> Vec<[String; 3]> {
+fn aim_rows(report: &BenchReport) -> Vec<[String; 4]> {
     report
         .aims
         .iter()
@@ -105,9 +105,35 @@ fn aim_rows(report: &BenchReport) -> Vec<[String; 3]> {
                     aim.measured, aim.comparison, aim.target
                 ),
                 if aim.met { "met" } else { "MISSED" }.to_owned(),
+                round_spread(&aim.rounds),
             ]
         })
         .collect()
+}
+
+const AIM_HEADERS: [&str; 4] = ["aim", "measured", "", "one round alone (lowest-highest)"];
+
+/// The range a ratio took round by round: what one round alone could have reported.
+fn round_spread(rounds: &[f64]) -> String {
+    let lowest = rounds.iter().copied().reduce(f64::min);
+    let highest = rounds.iter().copied().reduce(f64::max);
+    match (lowest, highest) {
+        (Some(lowest), Some(highest)) => {
+            format!("{lowest:.2}-{highest:.2} over {} rounds", rounds.len())
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// How the summary was measured.
+fn reference_heading(report: &BenchReport) -> String {
+    let reference = &report.reference;
+    format!(
+        "At {} requests/s offered to every mode, in {} rounds of {:.1} s per mode, the modes taking turns",
+        reference.rate,
+        reference.rounds,
+        reference.round_ms as f64 / 1_000.0
+    )
 }
 
 fn storage_line(report: &BenchReport) -> String {
@@ -226,8 +252,8 @@ pub fn terminal(report: &BenchReport) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "\nAt {} requests/s offered to every mode (latency from when each request was due):",
-        report.settings.reference_rate
+        "\n{} (latency from when each request was due):",
+        reference_heading(report)
     );
     text.push_str(&table(&SUMMARY_HEADERS, &summary_rows(report)));
     let _ = writeln!(text, "\n{}", freshness_line(report));
@@ -237,7 +263,7 @@ pub fn terminal(report: &BenchReport) -> String {
     let _ = writeln!(text, "{}", catch_up_line(report));
     let _ = writeln!(text, "{}\n", storage_line(report));
     let _ = writeln!(text, "Aims (ratios measured in this run):");
-    text.push_str(&table(&["aim", "measured", ""], &aim_rows(report)));
+    text.push_str(&table(&AIM_HEADERS, &aim_rows(report)));
     text
 }
 
@@ -257,11 +283,7 @@ pub fn markdown(report: &BenchReport) -> String {
         report.settings.step_ms,
         report.settings.write_rate
     );
-    let _ = writeln!(
-        text,
-        "At {} requests/s offered to every mode:\n",
-        report.settings.reference_rate
-    );
+    let _ = writeln!(text, "{}:\n", reference_heading(report));
     text.push_str(&markdown_table(&SUMMARY_HEADERS, &summary_rows(report)));
     let _ = writeln!(
         text,
@@ -278,7 +300,7 @@ pub fn markdown(report: &BenchReport) -> String {
         text.push_str(&markdown_table(&SLOWEST_HEADERS, &slowest_rows(report)));
         text.push('\n');
     }
-    text.push_str(&markdown_table(&["aim", "measured", ""], &aim_rows(report)));
+    text.push_str(&markdown_table(&AIM_HEADERS, &aim_rows(report)));
     text.push_str("\nEvery step:\n\n");
     text.push_str(&markdown_table(&STEP_HEADERS, &step_rows(report)));
     text
@@ -332,7 +354,7 @@ pub fn html(report: &BenchReport) -> String {
 <p>Open-loop load at a constant rate per step; latency is counted from when each request was
 due, so a mode that falls behind is charged for the wait. Absolute figures vary by machine;
 compare each mode with <code>echo</code> (one bare gRPC round trip) from the same run.</p>
-<h2>Latency at {reference_rate} requests/s (us)</h2>
+<h2>Latency at {reference_rate} requests/s (us), over {rounds} rounds with the modes taking turns</h2>
 {reference}
 <h2>p99 latency against offered rate (us, log scale)</h2>
 {p99}
@@ -347,7 +369,8 @@ falls behind.</p>
 <h2>All figures</h2>
 <pre>{markdown}</pre>
 "#,
-        reference_rate = report.settings.reference_rate,
+        reference_rate = report.reference.rate,
+        rounds = report.reference.rounds,
         reference = bar_chart(&reference, "us"),
         p99 = line_chart(&p99, &Chart::log_log("offered requests/s", "p99 us")),
         throughput = line_chart(

@@ -254,8 +254,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
                 let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
                 println!(
-                    "Loading each mode at {:?} requests/s, {} ms per step, with {} background orders/s...",
-                    settings.rates, settings.step_ms, settings.write_rate
+                    "Loading each mode at {:?} requests/s, {} ms per step, then at {} requests/s in {} rounds of {} ms per mode, with {} background orders/s...",
+                    settings.rates,
+                    settings.step_ms,
+                    settings.reference_rate,
+                    settings.reference_rounds,
+                    settings.reference_round_ms,
+                    settings.write_rate
                 );
                 bench::run(lab, &seeded, &settings, &storage, fsync).await
             })

@@ -178,6 +178,17 @@ impl ErrorTally {
             .entry(code.to_owned())
             .or_insert_with(|| message.to_owned());
     }
+
+    pub fn absorb(&mut self, other: &ErrorTally) {
+        for (code, count) in &other.counts {
+            *self.counts.entry(code.clone()).or_default() += count;
+        }
+        for (code, message) in &other.examples {
+            self.examples
+                .entry(code.clone())
+                .or_insert_with(|| message.clone());
+        }
+    }
 }
 
 /// Records outcomes and latencies.

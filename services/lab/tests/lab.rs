@@ -305,6 +305,7 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
             "--step-ms",
             "500",
         ])
+        .args(["--reference-rounds", "2", "--reference-round-ms", "300"])
         .args(["--write-rate", "20", "--freshness-write-rate", "100"])
         .args(["--freshness-ms", "500", "--json"])
         .arg(&json)
@@ -349,7 +350,31 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
             steps[0]
         );
         assert!(stdout.contains(mode), "the terminal table shows {mode}");
+        // The summary comes from the reference rounds, each mode's turns kept apart too.
+        let rounds = report["reference"]["per_round"][mode]
+            .as_array()
+            .unwrap_or_else(|| panic!("{mode}'s rounds: {}", report["reference"]));
+        assert_eq!(rounds.len(), 2, "{mode}: {rounds:?}");
+        assert!(
+            rounds.iter().all(|round| round["p50_us"].as_u64() > Some(0)
+                && round["error_rate"].as_f64() == Some(0.0)),
+            "{mode}: {rounds:?}"
+        );
     }
+    assert_eq!(report["reference"]["rate"], 30);
+    assert!(stdout.contains("in 2 rounds of 0.3 s per mode"), "{stdout}");
+    let aim = |name: &str| {
+        report["aims"]
+            .as_array()
+            .and_then(|aims| aims.iter().find(|aim| aim["name"] == name))
+            .unwrap_or_else(|| panic!("the aim {name}: {}", report["aims"]))
+            .clone()
+    };
+    for name in ["async p50 / echo p50", "sync p50 / (3 x echo p50)"] {
+        let rounds = aim(name)["rounds"].as_array().map(Vec::len);
+        assert_eq!(rounds, Some(2), "{name}, round by round: {}", aim(name));
+    }
+    assert!(stdout.contains("over 2 rounds"), "{stdout}");
     let freshness = &report["freshness"];
     assert!(
         freshness["samples"].as_u64().is_some_and(|n| n > 0),
@@ -417,11 +442,7 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
             report["storage_bytes"]
         );
     }
-    assert!(
-        report["aims"]
-            .as_array()
-            .is_some_and(|aims| aims.iter().any(|aim| aim["name"] == "freshness p99 (ms)"))
-    );
+    assert_eq!(aim("freshness p99 (ms)")["rounds"], serde_json::json!([]));
     let html = std::fs::read_to_string(data_dir.join("bench.html")).expect("bench.html");
     assert!(html.contains("<polyline") && html.contains("sync-sequential"));
 }
