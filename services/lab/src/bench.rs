@@ -335,7 +335,7 @@ pub async fn run(
         for mode in MODES {
             progress.inc(1);
             // Past saturation a mode is not loaded harder, except to the reference rate, so
-            // the summary compares like with like.
+            // every mode's series has the step the summary is measured at.
             if saturated.get(&mode).copied().unwrap_or(false) && rate > settings.reference_rate {
                 continue;
             }
