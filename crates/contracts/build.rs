@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "events/v1/events.proto",
     "purchases/v1/purchases.proto",
     "fault/v1/fault.proto",
+    "ops/v1/ops.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -153,6 +153,78 @@ pub trait Projection: Send + Sync + 'static {
 /// version table.
 const MAX_NAME_LEN: usize = 200;
 
+/// The highest aggregate version believed: an entity changed once a second would take 136
+/// years to get there. A version past it can only be forged or corrupt, and applying it would
+/// make every real event of that aggregate look stale, for good.
+pub const MAX_PLAUSIBLE_VERSION: u64 = 1 << 32;
+
+/// Checks that an envelope belongs where it arrived: on `subject` of `stream`, whose owner
+/// alone publishes there. Authorization keeps others from publishing at all; this is the
+/// defence behind it, against a producer's bug, a misconfigured server, or a forgery that
+/// got through.
+pub(crate) fn validate_origin(
+    envelope: &EventEnvelope,
+    subject: &str,
+    stream: &bus::Stream,
+) -> Result<(), String> {
+    let Some(parts) = bus::SubjectParts::parse(subject) else {
+        return Err(format!(
+            "subject {:?} is not <producer>.<entity>.<Event>",
+            platform::fields::truncate(subject, 100)
+        ));
+    };
+    if parts.producer != stream.producer {
+        return Err(format!(
+            "subject {subject} is outside stream {}, which holds {}",
+            stream.name,
+            stream.subjects()
+        ));
+    }
+    if envelope.producer != stream.producer {
+        return Err(format!(
+            "producer {:?} is not {}, which alone publishes to {}",
+            platform::fields::truncate(&envelope.producer, 64),
+            stream.producer,
+            stream.name
+        ));
+    }
+    if envelope.aggregate_type != parts.entity {
+        return Err(format!(
+            "aggregate type {:?} is not the entity {:?} of subject {subject}",
+            platform::fields::truncate(&envelope.aggregate_type, 64),
+            parts.entity
+        ));
+    }
+    let named = envelope
+        .event_type
+        .rsplit_once('.')
+        .map_or(envelope.event_type.as_str(), |(_, name)| name);
+    if named != parts.event {
+        return Err(format!(
+            "event type {:?} is not the event {:?} of subject {subject}",
+            platform::fields::truncate(&envelope.event_type, 64),
+            parts.event
+        ));
+    }
+    Ok(())
+}
+
+/// Why a version cannot be believed, if it cannot: past [`MAX_PLAUSIBLE_VERSION`], or more than
+/// `max_jump` past a version already applied (a few versions missing is a gap the consumer
+/// handles; millions is a forgery or corruption).
+pub(crate) fn implausible_version(applied: u64, version: u64, max_jump: u64) -> Option<String> {
+    if version > MAX_PLAUSIBLE_VERSION {
+        return Some(format!(
+            "aggregate version {version} is beyond any real entity's ({MAX_PLAUSIBLE_VERSION})"
+        ));
+    }
+    (applied > 0 && version > applied.saturating_add(max_jump)).then(|| {
+        format!(
+            "aggregate version {version} jumps implausibly far past the applied version {applied} (more than {max_jump})"
+        )
+    })
+}
+
 /// Checks the envelope fields the crate relies on. The payload is the projection's to check.
 pub(crate) fn validate(envelope: &EventEnvelope) -> Result<(), String> {
     let named = [
@@ -214,6 +286,56 @@ mod tests {
             aggregate_version: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_envelope_must_match_the_stream_and_subject_it_arrived_on() {
+        let users = bus::Stream::named("USERS");
+        let good = EventEnvelope {
+            producer: "users".into(),
+            ..envelope()
+        };
+        let subject = "users.user.UserRegistered";
+        assert_eq!(validate_origin(&good, subject, &users), Ok(()));
+        let cases: [(EventEnvelope, &str, &str); 5] = [
+            (
+                EventEnvelope {
+                    producer: "orders".into(),
+                    ..good.clone()
+                },
+                subject,
+                "producer",
+            ),
+            (
+                EventEnvelope {
+                    aggregate_type: "order".into(),
+                    ..good.clone()
+                },
+                subject,
+                "aggregate type",
+            ),
+            (good.clone(), "users.user.UserRenamed", "event type"),
+            (good.clone(), "users.user", "subject"),
+            (good.clone(), "orders.user.UserRegistered", "outside stream"),
+        ];
+        for (bad, subject, needle) in cases {
+            let reason = validate_origin(&bad, subject, &users).expect_err(needle);
+            assert!(reason.contains(needle), "{reason}");
+        }
+    }
+
+    #[test]
+    fn versions_far_past_the_applied_one_are_not_believed() {
+        assert_eq!(implausible_version(3, 4, 10), None);
+        assert_eq!(implausible_version(3, 13, 10), None);
+        assert!(implausible_version(3, 14, 10).is_some());
+        assert_eq!(
+            implausible_version(0, 5_000, 10),
+            None,
+            "a first sight may be at any real version"
+        );
+        assert!(implausible_version(0, 1 << 62, 10).is_some());
+        assert!(implausible_version(7, u64::MAX, u64::MAX).is_some());
     }
 
     #[test]

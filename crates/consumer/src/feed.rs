@@ -1,6 +1,9 @@
 //! The consuming loop: pull a batch, apply it in one transaction, commit, then acknowledge.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
@@ -31,6 +34,9 @@ pub struct ConsumerSpec {
     /// How many times an event whose apply fails with a database error (other than the
     /// database being unavailable) is tried before it is dead-lettered.
     pub max_attempts: u32,
+    /// Most versions an event may be ahead of the one applied before it is dead-lettered as
+    /// implausible (see [`crate::MAX_PLAUSIBLE_VERSION`] for the absolute bound).
+    pub max_version_jump: u64,
 }
 
 impl ConsumerSpec {
@@ -41,8 +47,14 @@ impl ConsumerSpec {
             filter_subjects: Vec::new(),
             batch_size: 256,
             max_attempts: 3,
+            max_version_jump: Self::DEFAULT_MAX_VERSION_JUMP,
         }
     }
+
+    /// Events in this system change an entity once per write, and each carries its full
+    /// state, so a consumer misses versions only where a stream lost events (retention) or
+    /// it dead-lettered some: a handful, not ten thousand.
+    pub const DEFAULT_MAX_VERSION_JUMP: u64 = 10_000;
 
     fn config(&self, deliver_policy: jetstream::consumer::DeliverPolicy) -> pull::Config {
         let batch = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
@@ -67,11 +79,21 @@ impl ConsumerSpec {
 /// Follows one stream until cancelled. See the crate documentation for the guarantees.
 #[derive(Debug)]
 pub struct Consumer<P> {
+    core: Arc<Core<P>>,
+}
+
+/// What the consuming loop and the replay of dead letters share.
+struct Core<P> {
     db: Database,
     js: jetstream::Context,
     spec: ConsumerSpec,
+    /// The stream as the bus defines it: who owns it, which subjects it holds.
+    origin: bus::Stream,
     projection: P,
     status: watch::Sender<Position>,
+    /// Held while a batch or a replay runs, so a replay never interleaves its reads and
+    /// writes of applied versions with a batch's (PostgreSQL would let them).
+    applying: tokio::sync::Mutex<()>,
 }
 
 /// How often the position is logged while events flow.
@@ -159,6 +181,15 @@ impl From<StoreError> for BatchError {
     }
 }
 
+impl<P> std::fmt::Debug for Core<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("spec", &self.spec)
+            .field("position", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<P: Projection> Consumer<P> {
     /// Prepares a consumer; its position starts from what the database says it has applied.
     pub async fn new(
@@ -171,22 +202,80 @@ impl<P: Projection> Consumer<P> {
             .await?
             .unwrap_or_default();
         Ok(Self {
-            db,
-            js: jetstream::new(client),
-            spec,
-            projection,
-            status: watch::Sender::new(position),
+            core: Arc::new(Core {
+                db,
+                js: jetstream::new(client),
+                origin: bus::Stream::named(&spec.stream),
+                spec,
+                projection,
+                status: watch::Sender::new(position),
+                applying: tokio::sync::Mutex::new(()),
+            }),
         })
     }
 
     /// The consumer's position, updated after every committed batch.
     pub fn status(&self) -> watch::Receiver<Position> {
-        self.status.subscribe()
+        self.core.status.subscribe()
+    }
+
+    /// A handle that replays this consumer's dead letters, for the admin API; it stays
+    /// usable while the consumer runs.
+    pub fn replayer(&self) -> Arc<dyn Replayer> {
+        Arc::clone(&self.core) as Arc<dyn Replayer>
     }
 
     /// Consumes until `cancel` fires. NATS being unreachable or the stream not existing yet
     /// (its producer has not started) is waited out with backoff; nothing here gives up.
     pub async fn run(self, cancel: CancellationToken) {
+        self.core.run(cancel).await;
+    }
+}
+
+/// Replays the dead letters of one consumer (of one durable name on one stream).
+pub trait Replayer: Send + Sync + std::fmt::Debug {
+    /// The durable consumer's name.
+    fn consumer(&self) -> &str;
+    fn stream(&self) -> &str;
+    /// Applies dead letter `id` again through every check a delivery passes.
+    fn replay(
+        &self,
+        id: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<ReplayOutcome, StoreError>> + Send + '_>>;
+}
+
+/// What replaying a dead letter did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// Applied; the letter is deleted.
+    Applied,
+    /// A newer version of its aggregate was applied since; the letter is deleted.
+    Skipped { applied: u64 },
+    /// Still not applicable; the letter stays, with this reason.
+    StillFailing(String),
+    /// No such letter of this consumer.
+    NotFound,
+}
+
+impl<P: Projection> Replayer for Core<P> {
+    fn consumer(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn stream(&self) -> &str {
+        &self.spec.stream
+    }
+
+    fn replay(
+        &self,
+        id: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<ReplayOutcome, StoreError>> + Send + '_>> {
+        Box::pin(self.replay_letter(id))
+    }
+}
+
+impl<P: Projection> Core<P> {
+    async fn run(&self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         let mut waiting_since: Option<Instant> = None;
         let mut last_log = Instant::now();
@@ -292,6 +381,16 @@ impl<P: Projection> Consumer<P> {
         use async_nats::jetstream::consumer::DeliverPolicy;
         use async_nats::jetstream::context::ConsumerInfoErrorKind;
         let stream = self.js.get_stream(&self.spec.stream).await?;
+        if self.check_stream(stream.cached_info()).await? {
+            // A durable left on the new stream by an earlier look would resume past events
+            // this side never saw: start it afresh.
+            // Usually gone with the old stream already; one that is not and cannot be deleted
+            // now is caught below, where a durable that delivered past the position is
+            // made again.
+            if let Err(error) = stream.delete_consumer(&self.spec.name).await {
+                tracing::debug!(consumer = %self.spec.name, %error, "no durable to delete after the stream was made again");
+            }
+        }
         let committed = self.status.borrow().stream_sequence;
         let resume = if committed == 0 {
             DeliverPolicy::All
@@ -339,6 +438,71 @@ impl<P: Projection> Consumer<P> {
         Ok((messages, delivery))
     }
 
+    /// Compares the stream with the one the committed position counts in, before pulling.
+    ///
+    /// - Made again since (deleted and recreated: another creation time): its sequence
+    ///   numbers start over, so the position is reset to its start and every event in it is
+    ///   read, those already applied skipped by version. Returns true.
+    /// - Its first event is past the one after the position: events aged out of it (or were
+    ///   purged) before this consumer read them. They can never be applied here; they are
+    ///   counted as missed, said so at warn, and the position moves past them, so the answers'
+    ///   freshness reports them instead of the consumer skipping them without a word.
+    async fn check_stream(
+        &self,
+        info: &async_nats::jetstream::stream::Info,
+    ) -> Result<bool, StoreError> {
+        let created = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+        let position = self.status.borrow().clone();
+        let recreated = position.stream_created != 0 && position.stream_created != created;
+        let mut committed = if recreated {
+            tracing::warn!(
+                consumer = %self.spec.name,
+                stream = %self.spec.stream,
+                committed = position.stream_sequence,
+                "the stream was deleted and made again since this consumer last read it: reading the new one from its start, skipping what was already applied"
+            );
+            0
+        } else {
+            position.stream_sequence
+        };
+        // With a subject filter, events before the first one may be of other subjects.
+        let missed = if self.spec.filter_subjects.is_empty() {
+            info.state.first_sequence.saturating_sub(committed + 1)
+        } else {
+            0
+        };
+        if missed > 0 {
+            tracing::warn!(
+                consumer = %self.spec.name,
+                stream = %self.spec.stream,
+                committed,
+                first_in_stream = info.state.first_sequence,
+                missed,
+                "events left the stream (retention, a purge) before this consumer read them; they were never applied here: rebuild from the owners' re-emitted state if they matter"
+            );
+            committed = info.state.first_sequence - 1;
+        }
+        if recreated || missed > 0 || position.stream_created != created {
+            let mut tx = self.db.begin_write().await?;
+            store::set_position(
+                &mut tx,
+                &self.spec.name,
+                &self.spec.stream,
+                committed,
+                created,
+                missed,
+            )
+            .await?;
+            tx.commit().await?;
+            self.status.send_modify(|position| {
+                position.stream_sequence = committed;
+                position.stream_created = created;
+                position.n_missed += missed;
+            });
+        }
+        Ok(recreated)
+    }
+
     /// Applies and acknowledges one batch. Returns false when cancelled before it committed
     /// (the batch will be redelivered).
     async fn handle(&self, batch: Vec<jetstream::Message>, cancel: &CancellationToken) -> bool {
@@ -350,6 +514,7 @@ impl<P: Projection> Consumer<P> {
 
         let mut careful = false;
         let mut backoff = Duration::from_millis(50);
+        let applying = self.applying.lock().await;
         let (counts, applied) = loop {
             let attempt = tokio::select! {
                 attempt = self.apply(&incoming, careful) => attempt,
@@ -374,6 +539,7 @@ impl<P: Projection> Consumer<P> {
         if !applied.is_empty() {
             self.projection.committed(&applied).await;
         }
+        drop(applying);
         // Committed: only now may the server forget these events. A lost ack means a
         // redelivery, which the version check turns into skips.
         if let Err(error) = last.ack().await {
@@ -390,34 +556,49 @@ impl<P: Projection> Consumer<P> {
             position.n_skipped += counts.n_skipped;
             position.n_gaps += counts.n_gaps;
             position.n_dead_lettered += counts.n_dead_lettered;
+            position.n_missed += counts.n_missed;
         });
         true
     }
 
     fn decode(&self, message: &jetstream::Message) -> Incoming {
         let stream_sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-        let subject = message.subject.as_str().to_owned();
+        self.decode_payload(
+            message.payload.as_ref(),
+            message.subject.as_str(),
+            stream_sequence,
+        )
+    }
+
+    /// Decodes and checks an event as it came off the stream: an envelope the crate can use,
+    /// from the stream's owner, about the entity and event its subject names.
+    fn decode_payload(&self, payload: &[u8], subject: &str, stream_sequence: u64) -> Incoming {
         let poison = |reason: String, envelope: Option<&EventEnvelope>| {
             Incoming::Poison(DeadLetter {
+                id: 0,
+                consumer: self.spec.name.clone(),
+                failed_at_micros: 0,
                 stream: self.spec.stream.clone(),
                 stream_sequence,
-                subject: subject.clone(),
+                subject: subject.to_owned(),
                 event_id: envelope.map(|e| e.event_id.clone()),
                 event_type: envelope.map(|e| e.event_type.clone()),
                 reason,
-                payload: message.payload.to_vec(),
+                payload: payload.to_vec(),
             })
         };
-        match EventEnvelope::decode(message.payload.as_ref()) {
+        match EventEnvelope::decode(payload) {
             Err(error) => poison(
                 format!("the message is not an event envelope: {error}"),
                 None,
             ),
-            Ok(envelope) => match event::validate(&envelope) {
+            Ok(envelope) => match event::validate(&envelope)
+                .and_then(|()| event::validate_origin(&envelope, subject, &self.origin))
+            {
                 Err(reason) => poison(reason, Some(&envelope)),
                 Ok(()) => Incoming::Valid(Event {
                     envelope,
-                    subject: subject.clone(),
+                    subject: subject.to_owned(),
                     stream_sequence,
                     freshness: Freshness::Next,
                 }),
@@ -446,11 +627,38 @@ impl<P: Projection> Consumer<P> {
         keys.dedup();
         let mut versions = store::load_versions(&mut tx, consumer, &keys).await?;
 
-        let mut counts = BatchCounts::default();
+        let (committed, stream_created) = {
+            let position = self.status.borrow();
+            (position.stream_sequence, position.stream_created)
+        };
+        let mut counts = BatchCounts {
+            stream_created,
+            ..BatchCounts::default()
+        };
         let mut raised: HashMap<AggregateKey, u64> = HashMap::new();
         let mut to_apply: Vec<Event> = Vec::new();
         let mut applied_alone: Vec<Event> = Vec::new();
+        // Without a subject filter the consumer is handed every event of the stream in order,
+        // so a jump in stream sequence is events the stream no longer held.
+        let mut last_seen = committed;
         for item in incoming {
+            let sequence = match item {
+                Incoming::Poison(letter) => letter.stream_sequence,
+                Incoming::Valid(event) => event.stream_sequence,
+            };
+            if self.spec.filter_subjects.is_empty() && sequence > last_seen + 1 && last_seen > 0 {
+                let missed = sequence - last_seen - 1;
+                counts.n_missed += missed;
+                tracing::warn!(
+                    consumer,
+                    stream = %self.spec.stream,
+                    after = last_seen,
+                    next = sequence,
+                    missed,
+                    "events left the stream before this consumer read them; they were never applied here"
+                );
+            }
+            last_seen = last_seen.max(sequence);
             let event = match item {
                 Incoming::Poison(letter) => {
                     counts.last_sequence = counts.last_sequence.max(letter.stream_sequence);
@@ -465,7 +673,16 @@ impl<P: Projection> Consumer<P> {
                 counts.last_event_at_micros.max(event.occurred_at_micros());
             let key = aggregate_key(event);
             let version = event.envelope.aggregate_version;
-            let freshness = Freshness::classify(versions.get(&key).copied().unwrap_or(0), version);
+            let applied = versions.get(&key).copied().unwrap_or(0);
+            if let Some(reason) =
+                event::implausible_version(applied, version, self.spec.max_version_jump)
+            {
+                self.dead_letter(&mut tx, &letter_for(&self.spec, event, reason))
+                    .await?;
+                counts.n_dead_lettered += 1;
+                continue;
+            }
+            let freshness = Freshness::classify(applied, version);
             let event = Event {
                 freshness,
                 ..event.clone()
@@ -556,17 +773,74 @@ impl<P: Projection> Consumer<P> {
                 }
             }
         };
-        let letter = DeadLetter {
-            stream: self.spec.stream.clone(),
-            stream_sequence: event.stream_sequence,
-            subject: event.subject.clone(),
-            event_id: Some(event.envelope.event_id.clone()),
-            event_type: Some(event.envelope.event_type.clone()),
-            reason,
-            payload: event.envelope.encode_to_vec(),
-        };
-        self.dead_letter(tx, &letter).await?;
+        self.dead_letter(tx, &letter_for(&self.spec, event, reason))
+            .await?;
         Ok(false)
+    }
+
+    /// Replays one dead letter: the checks a delivery passes, then the projection, in one
+    /// transaction that also deletes the letter (or records why it still fails).
+    async fn replay_letter(&self, id: i64) -> Result<ReplayOutcome, StoreError> {
+        let _applying = self.applying.lock().await;
+        let consumer = self.spec.name.as_str();
+        let mut tx = self.db.begin_write().await?;
+        let Some(letter) = store::load_dead_letter(&mut tx, id).await? else {
+            return Ok(ReplayOutcome::NotFound);
+        };
+        if letter.consumer != self.spec.name || letter.stream != self.spec.stream {
+            return Ok(ReplayOutcome::NotFound);
+        }
+        let still_failing = async |mut tx: WriteTx, reason: String| {
+            store::refail_dead_letter(&mut tx, id, &reason).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(ReplayOutcome::StillFailing(reason))
+        };
+        let event =
+            match self.decode_payload(&letter.payload, &letter.subject, letter.stream_sequence) {
+                Incoming::Poison(poison) => return still_failing(tx, poison.reason).await,
+                Incoming::Valid(event) => event,
+            };
+        let key = aggregate_key(&event);
+        let versions = store::load_versions(&mut tx, consumer, &[&key]).await?;
+        let applied = versions.get(&key).copied().unwrap_or(0);
+        let version = event.envelope.aggregate_version;
+        if let Some(reason) =
+            event::implausible_version(applied, version, self.spec.max_version_jump)
+        {
+            return still_failing(tx, reason).await;
+        }
+        let freshness = Freshness::classify(applied, version);
+        if freshness.is_stale() && !self.projection.wants_stale() {
+            store::delete_dead_letter(&mut tx, id).await?;
+            tx.commit().await?;
+            return Ok(ReplayOutcome::Skipped { applied });
+        }
+        let event = Event { freshness, ..event };
+        tx.execute("SAVEPOINT consumer_replay", &[]).await?;
+        match self
+            .projection
+            .apply(&mut tx, std::slice::from_ref(&event))
+            .await
+        {
+            Ok(()) => tx.execute("RELEASE SAVEPOINT consumer_replay", &[]).await?,
+            Err(ApplyError::Store(error)) if error.is_transient() => return Err(error),
+            Err(error) => {
+                tx.execute("ROLLBACK TO SAVEPOINT consumer_replay", &[])
+                    .await?;
+                tx.execute("RELEASE SAVEPOINT consumer_replay", &[]).await?;
+                return still_failing(tx, platform::status::error_chain(&error)).await;
+            }
+        };
+        if !freshness.is_stale() {
+            store::store_versions(&mut tx, consumer, &HashMap::from([(key, version)])).await?;
+        }
+        store::delete_dead_letter(&mut tx, id).await?;
+        tx.commit().await?;
+        self.projection
+            .committed(std::slice::from_ref(&event))
+            .await;
+        tracing::info!(consumer, stream = %self.spec.stream, id, event_id = %event.envelope.event_id, "dead letter replayed");
+        Ok(ReplayOutcome::Applied)
     }
 
     async fn dead_letter(&self, tx: &mut WriteTx, letter: &DeadLetter) -> Result<(), BatchError> {
@@ -581,6 +855,22 @@ impl<P: Projection> Consumer<P> {
         );
         store::insert_dead_letter(tx, &self.spec.name, letter).await?;
         Ok(())
+    }
+}
+
+/// The dead letter for a valid event that was not applied.
+fn letter_for(spec: &ConsumerSpec, event: &Event, reason: String) -> DeadLetter {
+    DeadLetter {
+        id: 0,
+        consumer: spec.name.clone(),
+        failed_at_micros: 0,
+        stream: spec.stream.clone(),
+        stream_sequence: event.stream_sequence,
+        subject: event.subject.clone(),
+        event_id: Some(event.envelope.event_id.clone()),
+        event_type: Some(event.envelope.event_type.clone()),
+        reason,
+        payload: event.envelope.encode_to_vec(),
     }
 }
 
@@ -606,6 +896,7 @@ fn log_position(spec: &ConsumerSpec, position: &Position) {
         skipped = position.n_skipped,
         gaps = position.n_gaps,
         dead_lettered = position.n_dead_lettered,
+        missed = position.n_missed,
         last_event_to_apply_ms = lag_ms,
         "consumer position"
     );

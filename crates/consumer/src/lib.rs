@@ -25,13 +25,19 @@
 //! The crate owns those three tables and nothing else: what an event means is the
 //! projection's business.
 
+pub mod admin;
 mod event;
 mod feed;
 mod store;
 
-pub use event::{ApplyError, Event, Freshness, Projection, parse_payload_id};
-pub use feed::{Consumer, ConsumerSpec};
-pub use store::{DeadLetter, Position, dead_letters, load_position, reset};
+pub use event::{
+    ApplyError, Event, Freshness, MAX_PLAUSIBLE_VERSION, Projection, parse_payload_id,
+};
+pub use feed::{Consumer, ConsumerSpec, ReplayOutcome, Replayer};
+pub use store::{
+    DeadLetter, DeadLetterFilter, Position, dead_letters, discard_dead_letters, list_dead_letters,
+    load_position, reset,
+};
 
 use platform::db::Migrations;
 

@@ -113,6 +113,12 @@ pub struct Position {
     pub n_skipped: u64,
     pub n_gaps: u64,
     pub n_dead_lettered: u64,
+    /// Events the stream no longer held when this consumer got to them (aged out, purged,
+    /// lost with a deleted stream): never applied here.
+    pub n_missed: u64,
+    /// The incarnation of the stream `stream_sequence` counts in: when JetStream created it,
+    /// in nanoseconds since the epoch (0: not recorded yet).
+    pub stream_created: i64,
 }
 
 /// What one batch did, added to the stored counts.
@@ -124,6 +130,8 @@ pub(crate) struct BatchCounts {
     pub n_skipped: u64,
     pub n_gaps: u64,
     pub n_dead_lettered: u64,
+    pub n_missed: u64,
+    pub stream_created: i64,
 }
 
 pub(crate) async fn advance_position(
@@ -136,8 +144,9 @@ pub(crate) async fn advance_position(
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     tx.execute(
         "INSERT INTO consumer_positions
-           (consumer, stream, stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps, n_dead_lettered)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           (consumer, stream, stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps,
+            n_dead_lettered, n_missed, stream_created)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (consumer, stream) DO UPDATE SET
            stream_sequence = excluded.stream_sequence,
            last_event_at = CASE WHEN excluded.last_event_at > consumer_positions.last_event_at
@@ -146,7 +155,9 @@ pub(crate) async fn advance_position(
            n_applied = consumer_positions.n_applied + excluded.n_applied,
            n_skipped = consumer_positions.n_skipped + excluded.n_skipped,
            n_gaps = consumer_positions.n_gaps + excluded.n_gaps,
-           n_dead_lettered = consumer_positions.n_dead_lettered + excluded.n_dead_lettered",
+           n_dead_lettered = consumer_positions.n_dead_lettered + excluded.n_dead_lettered,
+           n_missed = consumer_positions.n_missed + excluded.n_missed,
+           stream_created = excluded.stream_created",
         &[
             consumer.into(),
             stream.into(),
@@ -157,6 +168,40 @@ pub(crate) async fn advance_position(
             count(counts.n_skipped).into(),
             count(counts.n_gaps).into(),
             count(counts.n_dead_lettered).into(),
+            count(counts.n_missed).into(),
+            counts.stream_created.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves the position to `stream_sequence` in the stream created at `stream_created`, adding
+/// `missed` to the events it never saw, without touching the other counts.
+pub(crate) async fn set_position(
+    tx: &mut WriteTx,
+    consumer: &str,
+    stream: &str,
+    stream_sequence: u64,
+    stream_created: i64,
+    missed: u64,
+) -> Result<(), StoreError> {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    tx.execute(
+        "INSERT INTO consumer_positions
+           (consumer, stream, stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps,
+            n_dead_lettered, n_missed, stream_created)
+         VALUES ($1, $2, $3, 0, 0, 0, 0, 0, 0, $4, $5)
+         ON CONFLICT (consumer, stream) DO UPDATE SET
+           stream_sequence = excluded.stream_sequence,
+           n_missed = consumer_positions.n_missed + excluded.n_missed,
+           stream_created = excluded.stream_created",
+        &[
+            consumer.into(),
+            stream.into(),
+            count(stream_sequence).into(),
+            count(missed).into(),
+            stream_created.into(),
         ],
     )
     .await?;
@@ -170,7 +215,8 @@ pub async fn load_position(
     stream: &str,
 ) -> Result<Option<Position>, StoreError> {
     let row = sqlx::query(
-        "SELECT stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps, n_dead_lettered
+        "SELECT stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps, n_dead_lettered,
+                n_missed, stream_created
          FROM consumer_positions WHERE consumer = $1 AND stream = $2",
     )
     .bind(consumer)
@@ -193,12 +239,20 @@ pub async fn load_position(
         n_skipped: count("n_skipped")?,
         n_gaps: count("n_gaps")?,
         n_dead_lettered: count("n_dead_lettered")?,
+        n_missed: count("n_missed")?,
+        stream_created: row.try_get("stream_created")?,
     }))
 }
 
 /// An event that could not be applied, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// Its row's id (0 until stored).
+    pub id: i64,
+    /// The durable consumer that set it aside.
+    pub consumer: String,
+    /// When it was set aside, or last failed a replay (µs since the epoch; 0 until stored).
+    pub failed_at_micros: i64,
     pub stream: String,
     pub stream_sequence: u64,
     pub subject: String,
@@ -237,30 +291,125 @@ pub(crate) async fn insert_dead_letter(
     Ok(())
 }
 
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only this consumer's; everyone's when `None`.
+    pub consumer: Option<String>,
+    /// Only this stream's; every stream's when `None`.
+    pub stream: Option<String>,
+    /// Only those with a larger id.
+    pub after_id: i64,
+    /// At most this many.
+    pub limit: u32,
+}
+
+const DEAD_LETTER_COLUMNS: &str = "id, consumer, stream, stream_sequence, subject, event_id, event_type, reason, payload, failed_at";
+
+fn decode_dead_letter(row: &dyn platform::db::Columns) -> Result<DeadLetter, StoreError> {
+    let sequence = row.integer("stream_sequence")?;
+    Ok(DeadLetter {
+        id: row.integer("id")?,
+        consumer: row.text("consumer")?,
+        failed_at_micros: row.integer("failed_at")?,
+        stream: row.text("stream")?,
+        stream_sequence: u64::try_from(sequence)
+            .map_err(|_| StoreError::Corrupt("negative stream sequence".into()))?,
+        subject: row.text("subject")?,
+        event_id: row.optional_text("event_id")?,
+        event_type: row.optional_text("event_type")?,
+        reason: row.text("reason")?,
+        payload: row.blob("payload")?,
+    })
+}
+
+/// Dead letters matching `filter`, oldest first.
+pub async fn list_dead_letters(
+    db: &Database,
+    filter: &DeadLetterFilter,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    // Empty strings stand for "any", so one statement serves every filter.
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM consumer_dead_letters
+         WHERE id > $1 AND ($2 = '' OR consumer = $2) AND ($3 = '' OR stream = $3)
+         ORDER BY id LIMIT $4"
+    );
+    db.read_rows(
+        &sql,
+        &[
+            filter.after_id.into(),
+            filter.consumer.as_deref().unwrap_or_default().into(),
+            filter.stream.as_deref().unwrap_or_default().into(),
+            i64::from(filter.limit).into(),
+        ],
+        decode_dead_letter,
+    )
+    .await
+}
+
 /// The dead letters of `consumer`, oldest first.
 pub async fn dead_letters(db: &Database, consumer: &str) -> Result<Vec<DeadLetter>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT stream, stream_sequence, subject, event_id, event_type, reason, payload
-         FROM consumer_dead_letters WHERE consumer = $1 ORDER BY id",
+    list_dead_letters(
+        db,
+        &DeadLetterFilter {
+            consumer: Some(consumer.to_owned()),
+            limit: u32::MAX,
+            ..DeadLetterFilter::default()
+        },
     )
-    .bind(consumer)
-    .fetch_all(db.pool())
+    .await
+}
+
+/// One dead letter, read in the transaction that replays it.
+pub(crate) async fn load_dead_letter(
+    tx: &mut WriteTx,
+    id: i64,
+) -> Result<Option<DeadLetter>, StoreError> {
+    let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM consumer_dead_letters WHERE id = $1");
+    tx.fetch_optional(&sql, &[id.into()], decode_dead_letter)
+        .await
+}
+
+/// Deletes dead letters; returns how many there were.
+pub async fn discard_dead_letters(db: &Database, ids: &[i64]) -> Result<u64, StoreError> {
+    let mut discarded = 0;
+    let mut tx = db.begin_write().await?;
+    for chunk in ids.chunks(CHUNK) {
+        let placeholders = numbered(1, chunk.len());
+        // Only numbered placeholders are interpolated; the values are bound.
+        let sql = format!("DELETE FROM consumer_dead_letters WHERE id IN ({placeholders})");
+        let params: Vec<Param> = chunk.iter().map(|id| Param::Integer(*id)).collect();
+        discarded += tx.execute(&sql, &params).await?;
+    }
+    tx.commit().await?;
+    Ok(discarded)
+}
+
+pub(crate) async fn delete_dead_letter(tx: &mut WriteTx, id: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM consumer_dead_letters WHERE id = $1",
+        &[id.into()],
+    )
     .await?;
-    rows.iter()
-        .map(|row| {
-            let sequence: i64 = row.try_get("stream_sequence")?;
-            Ok(DeadLetter {
-                stream: row.try_get("stream")?,
-                stream_sequence: u64::try_from(sequence)
-                    .map_err(|_| StoreError::Corrupt("negative stream sequence".into()))?,
-                subject: row.try_get("subject")?,
-                event_id: row.try_get("event_id")?,
-                event_type: row.try_get("event_type")?,
-                reason: row.try_get("reason")?,
-                payload: row.try_get("payload")?,
-            })
-        })
-        .collect()
+    Ok(())
+}
+
+/// Keeps a letter whose replay failed again, with the new reason.
+pub(crate) async fn refail_dead_letter(
+    tx: &mut WriteTx,
+    id: i64,
+    reason: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE consumer_dead_letters SET reason = $1, failed_at = $2 WHERE id = $3",
+        &[
+            reason.into(),
+            platform::time::now_micros().into(),
+            id.into(),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Forgets everything `consumer` applied, for a rebuild that replays its streams from the

@@ -60,7 +60,7 @@ enum Victim {
 async fn killing_cluster_members_one_after_another_loses_and_duplicates_no_event() {
     testkit::init_tracing();
     let root = tempfile::tempdir().expect("a temp dir");
-    let mut cluster = NatsCluster::start(3, SyncPolicy::Always, root.path())
+    let mut cluster = NatsCluster::start(3, SyncPolicy::Always, root.path(), None)
         .await
         .expect("start a three-node cluster");
     let url = cluster.url();
@@ -89,7 +89,7 @@ async fn killing_cluster_members_one_after_another_loses_and_duplicates_no_event
     let created = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match spec.ensure(&admin).await {
-                Ok(()) => break,
+                Ok(_) => break,
                 // The cluster elects its meta leader a moment after starting.
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }

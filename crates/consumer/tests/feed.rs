@@ -1,10 +1,15 @@
 //! The consumer library against a real nats-server and both database backends: duplicates,
 //! late and missing versions, poison messages, restarts of the consumer and of NATS.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use consumer::{ApplyError, Consumer, ConsumerSpec, Event, Freshness, Position, Projection};
+use consumer::{
+    ApplyError, Consumer, ConsumerSpec, Event, Freshness, Position, Projection, ReplayOutcome,
+    Replayer,
+};
 use contracts::events::v1 as events;
 use natsd::NatsServer;
 use outbox::{Aggregate, OutboxEvent};
@@ -23,12 +28,19 @@ backend_tests!(
     a_restarted_consumer_resumes_where_it_stopped_without_reapplying,
     consuming_survives_a_nats_restart,
     events_a_dead_run_received_but_never_committed_are_applied_after_a_restart,
+    events_that_disagree_with_where_they_arrived_are_dead_lettered,
+    a_stream_made_again_is_read_from_its_start,
+    events_that_left_the_stream_unread_are_counted_as_missed,
+    a_dead_letter_is_replayed_once_its_cause_is_fixed,
 );
 
 /// Records every event it is given, so a test can see exactly what was applied, once each.
-/// A user named "boom" makes the database fail; one named "reject" is refused.
-#[derive(Debug, Clone, Copy)]
-struct Ledger;
+/// A user named "boom" makes the database fail; one named "reject" is refused, unless the
+/// test has "fixed" the projection (`accepts_reject`).
+#[derive(Debug, Clone, Default)]
+struct Ledger {
+    accepts_reject: Arc<AtomicBool>,
+}
 
 impl Projection for Ledger {
     async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
@@ -39,7 +51,9 @@ impl Projection for Ledger {
                 _ => return Err(event.unknown_type()),
             };
             match name.as_str() {
-                "reject" => return Err(ApplyError::Rejected("names may not be \"reject\"".into())),
+                "reject" if !self.accepts_reject.load(Ordering::SeqCst) => {
+                    return Err(ApplyError::Rejected("names may not be \"reject\"".into()));
+                }
                 "boom" => {
                     // A real failing statement, so PostgreSQL's aborted-transaction state
                     // is exercised too.
@@ -110,15 +124,25 @@ impl Fixture {
 
     /// Starts a consumer; cancelling the token stops it.
     async fn start(&self, cancel: &CancellationToken) -> watch::Receiver<Position> {
+        self.start_with(cancel, Ledger::default()).await.0
+    }
+
+    /// The same with a given projection, and the handle that replays its dead letters.
+    async fn start_with(
+        &self,
+        cancel: &CancellationToken,
+        ledger: Ledger,
+    ) -> (watch::Receiver<Position>, Arc<dyn Replayer>) {
         let client = async_nats::connect(self.nats.url()).await.expect("connect");
         let mut spec = ConsumerSpec::new("test", "USERS");
         spec.batch_size = 64;
-        let consumer = Consumer::new(self.database.clone(), client, spec, Ledger)
+        let consumer = Consumer::new(self.database.clone(), client, spec, ledger)
             .await
             .expect("read the position");
         let status = consumer.status();
+        let replayer = consumer.replayer();
         tokio::spawn(consumer.run(cancel.clone()));
-        status
+        (status, replayer)
     }
 
     async fn publish(&self, event: &OutboxEvent) {
@@ -451,4 +475,252 @@ async fn events_a_dead_run_received_but_never_committed_are_applied_after_a_rest
         "every event applied, the five the dead run held included"
     );
     assert_eq!(position.n_applied, 20);
+}
+
+/// The same event with its envelope changed as `change` says (and a new event id, so
+/// JetStream takes it as a new message).
+fn tampered(event: &OutboxEvent, change: impl FnOnce(&mut events::EventEnvelope)) -> OutboxEvent {
+    let mut envelope: events::EventEnvelope =
+        prost::Message::decode(event.envelope.as_slice()).expect("an envelope");
+    change(&mut envelope);
+    let event_id = Uuid::now_v7();
+    envelope.event_id = event_id.to_string();
+    OutboxEvent {
+        event_id,
+        envelope: prost::Message::encode_to_vec(&envelope),
+        ..event.clone()
+    }
+}
+
+/// Waits (bounded) until the ledger holds `expected` rows (id, version, name).
+async fn ledger_reaches(fixture: &Fixture, expected: &[(String, i64, String)]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut rows: Vec<(String, i64, String)> = fixture
+            .ledger()
+            .await
+            .into_iter()
+            .map(|(id, version, name, _)| (id, version, name))
+            .collect();
+        rows.sort();
+        let mut wanted = expected.to_vec();
+        wanted.sort();
+        if rows == wanted {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger holds {rows:?}, not {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn events_that_disagree_with_where_they_arrived_are_dead_lettered(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let id = Uuid::now_v7();
+    fixture.publish(&registered(&id, "Ada")).await;
+    // The forgery of the issue: a rename of a real user at a version no write will reach,
+    // which, applied, would make every real event of that user look stale for good.
+    fixture.publish(&renamed(&id, 1 << 62, "Mallory")).await;
+    fixture
+        .publish(&tampered(&renamed(&id, 2, "Eve"), |envelope| {
+            envelope.producer = "orders".into();
+        }))
+        .await;
+    fixture
+        .publish(&tampered(&renamed(&id, 2, "Eve"), |envelope| {
+            envelope.aggregate_type = "order".into();
+        }))
+        .await;
+    let mismatched = renamed(&id, 2, "Eve");
+    testkit::publish_raw(
+        &fixture.js,
+        "users.user.UserRegistered",
+        mismatched.envelope.clone(),
+        Some(&Uuid::now_v7().to_string()),
+    )
+    .await;
+    fixture.publish(&renamed(&id, 1_000_000, "Trudy")).await;
+    fixture.publish(&renamed(&id, 2, "Grace")).await;
+
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let position = handled(&mut status, 7).await;
+    cancel.cancel();
+
+    let id = id.to_string();
+    assert_eq!(
+        fixture
+            .ledger()
+            .await
+            .into_iter()
+            .map(|(id, version, name, _)| (id, version, name))
+            .collect::<Vec<_>>(),
+        [
+            (id.clone(), 1, "Ada".to_owned()),
+            (id, 2, "Grace".to_owned())
+        ],
+        "no forgery was applied, and the real rename after them was"
+    );
+    assert_eq!(position.n_dead_lettered, 5);
+    let letters = consumer::dead_letters(&fixture.database, "test")
+        .await
+        .expect("read the dead letters");
+    let reason_at = |sequence: u64| {
+        letters
+            .iter()
+            .find(|letter| letter.stream_sequence == sequence)
+            .map(|letter| letter.reason.clone())
+            .unwrap_or_else(|| panic!("no dead letter at {sequence}"))
+    };
+    assert!(
+        reason_at(2).contains("beyond any real entity"),
+        "{}",
+        reason_at(2)
+    );
+    assert!(
+        reason_at(3).contains("producer \"orders\""),
+        "{}",
+        reason_at(3)
+    );
+    assert!(reason_at(4).contains("aggregate type"), "{}", reason_at(4));
+    assert!(reason_at(5).contains("event type"), "{}", reason_at(5));
+    assert!(reason_at(6).contains("implausibly far"), "{}", reason_at(6));
+}
+
+async fn a_stream_made_again_is_read_from_its_start(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let (ada, bob, cy) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    fixture.publish(&registered(&ada, "Ada")).await;
+    fixture.publish(&renamed(&ada, 2, "Grace")).await;
+    fixture.publish(&registered(&bob, "Bob")).await;
+    handled(&mut status, 3).await;
+
+    // Someone deletes USERS; its producer makes it again and publishes on.
+    fixture
+        .js
+        .delete_stream("USERS")
+        .await
+        .expect("delete USERS");
+    outbox::StreamSpec::for_producer("users", &outbox::StreamArgs::default())
+        .ensure(&fixture.js)
+        .await
+        .expect("USERS again");
+    fixture.publish(&renamed(&ada, 3, "Hedy")).await;
+    fixture.publish(&registered(&cy, "Cy")).await;
+    fixture.republish(&registered(&bob, "Bob")).await;
+
+    // Resuming after the old position (3) would skip all three.
+    let (ada, bob, cy) = (ada.to_string(), bob.to_string(), cy.to_string());
+    ledger_reaches(
+        &fixture,
+        &[
+            (ada.clone(), 1, "Ada".into()),
+            (ada.clone(), 2, "Grace".into()),
+            (ada, 3, "Hedy".into()),
+            (bob, 1, "Bob".into()),
+            (cy, 1, "Cy".into()),
+        ],
+    )
+    .await;
+    let position = handled(&mut status, 3).await;
+    cancel.cancel();
+    assert_eq!(position.n_skipped, 1, "the copy of Bob's registration");
+    assert_eq!(position.n_missed, 0);
+}
+
+async fn events_that_left_the_stream_unread_are_counted_as_missed(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    for name in ["Ada", "Bob", "Cy"] {
+        fixture.publish(&registered(&Uuid::now_v7(), name)).await;
+    }
+    // Retention drops them before the consumer ever reads them.
+    fixture
+        .js
+        .get_stream("USERS")
+        .await
+        .expect("USERS")
+        .purge()
+        .await
+        .expect("purge");
+    let dee = Uuid::now_v7();
+    fixture.publish(&registered(&dee, "Dee")).await;
+
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let position = handled(&mut status, 4).await;
+    cancel.cancel();
+    assert_eq!(position.n_missed, 3, "said, not skipped without a word");
+    assert_eq!(position.n_applied, 1);
+    let stored = consumer::load_position(&fixture.database, "test", "USERS")
+        .await
+        .expect("read the position")
+        .expect("stored");
+    assert_eq!(stored.n_missed, 3, "and kept across restarts");
+    assert_eq!(fixture.ledger().await.len(), 1);
+}
+
+async fn a_dead_letter_is_replayed_once_its_cause_is_fixed(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let (refused, forged_for) = (Uuid::now_v7(), Uuid::now_v7());
+    fixture.publish(&registered(&refused, "reject")).await;
+    fixture.publish(&registered(&forged_for, "Ada")).await;
+    fixture
+        .publish(&renamed(&forged_for, 1 << 40, "Mallory"))
+        .await;
+    let ledger = Ledger::default();
+    let cancel = CancellationToken::new();
+    let (mut status, replayer) = fixture.start_with(&cancel, ledger.clone()).await;
+    handled(&mut status, 3).await;
+    let letters = consumer::dead_letters(&fixture.database, "test")
+        .await
+        .expect("dead letters");
+    assert_eq!(letters.len(), 2);
+    let (rejected, implausible) = (letters[0].id, letters[1].id);
+
+    let again = replayer.replay(rejected).await.expect("replay");
+    assert!(
+        matches!(&again, ReplayOutcome::StillFailing(reason) if reason.contains("may not be")),
+        "{again:?}"
+    );
+    ledger.accepts_reject.store(true, Ordering::SeqCst);
+    assert_eq!(
+        replayer.replay(rejected).await.expect("replay"),
+        ReplayOutcome::Applied
+    );
+    assert!(
+        matches!(
+            replayer.replay(implausible).await.expect("replay"),
+            ReplayOutcome::StillFailing(reason) if reason.contains("beyond any real entity")
+        ),
+        "a forgery stays a forgery"
+    );
+    assert_eq!(
+        replayer.replay(rejected).await.expect("replay"),
+        ReplayOutcome::NotFound,
+        "a replayed letter is gone"
+    );
+    // The replay recorded the version: the next event follows it without a gap.
+    fixture.publish(&renamed(&refused, 2, "Grace")).await;
+    let position = handled(&mut status, 4).await;
+    cancel.cancel();
+    assert_eq!(position.n_gaps, 0);
+    let (refused, forged_for) = (refused.to_string(), forged_for.to_string());
+    ledger_reaches(
+        &fixture,
+        &[
+            (refused.clone(), 1, "reject".into()),
+            (refused, 2, "Grace".into()),
+            (forged_for, 1, "Ada".into()),
+        ],
+    )
+    .await;
+    let left = consumer::dead_letters(&fixture.database, "test")
+        .await
+        .expect("dead letters");
+    assert_eq!(left.len(), 1, "only the forgery is left");
+    assert!(left[0].reason.contains("beyond any real entity"));
 }

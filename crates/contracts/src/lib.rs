@@ -43,3 +43,9 @@ pub mod fault {
         tonic::include_proto!("fault.v1");
     }
 }
+
+pub mod ops {
+    pub mod v1 {
+        tonic::include_proto!("ops.v1");
+    }
+}

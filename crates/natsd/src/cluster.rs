@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::auth::Authorization;
 use crate::server::{ClusterMember, NatsServer, NatsServerOptions, NatsdError, SyncPolicy};
 
 /// The members of one cluster, each a [`NatsServer`] that can be killed and restarted on its
@@ -16,7 +17,12 @@ impl NatsCluster {
     /// Starts `size` servers named `n1`, `n2`, ... with stores under `root/<name>`, routed to
     /// one another. Their JetStream elects a meta leader shortly after they are up; clients
     /// that create streams meanwhile are told to retry.
-    pub async fn start(size: usize, sync: SyncPolicy, root: &Path) -> Result<Self, NatsdError> {
+    pub async fn start(
+        size: usize,
+        sync: SyncPolicy,
+        root: &Path,
+        authorization: Option<Authorization>,
+    ) -> Result<Self, NatsdError> {
         let ports = crate::free_loopback_ports(2 * size).map_err(|source| NatsdError::Config {
             dir: root.to_owned(),
             source,
@@ -35,6 +41,7 @@ impl NatsCluster {
                     route_port: *route_port,
                     routes: route_ports.to_vec(),
                 }),
+                authorization: authorization.clone(),
             };
             servers.push(NatsServer::start(options).await?);
         }
@@ -71,5 +78,16 @@ impl NatsCluster {
 
     pub fn servers_mut(&mut self) -> &mut [NatsServer] {
         &mut self.servers
+    }
+
+    /// Switches every member to `authorization` (see [`NatsServer::reload_authorization`]).
+    pub async fn reload_authorization(
+        &mut self,
+        authorization: Option<Authorization>,
+    ) -> Result<(), NatsdError> {
+        for server in &mut self.servers {
+            server.reload_authorization(authorization.clone()).await?;
+        }
+        Ok(())
     }
 }

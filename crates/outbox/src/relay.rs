@@ -209,13 +209,13 @@ impl Relay {
         while !cancel.is_cancelled() {
             let attempt = async {
                 if !stream_ready {
-                    self.stream
-                        .ensure(&self.js)
-                        .await
-                        .map_err(|source| RelayError::Stream {
+                    let identity = self.stream.ensure(&self.js).await.map_err(|source| {
+                        RelayError::Stream {
                             stream: self.stream.name.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
+                    self.follow(identity).await?;
                     stream_ready = true;
                     tracing::info!(stream = %self.stream.name, "stream ready");
                 }
@@ -236,7 +236,12 @@ impl Relay {
             } else {
                 tracing::debug!(error = %platform::status::error_chain(&error), "relay still failing");
             }
-            if matches!(error, RelayError::Stream { .. }) {
+            // A publish can fail because the stream is gone (deleted by someone, or lost with
+            // a server's store): the next attempt makes sure of the stream first.
+            if matches!(
+                error,
+                RelayError::Stream { .. } | RelayError::Publish { .. }
+            ) {
                 stream_ready = false;
             }
             tokio::select! {
@@ -246,6 +251,50 @@ impl Relay {
             backoff = (backoff * 2).min(self.config.max_backoff);
         }
         tracing::debug!(stream = %self.stream.name, "relay stopped");
+    }
+
+    /// Records which incarnation of the stream the relay publishes to. When it is not the one
+    /// it published to before (the stream was deleted and made again, and the events it held
+    /// are gone), or it is a new, empty stream while the outbox still keeps published rows
+    /// (the service now publishes to a new server), every row the outbox keeps is published
+    /// once more: consumers skip by version what they already have, and whoever had not yet
+    /// read an event that was lost with the old stream gets it. Rows older than the outbox's
+    /// retention cannot come back this way; the owners' re-emit of their state can.
+    async fn follow(&self, identity: crate::StreamIdentity) -> Result<(), RelayError> {
+        let stored = self
+            .db
+            .read_optional(
+                "SELECT created FROM outbox_streams WHERE stream = $1",
+                &[self.stream.name.as_str().into()],
+                |row| row.integer("created"),
+            )
+            .await?;
+        if stored == Some(identity.created) {
+            return Ok(());
+        }
+        let lost_history = match stored {
+            Some(_) => true,
+            None => identity.last_sequence == 0,
+        };
+        if lost_history {
+            let republished = republish_retained(&self.db).await?;
+            if stored.is_some() || republished > 0 {
+                tracing::warn!(
+                    stream = %self.stream.name,
+                    republished,
+                    "the stream is not the one this service published to (it was deleted and made again, or the server is new): publishing every event the outbox still keeps once more"
+                );
+            }
+        }
+        let mut tx = self.db.begin_write().await?;
+        tx.execute(
+            "INSERT INTO outbox_streams (stream, created) VALUES ($1, $2)
+             ON CONFLICT (stream) DO UPDATE SET created = excluded.created",
+            &[self.stream.name.as_str().into(), identity.created.into()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Publishes rows as they commit, without waiting for earlier acknowledgements: up to two
@@ -524,3 +573,44 @@ pub async fn prune(db: &Database, retention: Duration) -> Result<u64, StoreError
 /// Rows looked at per pruning step, and so at most deleted per transaction: a few
 /// milliseconds of SQLite's writer.
 const PRUNE_CHUNK: i64 = 2_000;
+
+/// Puts every row the outbox keeps back on the pending list, a range of `seq` at a time (so
+/// SQLite's writer is held for milliseconds, not for the whole retention), and returns how
+/// many were published before and are pending again.
+pub async fn republish_retained(db: &Database) -> Result<u64, StoreError> {
+    let bounds = db
+        .read_optional(
+            "SELECT MIN(seq) AS first, MAX(seq) AS last FROM outbox",
+            &[],
+            |row| {
+                Ok((
+                    row.optional_integer("first")?,
+                    row.optional_integer("last")?,
+                ))
+            },
+        )
+        .await?;
+    let Some((Some(first), Some(last))) = bounds else {
+        return Ok(0);
+    };
+    let mut republished = 0;
+    let mut from = first - 1;
+    while from < last {
+        let to = from.saturating_add(REPUBLISH_CHUNK).min(last);
+        let mut tx = db.begin_write().await?;
+        republished += tx
+            .execute(
+                "INSERT INTO outbox_pending (seq) SELECT seq FROM outbox WHERE seq > $1 AND seq <= $2
+                 ON CONFLICT (seq) DO NOTHING",
+                &[from.into(), to.into()],
+            )
+            .await?;
+        tx.commit().await?;
+        from = to;
+        tokio::task::yield_now().await;
+    }
+    Ok(republished)
+}
+
+/// Rows put back on the pending list per transaction.
+const REPUBLISH_CHUNK: i64 = 10_000;

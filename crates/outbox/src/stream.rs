@@ -47,9 +47,10 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 impl StreamSpec {
     pub fn for_producer(service: &str, args: &StreamArgs) -> Self {
+        let stream = bus::Stream::of_producer(service);
         Self {
-            name: stream_name(service),
-            subjects: vec![format!("{service}.>")],
+            subjects: vec![stream.subjects()],
+            name: stream.name,
             max_age: Duration::from_secs(args.stream_max_age_hours * 3600),
             max_bytes: args.stream_max_bytes,
             replicas: usize::try_from(args.stream_replicas).unwrap_or(1),
@@ -70,17 +71,36 @@ impl StreamSpec {
         }
     }
 
-    /// Creates the stream, or brings an existing one to this configuration.
+    /// Creates the stream, or brings an existing one to this configuration, and says which
+    /// stream it is.
     pub async fn ensure(
         &self,
         js: &jetstream::Context,
-    ) -> Result<(), jetstream::context::CreateStreamError> {
-        js.create_or_update_stream(self.config()).await?;
-        Ok(())
+    ) -> Result<StreamIdentity, jetstream::context::CreateStreamError> {
+        let info = js.create_or_update_stream(self.config()).await?;
+        Ok(StreamIdentity {
+            created: created_nanos(&info),
+            last_sequence: info.state.last_sequence,
+        })
     }
+}
+
+/// Which incarnation of a stream a client deals with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamIdentity {
+    /// When JetStream created it, in nanoseconds since the epoch: a stream deleted and made
+    /// again under the same name has another.
+    pub created: i64,
+    /// The sequence of the last message it ever stored (0: it never stored one).
+    pub last_sequence: u64,
+}
+
+/// When JetStream created the stream, in nanoseconds since the epoch (0 if out of range).
+pub fn created_nanos(info: &jetstream::stream::Info) -> i64 {
+    i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
 }
 
 /// The stream a service publishes to: its name in capitals.
 pub fn stream_name(service: &str) -> String {
-    service.to_uppercase()
+    bus::Stream::of_producer(service).name
 }

@@ -18,6 +18,7 @@ backend_tests!(
     events_written_while_nats_is_down_all_arrive_in_order_once_it_is_back,
     killing_the_relay_mid_stream_loses_and_duplicates_nothing,
     rows_committed_without_a_wake_up_are_published_by_the_next_rescan,
+    a_deleted_stream_is_made_again_with_everything_the_outbox_keeps,
 );
 
 const USERS: Producer = Producer::new("users", "user");
@@ -251,4 +252,44 @@ impl Writer {
             .expect("record the event");
         self.wakeup.commit(tx).await.expect("commit");
     }
+}
+
+async fn a_deleted_stream_is_made_again_with_everything_the_outbox_keeps(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let cancel = CancellationToken::new();
+    let relay = tokio::spawn(fixture.relay(32).await.run(cancel.clone()));
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for id in &ids {
+        fixture.write(id, 1).await;
+    }
+    fixture.drained().await;
+    fixture.assert_stream_matches_outbox(5).await;
+
+    // Someone deletes the stream: five events a reader may not have read yet are gone.
+    fixture
+        .js
+        .delete_stream("USERS")
+        .await
+        .expect("delete USERS");
+    // The next publish fails; the relay makes the stream again and publishes what the
+    // outbox keeps, the five published ones included, then the new one.
+    fixture.write(&ids[0], 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_stream = match fixture.js.get_stream("USERS").await {
+            Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+            Err(_) => 0,
+        };
+        if in_stream == 6 && fixture.unpublished().await == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream holds {in_stream} events, not 6"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fixture.assert_stream_matches_outbox(6).await;
+    cancel.cancel();
+    relay.await.expect("the relay stops");
 }

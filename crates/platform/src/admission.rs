@@ -7,8 +7,9 @@
 //! synchronous SQLite read) holds its permit for microseconds, so the limit never fills while
 //! thousands of requests queue in front of it, each charged the whole queue's wait. Two signals
 //! see that queue:
-//! - the runtime's live tasks: a bound on requests accepted and not finished, waiting or not
-//!   (memory and work in hand);
+//! - the runtime's live tasks, less the server's open connections (each is a task of its own,
+//!   but no request: counting them let a few hundred idle sockets shed every call): a bound on
+//!   requests accepted and not finished, waiting or not (memory and work in hand);
 //! - when asked for, the runtime's scheduling delay, sampled by a task that sleeps and records
 //!   how late it woke: a bound on how long an admitted request waits for a worker thread
 //!   (latency). Only a delay that persists counts, as in CoDel, so a single stall (a worker
@@ -22,6 +23,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::RuntimeMetrics;
+
+use crate::connections::Connections;
 use tokio_util::task::AbortOnDropHandle;
 
 /// How often the scheduling delay is sampled: a wake-up costs a few microseconds.
@@ -93,12 +96,16 @@ pub(crate) struct Admission {
 
 impl Admission {
     /// Sheds past `max_requests` tasks beyond those alive now (the process's background work
-    /// and this server's own tasks; open connections are tasks too, so each counts against the
-    /// bound as a request would), and, when a `max_delay` is given, while the scheduling delay
-    /// stays above it (the probe then runs in the current runtime).
-    pub(crate) fn start(max_requests: usize, max_delay: Option<Duration>) -> Self {
+    /// and this server's own tasks) and one per connection open, and, when a `max_delay` is
+    /// given, while the scheduling delay stays above it (the probe then runs in the current
+    /// runtime).
+    pub(crate) fn start(
+        max_requests: usize,
+        max_delay: Option<Duration>,
+        connections: Connections,
+    ) -> Self {
         let metrics = tokio::runtime::Handle::current().metrics();
-        let ceiling = metrics.num_alive_tasks().saturating_add(max_requests);
+        let baseline = metrics.num_alive_tasks();
         let overloaded = Arc::new(AtomicBool::new(false));
         let probe = max_delay.map(|max_delay| {
             AbortOnDropHandle::new(tokio::spawn(probe(Arc::clone(&overloaded), max_delay)))
@@ -106,7 +113,9 @@ impl Admission {
         Self {
             layer: AdmissionLayer {
                 metrics,
-                ceiling,
+                baseline,
+                max_requests,
+                connections,
                 overloaded,
             },
             _probe: probe,
@@ -140,8 +149,20 @@ async fn probe(overloaded: Arc<AtomicBool>, max_delay: Duration) {
 #[derive(Debug, Clone)]
 pub(crate) struct AdmissionLayer {
     metrics: RuntimeMetrics,
-    ceiling: usize,
+    /// Tasks alive before the server took any request: the process's own.
+    baseline: usize,
+    max_requests: usize,
+    connections: Connections,
     overloaded: Arc<AtomicBool>,
+}
+
+impl AdmissionLayer {
+    /// Requests in hand: every task beyond the process's own and one per open connection.
+    fn requests(&self) -> usize {
+        self.metrics
+            .num_alive_tasks()
+            .saturating_sub(self.baseline + self.connections.open())
+    }
 }
 
 impl<S> tower::Layer<S> for AdmissionLayer {
@@ -172,7 +193,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let admission = &self.admission;
         if admission.overloaded.load(Ordering::Relaxed)
-            || admission.metrics.num_alive_tasks() > admission.ceiling
+            || admission.requests() > admission.max_requests
         {
             // Not ready: LoadShed turns that into RESOURCE_EXHAUSTED at once. The wake keeps
             // the contract for a caller that would wait instead: it asks again, and is

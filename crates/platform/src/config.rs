@@ -29,10 +29,37 @@ pub struct CommonArgs {
     #[arg(long, env = "MAX_QUEUE_DELAY_MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub max_queue_delay_ms: Option<u64>,
 
-    /// Serve the fault admin API (fault.v1.FaultAdmin) on this loopback address, so faults can be
-    /// injected at run time. Off unless given.
-    #[arg(long, env = "FAULT_ADMIN_LISTEN", value_name = "ADDR", value_parser = parse_loopback_addr)]
-    pub fault_admin_listen: Option<SocketAddr>,
+    /// Serve the admin APIs on this loopback address: fault injection (fault.v1.FaultAdmin),
+    /// and where the service has them, its consumers' dead letters and the re-emit of its
+    /// state (ops.v1). Off unless given.
+    #[arg(long, env = "ADMIN_LISTEN", alias = "fault-admin-listen", value_name = "ADDR", value_parser = parse_loopback_addr)]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Most connections open at once. Past it, a new connection takes the place of the
+    /// oldest idle one (one that never sent a request first), or is refused when all are busy.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = Self::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// A connection that carries no request for this many milliseconds is closed.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_MS", default_value_t = Self::DEFAULT_CONNECTION_IDLE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub connection_idle_timeout_ms: u64,
+
+    /// A connection older than this many milliseconds is asked to go away (HTTP/2 GOAWAY):
+    /// its requests finish and the client opens a new one.
+    #[arg(long, env = "MAX_CONNECTION_AGE_MS", default_value_t = Self::DEFAULT_MAX_CONNECTION_AGE_MS, value_parser = clap::value_parser!(u64).range(1_000..=604_800_000))]
+    pub max_connection_age_ms: u64,
+
+    /// Every connection is pinged this often (milliseconds); one whose peer does not answer
+    /// within --keepalive-timeout-ms is closed.
+    #[arg(long, env = "KEEPALIVE_INTERVAL_MS", default_value_t = Self::DEFAULT_KEEPALIVE_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub keepalive_interval_ms: u64,
+
+    #[arg(long, env = "KEEPALIVE_TIMEOUT_MS", default_value_t = Self::DEFAULT_KEEPALIVE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub keepalive_timeout_ms: u64,
+
+    /// Requests one connection may have open at once (HTTP/2 streams).
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = Self::DEFAULT_MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_streams: u32,
 
     /// The handle of the server's fault layer: empty unless a test, a benchmark or the fault
     /// admin API sets faults through it.
@@ -47,7 +74,13 @@ impl Default for CommonArgs {
             request_timeout_ms: Self::DEFAULT_REQUEST_TIMEOUT_MS,
             max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_queue_delay_ms: None,
-            fault_admin_listen: None,
+            admin_listen: None,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            connection_idle_timeout_ms: Self::DEFAULT_CONNECTION_IDLE_TIMEOUT_MS,
+            max_connection_age_ms: Self::DEFAULT_MAX_CONNECTION_AGE_MS,
+            keepalive_interval_ms: Self::DEFAULT_KEEPALIVE_INTERVAL_MS,
+            keepalive_timeout_ms: Self::DEFAULT_KEEPALIVE_TIMEOUT_MS,
+            max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
             faults: fault::Faults::default(),
         }
     }
@@ -59,6 +92,20 @@ impl CommonArgs {
     /// bounds the requests in hand, and so their latency loosely; `--max-queue-delay-ms` bounds
     /// it tighter where the cores are the server's own.
     pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 256;
+    /// Far more than the system's own clients hold (a channel per client and service), and
+    /// far below the open-file limit the process raises itself to.
+    pub const DEFAULT_MAX_CONNECTIONS: u64 = 4_096;
+    /// Long enough that a client's pooled connection survives the pauses between its
+    /// calls; an abandoned or never-used one is gone within minutes (and sooner when
+    /// the connection bound needs its place).
+    pub const DEFAULT_CONNECTION_IDLE_TIMEOUT_MS: u64 = 300_000;
+    pub const DEFAULT_MAX_CONNECTION_AGE_MS: u64 = 1_800_000;
+    pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 30_000;
+    pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+    /// The lab's load generator keeps up to 2,048 requests in flight on one channel; past
+    /// the server's request bound (256) they are shed anyway, so this bounds the streams a
+    /// connection can make the server track, not the work it does.
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_048;
 
     pub fn server_settings(&self) -> crate::server::ServerSettings {
         crate::server::ServerSettings {
@@ -66,9 +113,15 @@ impl CommonArgs {
             max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
                 .unwrap_or(usize::MAX),
             max_queue_delay: self.max_queue_delay_ms.map(Duration::from_millis),
+            shutdown_grace: Duration::from_secs(15),
             faults: self.faults.clone(),
-            fault_admin: self.fault_admin_listen,
-            ..crate::server::ServerSettings::default()
+            admin: self.admin_listen,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_millis(self.connection_idle_timeout_ms),
+            max_connection_age: Duration::from_millis(self.max_connection_age_ms),
+            keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            max_concurrent_streams: self.max_concurrent_streams,
         }
     }
 }
@@ -112,15 +165,15 @@ pub fn parse_database_url(raw: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Checks `--fault-admin-listen`: whoever reaches the fault admin API can break the service,
-/// so it is only ever bound where nothing off this machine reaches it.
+/// Checks `--admin-listen`: whoever reaches the admin APIs can break the service, so they
+/// are only ever bound where nothing off this machine reaches them.
 pub fn parse_loopback_addr(raw: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = raw
         .parse()
         .map_err(|_| format!("{raw:?} is not an address such as 127.0.0.1:50151"))?;
     if !addr.ip().is_loopback() {
         return Err(format!(
-            "{addr} is not a loopback address: the fault admin API lets whoever reaches it break the service, so it only listens on 127.0.0.1 or ::1"
+            "{addr} is not a loopback address: the admin APIs let whoever reaches them break the service, so they only listen on 127.0.0.1 or ::1"
         ));
     }
     Ok(addr)

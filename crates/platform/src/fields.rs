@@ -42,8 +42,41 @@ pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, FieldViolation> {
     Ok(id)
 }
 
+/// Characters that change how text displays without showing themselves: the bidirectional
+/// controls (an override makes "exe.txt" read "txt.exe") and the zero-width and invisible
+/// format characters (which make two names that look the same compare different). No
+/// name, title or address here needs one. The cost is real, if small: Persian and some
+/// Indic spellings use the zero-width non-joiner, and emoji sequences the zero-width joiner.
+fn is_hidden_formatting(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{061C}' => "ARABIC LETTER MARK",
+        '\u{200E}' => "LEFT-TO-RIGHT MARK",
+        '\u{200F}' => "RIGHT-TO-LEFT MARK",
+        '\u{202A}' => "LEFT-TO-RIGHT EMBEDDING",
+        '\u{202B}' => "RIGHT-TO-LEFT EMBEDDING",
+        '\u{202C}' => "POP DIRECTIONAL FORMATTING",
+        '\u{202D}' => "LEFT-TO-RIGHT OVERRIDE",
+        '\u{202E}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{2066}' => "LEFT-TO-RIGHT ISOLATE",
+        '\u{2067}' => "RIGHT-TO-LEFT ISOLATE",
+        '\u{2068}' => "FIRST STRONG ISOLATE",
+        '\u{2069}' => "POP DIRECTIONAL ISOLATE",
+        '\u{200B}' => "ZERO WIDTH SPACE",
+        '\u{200C}' => "ZERO WIDTH NON-JOINER",
+        '\u{200D}' => "ZERO WIDTH JOINER",
+        '\u{2060}' => "WORD JOINER",
+        '\u{2061}'..='\u{2064}' => "INVISIBLE OPERATOR",
+        '\u{FEFF}' => "ZERO WIDTH NO-BREAK SPACE",
+        '\u{00AD}' => "SOFT HYPHEN",
+        '\u{034F}' => "COMBINING GRAPHEME JOINER",
+        '\u{180E}' => "MONGOLIAN VOWEL SEPARATOR",
+        _ => return None,
+    })
+}
+
 /// Validates free text: surrounding white space is trimmed, the rest must be 1 to
-/// `max_chars` characters without control characters.
+/// `max_chars` characters without control characters, bidirectional controls or invisible
+/// formatting characters.
 pub fn parse_text(field: &str, raw: &str, max_chars: usize) -> Result<String, FieldViolation> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
@@ -60,6 +93,20 @@ pub fn parse_text(field: &str, raw: &str, max_chars: usize) -> Result<String, Fi
         return Err(FieldViolation::new(
             field,
             "must not contain control characters",
+        ));
+    }
+    if let Some((n_char, (c, name))) = trimmed
+        .chars()
+        .enumerate()
+        .find_map(|(n_char, c)| is_hidden_formatting(c).map(|name| (n_char, (c, name))))
+    {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "must not contain invisible or text-direction characters: U+{:04X} {name} at character {}",
+                u32::from(c),
+                n_char + 1
+            ),
         ));
     }
     Ok(trimmed.to_owned())
@@ -113,6 +160,25 @@ mod tests {
         assert_eq!(parse_text("name", "ééé", 3), Ok("ééé".to_owned()));
         assert!(parse_text("name", "éééé", 3).is_err());
         assert!(parse_text("name", "a\u{0}b", 3).is_err());
+    }
+
+    #[test]
+    fn text_with_hidden_direction_or_width_changes_is_refused() {
+        for (raw, code) in [
+            ("Ada\u{202E}fdp.exe", "U+202E"),
+            ("A\u{200B}da", "U+200B"),
+            ("A\u{200D}da", "U+200D"),
+            ("\u{2066}Ada", "U+2066"),
+            ("Ada\u{FEFF}", "U+FEFF"),
+        ] {
+            let violation = parse_text("name", raw, 50).expect_err(raw);
+            assert!(violation.reason.contains(code), "{violation}");
+        }
+        assert!(parse_text("name", "Zoë Ångström-Ñúñez", 50).is_ok());
+        assert!(
+            parse_text("name", "محمد", 50).is_ok(),
+            "right-to-left script is fine"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl ServiceHost {
             .with_context(|| format!("migrate the {name} database"))?;
         let server = GrpcServer::bind(listen, common.server_settings())
             .with_context(|| format!("bind {listen}"))?;
-        tracing::info!(service = name, addr = %server.local_addr(), fault_admin = ?server.fault_admin_addr(), backend = ?db.backend(), "listening");
+        tracing::info!(service = name, addr = %server.local_addr(), admin = ?server.admin_addr(), backend = ?db.backend(), "listening");
         Ok(Self {
             name,
             server,
@@ -62,9 +62,9 @@ impl ServiceHost {
         self.server.local_addr()
     }
 
-    /// Where the fault admin API listens, when the service was started with it.
-    pub fn fault_admin_addr(&self) -> Option<SocketAddr> {
-        self.server.fault_admin_addr()
+    /// Where the admin APIs listen, when the service was started with them.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.server.admin_addr()
     }
 
     pub fn database(&self) -> &Database {
@@ -86,10 +86,14 @@ impl ServiceHost {
     pub async fn serve(
         self,
         services: ServiceSet,
+        admin: ServiceSet,
         descriptor_set: &'static [u8],
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let served = self.server.serve(services, descriptor_set, shutdown).await;
+        let served = self
+            .server
+            .serve(services, admin, descriptor_set, shutdown)
+            .await;
         self.cancel.cancel();
         self.tasks.close();
         if tokio::time::timeout(TASK_GRACE, self.tasks.wait())

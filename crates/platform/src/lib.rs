@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod fields;
 pub mod host;

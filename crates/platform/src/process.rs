@@ -27,6 +27,7 @@ where
         }
     };
     crate::telemetry::init(config.as_ref().log_format);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,5 +47,23 @@ where
             tracing::error!(service, error = format!("{error:#}"), "failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does at start: every
+/// connection is a file, and the soft default (often 1,024) would let a burst of idle sockets
+/// exhaust it below the server's own connection bound. A failure is logged, not fatal.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        ..limit
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(%error, "cannot raise the open-files limit; connections may run out of descriptors");
     }
 }

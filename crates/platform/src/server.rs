@@ -17,6 +17,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::MapResponseLayer;
 
 use crate::admission::Admission;
+use crate::connections::{Connections, CountRequestsLayer};
 
 /// Knobs of the server stack.
 #[derive(Debug, Clone)]
@@ -33,26 +34,34 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Faults injected into this server's application methods (none unless someone sets them).
     pub faults: fault::Faults,
-    /// Where to serve the fault admin API, if anywhere (a loopback address; see
-    /// `config::parse_loopback_addr`).
-    pub fault_admin: Option<SocketAddr>,
+    /// Where to serve the admin APIs (faults, dead letters, re-emit), if anywhere (a
+    /// loopback address; see `config::parse_loopback_addr`).
+    pub admin: Option<SocketAddr>,
+    /// Connections open at once; past it a new one replaces the oldest idle one, or is
+    /// refused when every one is busy.
+    pub max_connections: usize,
+    /// A connection that carries no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection older than this is asked to go away (HTTP/2 GOAWAY: the client opens a
+    /// new one, in-flight requests finish), so none is held forever.
+    pub max_connection_age: Duration,
+    /// Pings on every connection this often; a peer that does not answer within
+    /// `keepalive_timeout` is gone and its connection closed.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Requests one connection may have open at once (HTTP/2 streams).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: usize::try_from(
-                crate::config::CommonArgs::DEFAULT_MAX_CONCURRENT_REQUESTS,
-            )
-            .unwrap_or(usize::MAX),
-            max_queue_delay: None,
-            shutdown_grace: Duration::from_secs(15),
-            faults: fault::Faults::default(),
-            fault_admin: None,
-        }
+        crate::config::CommonArgs::default().server_settings()
     }
 }
+
+/// Largest header block a request may carry: gRPC's own headers, a deadline and trace
+/// context take a few hundred bytes; anything near this is not a gRPC client's.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Largest request message a service accepts; larger ones fail with RESOURCE_EXHAUSTED
 /// before any of it is decoded into memory. Batch and page caps keep legitimate requests
@@ -109,13 +118,44 @@ pub struct GrpcServer {
     settings: ServerSettings,
 }
 
+/// How long to wait before accepting again after accept failed (out of file descriptors,
+/// say): retrying at once would spin a core while nothing changes.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The bound listener's connections, each admitted through `connections` (and so counted,
+/// bounded and closed when idle). Accept errors are logged and waited out, never returned.
+fn admitted(
+    incoming: TcpIncoming,
+    connections: Connections,
+) -> impl futures::Stream<Item = std::io::Result<crate::connections::TrackedIo>> {
+    futures::stream::unfold(
+        (incoming, connections),
+        |(mut incoming, connections)| async move {
+            use futures::StreamExt as _;
+            loop {
+                match incoming.next().await? {
+                    Ok(stream) => {
+                        if let Some(io) = connections.admit(stream) {
+                            return Some((Ok(io), (incoming, connections)));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot accept a connection; retrying shortly");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                }
+            }
+        },
+    )
+}
+
 impl GrpcServer {
     pub fn bind(addr: SocketAddr, settings: ServerSettings) -> std::io::Result<Self> {
         // Server::tcp_nodelay is ignored for a caller-supplied listener, so Nagle is disabled
         // here; without it small responses wait for delayed ACKs (about 40 ms on Linux).
         let incoming = TcpIncoming::bind(addr)?.with_nodelay(Some(true));
         let local_addr = incoming.local_addr()?;
-        let admin = match settings.fault_admin {
+        let admin = match settings.admin {
             Some(admin_addr) => {
                 let admin = TcpIncoming::bind(admin_addr)?.with_nodelay(Some(true));
                 let bound = admin.local_addr()?;
@@ -135,17 +175,19 @@ impl GrpcServer {
         self.local_addr
     }
 
-    /// Where the fault admin API listens, when it was asked for.
-    pub fn fault_admin_addr(&self) -> Option<SocketAddr> {
+    /// Where the admin APIs listen, when they were asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Serves `services` plus grpc.health.v1 and server reflection (v1 and v1alpha, so grpcurl
     /// 1.8 and newer both work) until `shutdown` completes, then reports NOT_SERVING, stops
-    /// accepting and lets in-flight requests finish within the grace period.
+    /// accepting and lets in-flight requests finish within the grace period. `admin` services
+    /// join the fault admin API on the admin listener, when there is one.
     pub async fn serve(
         self,
         services: ServiceSet,
+        admin: ServiceSet,
         descriptor_set: &'static [u8],
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
@@ -184,15 +226,15 @@ impl GrpcServer {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_stop = tokio_util::sync::CancellationToken::new();
         if let Some((incoming, addr)) = self.admin {
-            let admin = fault_admin_server(&self.settings.faults, descriptor_set)?;
+            let admin = admin_server(&self.settings.faults, admin, descriptor_set)?;
             let stop = admin_stop.clone();
-            tracing::info!(%addr, "fault admin API listening");
+            tracing::info!(%addr, "admin APIs listening");
             tokio::spawn(async move {
                 let served = admin
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await;
                 if let Err(error) = served {
-                    tracing::error!(%error, "the fault admin API failed");
+                    tracing::error!(%error, "the admin APIs failed");
                 }
             });
         }
@@ -209,14 +251,29 @@ impl GrpcServer {
         };
 
         let settings = self.settings;
-        let admission =
-            Admission::start(settings.max_concurrent_requests, settings.max_queue_delay);
+        let connections = Connections::new(settings.max_connections, settings.idle_timeout);
+        let admission = Admission::start(
+            settings.max_concurrent_requests,
+            settings.max_queue_delay,
+            connections.clone(),
+        );
         let serving = Server::builder()
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
             // Bounds the time any handler holds resources, whatever deadline the caller set.
             .timeout(settings.request_timeout)
+            // Dead peers are found by pings, and no connection lives forever: an old one is
+            // asked to go away (GOAWAY) and given the request timeout and more to finish.
+            .http2_keepalive_interval(Some(settings.keepalive_interval))
+            .http2_keepalive_timeout(Some(settings.keepalive_timeout))
+            .max_connection_age(settings.max_connection_age)
+            .max_connection_age_grace(settings.request_timeout + Duration::from_secs(5))
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(
                 ServiceBuilder::new()
+                    // Outermost, so every request counts on its connection, shed ones too: a
+                    // connection carrying requests is never closed as idle.
+                    .layer(CountRequestsLayer)
                     .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
                     // Shedding sits outside both bounds: past either, a new request fails at
                     // once with RESOURCE_EXHAUSTED instead of queueing without bound.
@@ -232,7 +289,7 @@ impl GrpcServer {
                     .layer(fault::FaultLayer::new(settings.faults.clone())),
             )
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(self.incoming, signal);
+            .serve_with_incoming_shutdown(admitted(self.incoming, connections), signal);
 
         tokio::pin!(serving);
         tokio::select! {
@@ -246,25 +303,39 @@ impl GrpcServer {
     }
 }
 
-/// The fault admin API's own server: the admin service and reflection (so grpcurl works),
-/// without the fault layer, so no fault can lock its own switch.
-fn fault_admin_server(
+/// The admin APIs' own server: the fault admin API, the service's other admin services and
+/// reflection (so grpcurl works), without the fault layer, so no fault can lock its own
+/// switch. A re-emit of a large state takes a while, hence the longer timeout.
+fn admin_server(
     faults: &fault::Faults,
+    admin: ServiceSet,
     descriptor_set: &'static [u8],
 ) -> Result<tonic::transport::server::Router, ServeError> {
+    let ServiceSet { mut routes, names } = admin;
+    let advertised: Vec<&'static str> = names
+        .iter()
+        .copied()
+        .chain([
+            "fault.v1.FaultAdmin",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ])
+        .collect();
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(descriptor_set)
-            .with_service_name("fault.v1.FaultAdmin")
-            .with_service_name("grpc.reflection.v1.ServerReflection")
-            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        advertised.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(descriptor_set),
+            |builder, name| builder.with_service_name(*name),
+        )
     };
-    Ok(Server::builder()
-        .timeout(Duration::from_secs(10))
-        .concurrency_limit_per_connection(16)
+    routes
         .add_service(fault::admin::AdminApi::new(faults.clone()).into_server())
         .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?))
+        .add_service(reflection().build_v1alpha()?);
+    Ok(Server::builder()
+        .timeout(Duration::from_secs(300))
+        .concurrency_limit_per_connection(16)
+        .add_routes(routes.routes()))
 }
 
 /// tonic answers a request larger than the decoding limit with OUT_OF_RANGE; the gRPC spec

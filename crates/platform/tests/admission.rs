@@ -39,7 +39,7 @@ impl Server {
                     let _ = stopped.await;
                 };
                 server
-                    .serve(ServiceSet::new(), &[], shutdown)
+                    .serve(ServiceSet::new(), ServiceSet::new(), &[], shutdown)
                     .await
                     .expect("served");
             });

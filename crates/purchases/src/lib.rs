@@ -87,6 +87,8 @@ pub struct StreamPosition {
     pub pending: u64,
     pub skipped: u64,
     pub dead_lettered: u64,
+    /// Events the stream no longer held when the projection got to them.
+    pub missed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,15 +229,21 @@ impl<S: PurchaseSource> PurchaseService for PurchaseApi<S> {
     }
 }
 
-/// The caller's deadline, from the `grpc-timeout` header ("100m" is 100 ms).
+/// The caller's deadline, from the `grpc-timeout` header ("100m" is 100 ms). The gRPC spec
+/// (PROTOCOL-HTTP2.md) allows 1 to 8 ASCII digits and one unit of H, M, S, m, u or n;
+/// anything else is malformed and ignored, as the spec's "treat as if absent" has it (the
+/// server's own request timeout still applies). Eight digits of hours fit a `Duration`.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let value: u64 = digits.parse().ok()?;
     use std::time::Duration;
     Some(match unit {
-        "H" => Duration::from_secs(value.saturating_mul(3600)),
-        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
         "S" => Duration::from_secs(value),
         "m" => Duration::from_millis(value),
         "u" => Duration::from_micros(value),
@@ -298,6 +306,7 @@ fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
                         pending: position.pending,
                         skipped: position.skipped,
                         dead_lettered: position.dead_lettered,
+                        missed: position.missed,
                     })
                     .collect(),
             },
@@ -308,6 +317,65 @@ fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_page_of_purchases_fits_what_a_client_decodes_by_default() {
+        // As large as the owners let each field be: four-byte characters in every name and
+        // title, the longest image URL, a thousand purchases.
+        let wide = |chars: usize| "\u{1D538}".repeat(chars);
+        let url = format!(
+            "https://img.example.com/{}",
+            "a".repeat(products::domain::MAX_IMAGE_URL_BYTES - 24)
+        );
+        let purchases = (0..platform::paging::MAX_PAGE_SIZE)
+            .map(|_| PurchaseView {
+                order_id: Uuid::now_v7(),
+                status: OrderStatus::Cancelled,
+                quantity: i32::MAX,
+                placed_at_micros: i64::MAX / 2,
+                product_id: Uuid::now_v7(),
+                product: Some(ProductView {
+                    id: Uuid::now_v7(),
+                    title: wide(products::domain::MAX_TITLE_CHARS),
+                    image_url: url.clone(),
+                    price_cents: i64::MAX,
+                    currency: "USD".into(),
+                }),
+            })
+            .collect();
+        let page = Page {
+            user: UserView {
+                id: Uuid::now_v7(),
+                name: wide(users::domain::MAX_NAME_CHARS),
+                given_name: wide(users::domain::MAX_NAME_CHARS),
+                family_name: wide(users::domain::MAX_NAME_CHARS),
+            },
+            purchases,
+            next: Some(Cursor {
+                sort_key: i64::MAX,
+                id: Uuid::max(),
+            }),
+            freshness: Freshness::Projection(
+                ["USERS", "PRODUCTS", "ORDERS"]
+                    .map(|stream| StreamPosition {
+                        stream: stream.into(),
+                        sequence: u64::MAX,
+                        last_event_at_micros: i64::MAX / 2,
+                        applied_at_micros: i64::MAX / 2,
+                        pending: u64::MAX,
+                        skipped: u64::MAX,
+                        dead_lettered: u64::MAX,
+                        missed: u64::MAX,
+                    })
+                    .to_vec(),
+            ),
+        };
+        let bytes = prost::Message::encoded_len(&to_pb(page, Mode::Async));
+        assert!(
+            bytes < 4 * 1024 * 1024,
+            "{bytes} bytes: a client with the default 4 MiB limit could not read it"
+        );
+    }
 
     #[test]
     fn grpc_timeouts_are_read_in_every_unit() {
@@ -321,8 +389,25 @@ mod tests {
             metadata.insert("grpc-timeout", raw.parse().expect("ascii"));
             assert_eq!(grpc_timeout(&metadata), Some(expected), "{raw}");
         }
-        metadata.insert("grpc-timeout", "12x".parse().expect("ascii"));
-        assert_eq!(grpc_timeout(&metadata), None);
+        metadata.insert("grpc-timeout", "99999999H".parse().expect("ascii"));
+        assert_eq!(
+            grpc_timeout(&metadata),
+            Some(std::time::Duration::from_secs(99_999_999 * 3600)),
+            "eight digits, the most the spec allows"
+        );
+        for malformed in [
+            "12x",
+            "123456789S",
+            "99999999999999999999H",
+            "S",
+            "+5S",
+            "-5S",
+            "5 S",
+            "1.5S",
+        ] {
+            metadata.insert("grpc-timeout", malformed.parse().expect("ascii"));
+            assert_eq!(grpc_timeout(&metadata), None, "{malformed}");
+        }
         assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
     }
 }

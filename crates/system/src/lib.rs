@@ -15,11 +15,9 @@ use contracts::purchases::v1 as pb;
 use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
 use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
-use natsd::NatsServer;
 use outbox::RelayArgs;
 use platform::config::{CommonArgs, DatabaseArgs};
-use platform::nats::NatsArgs;
-use testkit::{Backend, DelayProxy, RunningServer, TestDatabase};
+use testkit::{Backend, DelayProxy, RunningServer, SecureNats, TestDatabase};
 use tonic::transport::Channel;
 
 fn any_port() -> std::net::SocketAddr {
@@ -128,17 +126,36 @@ impl OwnerFaults {
     }
 }
 
+/// Settings of a service in the lab: the given fault handle, and the admin APIs on a
+/// loopback port of their own.
 fn with_faults(faults: &fault::Faults) -> CommonArgs {
     CommonArgs {
         faults: faults.clone(),
+        admin_listen: Some(any_port()),
         ..CommonArgs::default()
     }
+}
+
+/// Where each service's admin APIs (faults, dead letters, re-emit) listen.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAddrs {
+    pub users: std::net::SocketAddr,
+    pub products: std::net::SocketAddr,
+    pub orders: std::net::SocketAddr,
+}
+
+/// A lazily connected channel to an admin API.
+pub fn admin_channel(addr: std::net::SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes an endpoint")
+        .connect_lazy()
 }
 
 #[derive(Debug)]
 pub struct Lab {
     pub backend: Backend,
-    pub nats: NatsServer,
+    /// With authorization, as the system runs: every service connects as its own NATS user.
+    pub nats: SecureNats,
     pub users_server: Option<RunningServer>,
     pub _products_server: RunningServer,
     pub products_proxy: DelayProxy,
@@ -149,6 +166,10 @@ pub struct Lab {
     pub async_db: TestDatabase,
     /// The fault layers of users, products and orders, e.g. to add latency to every call.
     pub faults: OwnerFaults,
+    /// The owners' admin APIs.
+    pub admin: AdminAddrs,
+    /// purchases-async's admin API (its dead letters), while it runs.
+    pub async_admin: Option<std::net::SocketAddr>,
     _dbs: Vec<TestDatabase>,
     pub writers: Writers,
     /// purchases-sync with the parallel fan-out.
@@ -161,15 +182,14 @@ pub struct Lab {
 impl Lab {
     pub async fn start(backend: Backend) -> Self {
         testkit::init_tracing();
-        let nats = testkit::start_nats().await;
-        let nats_args = NatsArgs::new(nats.url());
+        let nats = SecureNats::start().await;
         let faults = OwnerFaults::default();
 
         let users_db = TestDatabase::create(backend).await;
         let users_app = users::Application::build(users::Config {
             listen: any_port(),
             database_url: users_db.url().to_owned(),
-            nats: nats_args.clone(),
+            nats: nats.args("users"),
             relay: RelayArgs::default(),
             events: outbox::EventSchemaArgs::default(),
             db: DatabaseArgs::default(),
@@ -177,6 +197,7 @@ impl Lab {
         })
         .await
         .expect("users starts");
+        let users_admin = users_app.admin_addr().expect("users serves its admin APIs");
         let users_server = RunningServer::spawn(users_app.local_addr(), |stop| {
             users_app.run_until_stopped(stop)
         });
@@ -185,7 +206,7 @@ impl Lab {
         let products_app = products::Application::build(products::Config {
             listen: any_port(),
             database_url: products_db.url().to_owned(),
-            nats: nats_args.clone(),
+            nats: nats.args("products"),
             relay: RelayArgs::default(),
             events: outbox::EventSchemaArgs::default(),
             db: DatabaseArgs::default(),
@@ -193,6 +214,9 @@ impl Lab {
         })
         .await
         .expect("products starts");
+        let products_admin = products_app
+            .admin_addr()
+            .expect("products serves its admin APIs");
         let products_server = RunningServer::spawn(products_app.local_addr(), |stop| {
             products_app.run_until_stopped(stop)
         });
@@ -201,13 +225,16 @@ impl Lab {
         let orders_app = orders::Application::build(orders::Config {
             listen: any_port(),
             database_url: orders_db.url().to_owned(),
-            nats: nats_args.clone(),
+            nats: nats.args("orders"),
             relay: RelayArgs::default(),
             db: DatabaseArgs::default(),
             common: with_faults(&faults.orders),
         })
         .await
         .expect("orders starts");
+        let orders_admin = orders_app
+            .admin_addr()
+            .expect("orders serves its admin APIs");
         let orders_server = RunningServer::spawn(orders_app.local_addr(), |stop| {
             orders_app.run_until_stopped(stop)
         });
@@ -261,6 +288,12 @@ impl Lab {
             async_server: None,
             async_db,
             faults,
+            admin: AdminAddrs {
+                users: users_admin,
+                products: products_admin,
+                orders: orders_admin,
+            },
+            async_admin: None,
             _dbs: vec![users_db, products_db, orders_db],
         };
         lab.start_async(false).await;
@@ -284,13 +317,17 @@ impl Lab {
             consumer_name: "purchases".into(),
             listen: any_port(),
             database_url: self.async_db.url().to_owned(),
-            nats: NatsArgs::new(self.nats.url()),
+            nats: self.nats.args("purchases-async"),
             rebuild,
             db: DatabaseArgs::default(),
-            common: CommonArgs::default(),
+            common: CommonArgs {
+                admin_listen: Some(any_port()),
+                ..CommonArgs::default()
+            },
         })
         .await
         .expect("purchases-async starts");
+        self.async_admin = app.admin_addr();
         let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
         self.asynchronous = PurchaseServiceClient::new(server.channel());
         self.async_server = Some(server);
@@ -319,7 +356,7 @@ impl Lab {
         let app = purchases_async::Application::build(purchases_async::Config {
             listen: any_port(),
             database_url: db.url().to_owned(),
-            nats: NatsArgs::new(self.nats.url()),
+            nats: self.nats.args("purchases-async"),
             rebuild: false,
             consumer_name: consumer_name.to_owned(),
             read_from,
@@ -342,9 +379,9 @@ impl Lab {
 
     /// Waits (bounded) until purchases-async has applied every event now in the streams.
     pub async fn caught_up(&self) {
-        let js = testkit::connect(&self.nats).await;
+        let js = self.nats.admin().await;
         let mut targets = Vec::new();
-        for stream in ["USERS", "PRODUCTS", "ORDERS"] {
+        for stream in bus::SYSTEM_STREAMS {
             let last = match js.get_stream(stream).await {
                 Ok(stream) => {
                     stream

@@ -9,11 +9,15 @@ mod database;
 mod nats;
 mod outbox;
 mod proxy;
+pub mod raw;
 mod server;
 mod tools;
 
 pub use database::{TestDatabase, postgres_admin_url};
-pub use nats::{UNREACHABLE_NATS, connect, publish_event, publish_raw, start_nats, stream_events};
+pub use nats::{
+    SecureNats, TEST_PROJECTIONS, UNREACHABLE_NATS, connect, publish_event, publish_raw,
+    start_nats, stream_events,
+};
 pub use outbox::{outbox_events, payload};
 pub use platform::db::Backend;
 pub use proxy::DelayProxy;

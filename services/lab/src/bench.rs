@@ -394,7 +394,7 @@ pub async fn run(
         settings.freshness_ms as f64 / 1_000.0
     );
     let jetstream_alone = crate::jetstream_alone::measure(
-        &endpoints.nats_url,
+        &endpoints,
         settings.freshness_write_rate,
         Duration::from_millis(settings.freshness_ms),
     )
@@ -851,7 +851,7 @@ async fn freshness(
     let rate = settings.freshness_write_rate;
     let every = u64::from((rate / FRESHNESS_SAMPLES_PER_SECOND).max(1));
     // Without the probe the stages are left out; the lags are timed all the same.
-    let probe = match StageProbe::start(&endpoints.nats_url).await {
+    let probe = match StageProbe::start(endpoints).await {
         Ok(probe) => Some(probe),
         Err(error) => {
             eprintln!("Not splitting freshness into stages: {error:#}");

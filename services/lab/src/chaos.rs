@@ -665,7 +665,7 @@ async fn run_scenario(
     // Catching up is timed while the load goes on, as it would be in production: from the
     // restart until the projection stands where the streams stood when it was back.
     let catching_up = if scenario == Scenario::CatchUp {
-        let heads = stream_heads(&endpoints.nats_url).await?;
+        let heads = stream_heads(&endpoints).await?;
         let (client, user) = (asynchronous.clone(), probe_user.clone());
         Some(tokio::spawn(async move {
             let caught_up = time_to_reach(&client, &user, &heads, lifting).await;
@@ -828,7 +828,7 @@ async fn inject(
             let stop = CancellationToken::new();
             let per_stream = if quick { 200 } else { 1_000 };
             let task = tokio::spawn(republish_backwards(
-                lab.endpoints.nats_url.clone(),
+                lab.endpoints.clone(),
                 per_stream,
                 during,
                 stop.clone(),
@@ -1098,12 +1098,12 @@ async fn split_the_shared_schema(lab: &RunningLab, seeded: &Seeded) -> anyhow::R
 }
 
 /// The stream whose leader the failover scenario kills: the one every write goes to.
-const FAILOVER_STREAM: &str = "ORDERS";
+const FAILOVER_STREAM: &str = bus::ORDERS;
 
 /// Kills the cluster member leading ORDERS and watches for its successor.
 async fn kill_the_leader(lab: &mut RunningLab) -> anyhow::Result<Injected> {
-    let nats_url = lab.endpoints.nats_url.clone();
-    let leader = stream_leader(&nats_url, FAILOVER_STREAM)
+    let endpoints = lab.endpoints.clone();
+    let leader = stream_leader(&endpoints, FAILOVER_STREAM)
         .await?
         .context("ORDERS reports no leader: is the lab running a cluster?")?;
     let cluster = lab
@@ -1114,7 +1114,7 @@ async fn kill_the_leader(lab: &mut RunningLab) -> anyhow::Result<Injected> {
         .with_context(|| format!("the leader {leader:?} is not a member the lab started"))?;
     server.kill().await.context("cannot kill the leader")?;
     let killed_at = Instant::now();
-    let (url, dead) = (nats_url, leader.clone());
+    let (url, dead) = (endpoints, leader.clone());
     let election = tokio::spawn(async move {
         while killed_at.elapsed() < Duration::from_secs(60) {
             if let Ok(Some(leader)) = stream_leader(&url, FAILOVER_STREAM).await
@@ -1133,8 +1133,8 @@ async fn kill_the_leader(lab: &mut RunningLab) -> anyhow::Result<Injected> {
 }
 
 /// The server JetStream names as the leader of `stream`, if it has one.
-async fn stream_leader(nats_url: &str, stream: &str) -> anyhow::Result<Option<String>> {
-    let js = jetstream(nats_url).await?;
+async fn stream_leader(endpoints: &Endpoints, stream: &str) -> anyhow::Result<Option<String>> {
+    let js = jetstream(endpoints).await?;
     let info = tokio::time::timeout(Duration::from_secs(2), async {
         js.get_stream(stream)
             .await?
@@ -1232,12 +1232,12 @@ async fn lift(
 /// them from new events and stores them again, as it would after a producer re-sent them
 /// past the duplicate window: the consumers get every event twice, the copies in reverse.
 async fn republish_backwards(
-    nats_url: String,
+    endpoints: Endpoints,
     per_stream: u64,
     over: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<u64> {
-    let js = jetstream(&nats_url).await?;
+    let js = jetstream(&endpoints).await?;
     let mut queues = Vec::new();
     for name in STREAMS {
         let stream = js
@@ -1343,17 +1343,17 @@ async fn clear_faults(endpoints: &Endpoints, service: Service) -> anyhow::Result
 }
 
 /// The streams the projection follows.
-const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
+const STREAMS: [&str; 3] = bus::SYSTEM_STREAMS;
 
-async fn jetstream(nats_url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
+async fn jetstream(endpoints: &Endpoints) -> anyhow::Result<async_nats::jetstream::Context> {
     Ok(async_nats::jetstream::new(
-        crate::topology::connect_nats(nats_url).await?,
+        crate::topology::connect_nats(endpoints).await?,
     ))
 }
 
 /// The last sequence of each stream the projection follows, read from JetStream itself.
-async fn stream_heads(nats_url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let js = jetstream(nats_url).await?;
+async fn stream_heads(endpoints: &Endpoints) -> anyhow::Result<BTreeMap<String, u64>> {
+    let js = jetstream(endpoints).await?;
     let mut heads = BTreeMap::new();
     for name in STREAMS {
         let stream = js

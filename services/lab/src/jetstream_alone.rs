@@ -65,12 +65,12 @@ type Timeline = Arc<Mutex<Vec<Message>>>;
 
 /// Publishes at `rate` for `duration` (at most [`MAX_MESSAGES`]) and times every message.
 pub async fn measure(
-    nats_url: &str,
+    endpoints: &crate::topology::Endpoints,
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<JetStreamAlone> {
     anyhow::ensure!(rate > 0, "the rate must be positive");
-    let client = crate::topology::connect_nats(nats_url).await?;
+    let client = crate::topology::connect_nats(endpoints).await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .build(client.clone());

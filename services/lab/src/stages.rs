@@ -24,7 +24,7 @@ use crate::measure::{micros, micros_histogram};
 use crate::writer::lock;
 
 /// The stream orders publishes to, and the subjects it captures.
-pub(crate) const ORDERS_STREAM: &str = "ORDERS";
+pub(crate) const ORDERS_STREAM: &str = bus::ORDERS;
 const ORDERS_SUBJECTS: &str = "orders.>";
 /// Orders remembered at most: a freshness phase at the highest write rate the flags allow
 /// (20,000/s for 60 s) stays well inside it, and nothing grows past it.
@@ -56,8 +56,8 @@ impl Drop for StageProbe {
 impl StageProbe {
     /// Subscribes to the orders stream, from its next event on. Both subscriptions are in
     /// place on the server when this returns.
-    pub async fn start(nats_url: &str) -> anyhow::Result<Self> {
-        let client = crate::topology::connect_nats(nats_url).await?;
+    pub async fn start(endpoints: &crate::topology::Endpoints) -> anyhow::Result<Self> {
+        let client = crate::topology::connect_nats(endpoints).await?;
         let orders = jetstream::new(client.clone())
             .get_stream(ORDERS_STREAM)
             .await

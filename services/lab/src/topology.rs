@@ -191,6 +191,10 @@ pub struct Endpoints {
     /// Copies JetStream keeps of each event: 3 on the lab's cluster, else 1.
     #[serde(default = "one")]
     pub stream_replicas: u64,
+    /// Where each NATS identity's nkey seed is (`<name>.nk`), when the lab's nats-server
+    /// runs with authorization; none on an external server.
+    #[serde(default)]
+    pub nats_credentials: Option<PathBuf>,
 }
 
 fn one() -> u64 {
@@ -276,7 +280,15 @@ impl Endpoints {
             fault_admin,
             nats_url,
             stream_replicas: 1,
+            nats_credentials: None,
         })
+    }
+
+    /// The nkey seed file of a NATS identity (a service's name, or `bus::access::ADMIN`).
+    pub fn nats_seed(&self, identity: &str) -> Option<PathBuf> {
+        self.nats_credentials
+            .as_ref()
+            .map(|dir| dir.join(format!("{identity}.nk")))
     }
 
     /// Command-line arguments for one service. Every setting the lab relies on is passed
@@ -287,7 +299,7 @@ impl Endpoints {
         storage: &Storage,
     ) -> Result<Vec<OsString>, TopologyError> {
         let mut args = self.args_at(service, self.addr(service), service.database(), storage)?;
-        args.push("--fault-admin-listen".into());
+        args.push("--admin-listen".into());
         args.push(self.fault_admin_addr(service).to_string().into());
         Ok(args)
     }
@@ -314,6 +326,10 @@ impl Endpoints {
         if service.uses_nats() {
             args.push("--nats-url".into());
             args.push(self.nats_url.clone().into());
+            if let Some(seed) = self.nats_seed(service.binary()) {
+                args.push("--nats-nkey".into());
+                args.push(seed.into());
+            }
         }
         if service.publishes() && self.stream_replicas > 1 {
             args.push("--stream-replicas".into());
@@ -348,11 +364,19 @@ pub fn channel_to(addr: SocketAddr) -> tonic::transport::Channel {
         .connect_lazy()
 }
 
-/// A client of the lab's NATS (a comma-separated list of URLs for a cluster).
-pub async fn connect_nats(nats_url: &str) -> anyhow::Result<async_nats::Client> {
+/// A client of the lab's NATS (a comma-separated list of URLs for a cluster), as the lab's
+/// administrative identity when the server runs with authorization.
+pub async fn connect_nats(endpoints: &Endpoints) -> anyhow::Result<async_nats::Client> {
     use anyhow::Context as _;
-    async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
+    let nats_url = &endpoints.nats_url;
+    let mut options =
+        async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(seed) = endpoints.nats_seed(bus::access::ADMIN) {
+        let text = std::fs::read_to_string(&seed)
+            .with_context(|| format!("cannot read the lab's NATS key {}", seed.display()))?;
+        options = options.nkey(text.trim().to_owned());
+    }
+    options
         .connect(nats_url.split(',').collect::<Vec<_>>())
         .await
         .with_context(|| format!("cannot connect to NATS at {nats_url}"))
@@ -418,7 +442,7 @@ mod tests {
             .to_string();
         assert!(
             args.windows(2)
-                .any(|pair| pair[0] == "--fault-admin-listen" && pair[1] == admin)
+                .any(|pair| pair[0] == "--admin-listen" && pair[1] == admin)
         );
     }
 }

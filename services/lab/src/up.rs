@@ -108,15 +108,29 @@ impl RunningLab {
         let placeholder = String::new();
         let mut endpoints = Endpoints::allocate(options.ephemeral_ports, placeholder)?;
 
+        // The lab's own servers admit only the system's services, each as a NATS user with
+        // the least permissions it needs, and the lab's own tooling as their administrator.
+        let authorization = match &options.nats_url {
+            Some(_) => None,
+            None => {
+                let dir = data_dir.join("nats-auth");
+                let (authorization, _) =
+                    natsd::auth::provision(&dir, &nats_roles(), bus::access::ADMIN)
+                        .context("cannot make the NATS credentials")?;
+                endpoints.nats_credentials = Some(dir);
+                Some(authorization)
+            }
+        };
         let nats = match &options.nats_url {
             Some(url) => {
                 endpoints.nats_url = url.clone();
                 Bus::External
             }
             None if options.nats_cluster => {
-                let cluster = NatsCluster::start(3, options.nats_sync, &data_dir.join("nats"))
-                    .await
-                    .context("cannot start the nats-server cluster")?;
+                let cluster =
+                    NatsCluster::start(3, options.nats_sync, &data_dir.join("nats"), authorization)
+                        .await
+                        .context("cannot start the nats-server cluster")?;
                 endpoints.nats_url = cluster.url();
                 endpoints.stream_replicas = 3;
                 Bus::Cluster(cluster)
@@ -125,6 +139,7 @@ impl RunningLab {
                 let server = NatsServer::start(NatsServerOptions {
                     sync: options.nats_sync,
                     store_dir: Some(data_dir.join("nats")),
+                    authorization,
                     ..NatsServerOptions::default()
                 })
                 .await
@@ -179,6 +194,10 @@ impl RunningLab {
         name: &str,
         extra: &[&str],
     ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        anyhow::ensure!(
+            self.endpoints.nats_credentials.is_none() || PROJECTION_NAMES.contains(&name),
+            "{name} is not among the projections purchases-async's NATS user may run ({PROJECTION_NAMES:?})"
+        );
         let database = name.replace('-', "_");
         if let Storage::Postgres(url) = &self.storage {
             create_database(url, &format!("lab_{database}")).await?;
@@ -454,6 +473,17 @@ async fn wait_serving(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The durable names purchases-async's NATS user may read through: its own, and the lab's
+/// other projections (each started as purchases-async, under a name of its own).
+pub const PROJECTION_NAMES: [&str; 3] = ["bench-catch-up", "schema-1-reader", "retention-rebuild"];
+
+/// Every NATS identity the lab's services run as.
+fn nats_roles() -> Vec<bus::access::Role> {
+    let mut durables = vec![bus::PURCHASES_DURABLE];
+    durables.extend(PROJECTION_NAMES);
+    bus::access::system_roles(&durables)
 }
 
 /// Marks a data dir as the lab's, so the demo may empty it.

@@ -89,7 +89,12 @@ impl Application {
                 PurchaseServiceServer::new(purchases).max_decoding_message_size(MAX_REQUEST_BYTES),
             );
         self.host
-            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .serve(
+                services,
+                ServiceSet::new(),
+                contracts::FILE_DESCRIPTOR_SET,
+                shutdown,
+            )
             .await
     }
 }

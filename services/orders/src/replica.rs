@@ -8,7 +8,7 @@ use contracts::events::v1 as events;
 use platform::db::WriteTx;
 
 /// The durable consumers' name on both streams.
-pub const CONSUMER: &str = "orders";
+pub const CONSUMER: &str = bus::ORDERS_DURABLE;
 
 #[derive(Debug, Clone, Copy)]
 pub struct UsersReplica;

@@ -20,6 +20,8 @@ use crate::store::{OrderStore, References};
 pub struct Application {
     host: ServiceHost,
     wakeup: Wakeup,
+    /// Replay the replica consumers' dead letters, for the admin API.
+    replayers: Vec<std::sync::Arc<dyn consumer::Replayer>>,
 }
 
 impl Application {
@@ -44,7 +46,7 @@ impl Application {
         let users = Consumer::new(
             db.clone(),
             nats.clone(),
-            ConsumerSpec::new(replica::CONSUMER, "USERS"),
+            ConsumerSpec::new(replica::CONSUMER, bus::USERS),
             UsersReplica,
         )
         .await
@@ -52,33 +54,45 @@ impl Application {
         let products = Consumer::new(
             db,
             nats,
-            ConsumerSpec::new(replica::CONSUMER, "PRODUCTS"),
+            ConsumerSpec::new(replica::CONSUMER, bus::PRODUCTS),
             ProductsReplica,
         )
         .await
         .context("read the products replica's position")?;
+        let replayers = vec![users.replayer(), products.replayer()];
         host.spawn(|cancel| users.run(cancel));
         host.spawn(|cancel| products.run(cancel));
-        Ok(Self { host, wakeup })
+        Ok(Self {
+            host,
+            wakeup,
+            replayers,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.host.local_addr()
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.host.admin_addr()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let api = OrderApi::new(OrderStore::new(
-            self.host.database().clone(),
-            self.wakeup,
-            References::Replica,
-        ));
+        let db = self.host.database().clone();
+        let store = OrderStore::new(db.clone(), self.wakeup.clone(), References::Replica);
+        let admin = ServiceSet::new()
+            .with(
+                outbox::admin::OutboxApi::new(db.clone(), self.wakeup, store.clone()).into_server(),
+            )
+            .with(consumer::admin::DeadLetterApi::new(db, self.replayers).into_server());
+        let api = OrderApi::new(store);
         let services = ServiceSet::new()
             .with(OrderServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host
-            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .serve(services, admin, contracts::FILE_DESCRIPTOR_SET, shutdown)
             .await
     }
 }

@@ -194,6 +194,60 @@ impl OrderStore {
     }
 }
 
+impl outbox::admin::StateSource for OrderStore {
+    /// Each order's placement (at version 1, the event that holds its facts), and for one
+    /// that was cancelled its cancellation at its current version: OrderCancelled alone does
+    /// not say who bought what, so a projection built from nothing needs both.
+    async fn re_emit_chunk(
+        &self,
+        tx: &mut WriteTx,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<outbox::admin::ReEmitted, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM orders WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows = tx
+            .fetch_all(
+                &sql,
+                &[
+                    after.map(|id| id.to_string()).unwrap_or_default().into(),
+                    i64::from(limit).into(),
+                ],
+                decode,
+            )
+            .await?;
+        let mut n_events = 0;
+        for order in &rows {
+            let placed = events::OrderPlaced {
+                order_id: order.id.to_string(),
+                user_id: order.user_id.to_string(),
+                product_id: order.product_id.to_string(),
+                quantity: order.quantity,
+                placed_at: Some(platform::time::to_timestamp(order.placed_at)),
+            };
+            EVENTS
+                .record(tx, &order.id, 1, order.placed_at, &placed)
+                .await?;
+            n_events += 1;
+            if order.status == OrderStatus::Cancelled {
+                let cancelled = events::OrderCancelled {
+                    order_id: order.id.to_string(),
+                    user_id: order.user_id.to_string(),
+                    cancelled_at: Some(platform::time::to_timestamp(order.updated_at)),
+                };
+                EVENTS
+                    .record(tx, &order.id, order.version, order.updated_at, &cancelled)
+                    .await?;
+                n_events += 1;
+            }
+        }
+        Ok(outbox::admin::ReEmitted {
+            last: rows.last().map(|order| order.id),
+            entities: rows.len() as u64,
+            events: n_events,
+        })
+    }
+}
+
 fn decode(row: &dyn Columns) -> Result<Order, StoreError> {
     let uuid = |column: &str| -> Result<Uuid, StoreError> {
         let raw = row.text(column)?;

@@ -5,6 +5,9 @@ use uuid::Uuid;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_IMAGE_URL_CHARS: usize = 2_048;
+/// Also a bound in bytes: a URL of 2,048 four-byte characters would make a page of 1,000
+/// products (or purchases) larger than the 4 MiB a gRPC client decodes by default.
+pub const MAX_IMAGE_URL_BYTES: usize = 2_048;
 /// Ten billion in the currency's main unit: far above any real price, low enough that sums
 /// over a large order history cannot overflow an i64.
 pub const MAX_PRICE_CENTS: i64 = 1_000_000_000_000;
@@ -31,6 +34,15 @@ pub struct ImageUrl(String);
 impl ImageUrl {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
         let text = parse_text(field, raw, MAX_IMAGE_URL_CHARS)?;
+        if text.len() > MAX_IMAGE_URL_BYTES {
+            return Err(FieldViolation::new(
+                field,
+                format!(
+                    "must be at most {MAX_IMAGE_URL_BYTES} bytes in UTF-8 (percent-encode non-ASCII characters), got {}",
+                    text.len()
+                ),
+            ));
+        }
         let invalid = || {
             FieldViolation::new(
                 field,

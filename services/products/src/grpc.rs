@@ -164,3 +164,51 @@ impl From<Product> for pb::Product {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::domain::{MAX_IMAGE_URL_BYTES, MAX_TITLE_CHARS};
+
+    /// The largest product the service accepts: a title of four-byte characters and the
+    /// longest URL.
+    pub(crate) fn largest() -> Product {
+        let title = Title::parse("title", &"\u{1D538}".repeat(MAX_TITLE_CHARS)).expect("a title");
+        let prefix = "https://img.example.com/";
+        let url = format!("{prefix}{}", "a".repeat(MAX_IMAGE_URL_BYTES - prefix.len()));
+        let image_url = ImageUrl::parse("image_url", &url).expect("a URL");
+        Product {
+            id: uuid::Uuid::now_v7(),
+            title: title.into_inner(),
+            image_url: image_url.into_inner(),
+            price_cents: i64::MAX,
+            version: u64::MAX,
+            created_at: i64::MAX,
+            updated_at: i64::MAX,
+        }
+    }
+
+    #[test]
+    fn the_largest_page_of_products_fits_what_a_client_decodes_by_default() {
+        let page = pb::ListProductsResponse {
+            products: (0..platform::paging::MAX_PAGE_SIZE)
+                .map(|_| largest().into())
+                .collect(),
+            next_page_token: "x".repeat(200),
+        };
+        let bytes = page.encoded_len();
+        assert!(
+            bytes < 4 * 1024 * 1024,
+            "{bytes} bytes: a client with the default 4 MiB limit could not read it"
+        );
+    }
+
+    #[test]
+    fn a_url_of_multibyte_characters_is_bounded_in_bytes() {
+        let url = format!("https://img.example.com/{}", "\u{1D538}".repeat(600));
+        let refused = ImageUrl::parse("image_url", &url).expect_err("too many bytes");
+        assert!(refused.reason.contains("bytes"), "{refused}");
+    }
+}

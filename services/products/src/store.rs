@@ -233,6 +233,57 @@ impl ProductStore {
     }
 }
 
+impl outbox::admin::StateSource for ProductStore {
+    /// Each product at its current version: ProductCreated for one never changed, else
+    /// ProductUpdated; both carry the whole state.
+    async fn re_emit_chunk(
+        &self,
+        tx: &mut platform::db::WriteTx,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<outbox::admin::ReEmitted, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM products WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows = tx
+            .fetch_all(
+                &sql,
+                &[
+                    after.map(|id| id.to_string()).unwrap_or_default().into(),
+                    i64::from(limit).into(),
+                ],
+                decode,
+            )
+            .await?;
+        for product in &rows {
+            let (id, version, at) = (product.id, product.version, product.updated_at);
+            if version == 1 {
+                let payload = events::ProductCreated {
+                    product_id: id.to_string(),
+                    title: product.title.clone(),
+                    image_url: product.image_url.clone(),
+                    price_cents: product.price_cents,
+                    currency: self.currency(),
+                };
+                self.events.record(tx, &id, version, at, &payload).await?;
+            } else {
+                let payload = events::ProductUpdated {
+                    product_id: id.to_string(),
+                    title: product.title.clone(),
+                    image_url: product.image_url.clone(),
+                    price_cents: product.price_cents,
+                    currency: self.currency(),
+                };
+                self.events.record(tx, &id, version, at, &payload).await?;
+            }
+        }
+        let n = rows.len() as u64;
+        Ok(outbox::admin::ReEmitted {
+            last: rows.last().map(|product| product.id),
+            entities: n,
+            events: n,
+        })
+    }
+}
+
 fn decode(row: &dyn Columns) -> Result<Product, StoreError> {
     let id = row.text("id")?;
     Ok(Product {

@@ -14,10 +14,10 @@ use uuid::Uuid;
 use crate::view::View;
 
 /// The durable consumers' default name on every stream.
-pub const CONSUMER: &str = "purchases";
+pub const CONSUMER: &str = bus::PURCHASES_DURABLE;
 
 /// The streams the projection follows.
-pub const STREAMS: [&str; 3] = ["USERS", "PRODUCTS", "ORDERS"];
+pub const STREAMS: [&str; 3] = bus::SYSTEM_STREAMS;
 
 #[derive(Debug, Clone)]
 pub struct Users {

@@ -20,6 +20,8 @@ use crate::view::View;
 pub struct Application {
     host: ServiceHost,
     reader: ProjectionReader,
+    /// Replay the consumers' dead letters, for the admin API.
+    replayers: Vec<std::sync::Arc<dyn consumer::Replayer>>,
 }
 
 impl Application {
@@ -78,25 +80,38 @@ impl Application {
                 (STREAMS[2], orders.status()),
             ],
         );
+        let replayers = vec![users.replayer(), products.replayer(), orders.replayer()];
         host.spawn(|cancel| users.run(cancel));
         host.spawn(|cancel| products.run(cancel));
         host.spawn(|cancel| orders.run(cancel));
-        Ok(Self { host, reader })
+        Ok(Self {
+            host,
+            reader,
+            replayers,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.host.local_addr()
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.host.admin_addr()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        let admin = ServiceSet::new().with(
+            consumer::admin::DeadLetterApi::new(self.host.database().clone(), self.replayers)
+                .into_server(),
+        );
         let api = PurchaseApi::new(self.reader, Mode::Async);
         let services = ServiceSet::new()
             .with(PurchaseServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host
-            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .serve(services, admin, contracts::FILE_DESCRIPTOR_SET, shutdown)
             .await
     }
 }

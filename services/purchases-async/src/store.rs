@@ -48,6 +48,7 @@ impl ProjectionReader {
                         pending: position.pending,
                         skipped: position.n_skipped,
                         dead_lettered: position.n_dead_lettered,
+                        missed: position.n_missed,
                     }
                 })
                 .collect(),

@@ -242,8 +242,10 @@ impl FanoutSource {
 impl PurchaseSource for FanoutSource {
     async fn list(&self, query: Query, deadline: Option<Duration>) -> Result<Page, PurchasesError> {
         // Give up a little before the caller does, so the caller hears which dependency
-        // was slow instead of only that its own timer ran out.
-        let deadline = deadline.map(|left| Instant::now() + left - (left / 10).min(ANSWER_MARGIN));
+        // was slow instead of only that its own timer ran out. A deadline too far away to
+        // represent is no deadline at all (each call's own timeout still applies).
+        let deadline = deadline
+            .and_then(|left| Instant::now().checked_add(left - (left / 10).min(ANSWER_MARGIN)));
         let (user, (orders, next)) = match self.fanout {
             Fanout::Parallel => tokio::try_join!(
                 self.user(query.user_id, deadline),

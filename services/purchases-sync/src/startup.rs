@@ -57,7 +57,12 @@ impl Application {
         let services = ServiceSet::new()
             .with(PurchaseServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.server
-            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .serve(
+                services,
+                ServiceSet::new(),
+                contracts::FILE_DESCRIPTOR_SET,
+                shutdown,
+            )
             .await
             .context("serve purchases-sync over gRPC")
     }

@@ -7,7 +7,12 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// RFC 5321's limit on a forward path.
 pub const MAX_EMAIL_CHARS: usize = 254;
 
-/// A syntactically plausible email address, lower-cased so that uniqueness ignores case.
+/// A syntactically plausible email address in its canonical form: compatibility-normalised and
+/// case-folded (Unicode's compatibility caseless match, NFKC after full case folding), so
+/// that addresses a person cannot tell apart are one address. `ＡＤＡ@example.com` (full
+/// width), `Ada@Example.com` and `ada@example.com` register once; `straße@` and
+/// `STRASSE@` too. Look-alikes from other scripts (a Cyrillic `а`) stay distinct: telling
+/// those apart takes the confusables data of UTS #39, beyond what this service does.
 ///
 /// The check is deliberately practical rather than RFC 5322-complete: one `@`, a non-empty
 /// local part of at most 64 characters, and a dotted domain of letters, digits and hyphens.
@@ -15,9 +20,18 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
+/// The canonical form of an address: NFKC(fold(NFKD(fold(NFD(raw))))), Unicode's
+/// compatibility caseless match (Unicode 16, §3.13, D146) turned into a key.
+pub fn canonical_email(raw: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    let first = caseless::default_case_fold_str(&raw.nfd().collect::<String>());
+    let second = caseless::default_case_fold_str(&first.nfkd().collect::<String>());
+    second.nfkc().collect()
+}
+
 impl Email {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
-        let candidate = parse_text(field, raw, MAX_EMAIL_CHARS)?.to_lowercase();
+        let candidate = canonical_email(&parse_text(field, raw, MAX_EMAIL_CHARS)?);
         let invalid = || {
             FieldViolation::new(
                 field,
@@ -154,5 +168,41 @@ mod tests {
         }
         let long_local = format!("{}@example.com", "a".repeat(65));
         assert!(Email::parse("email", &long_local).is_err());
+    }
+
+    #[test]
+    fn addresses_a_person_cannot_tell_apart_are_one_address() {
+        let canonical = |raw: &str| Email::parse("email", raw).map(|email| email.0);
+        let ada = Ok("ada@example.com".to_owned());
+        assert_eq!(
+            canonical("ＡＤＡ@ｅｘａｍｐｌｅ.ｃｏｍ"),
+            ada,
+            "full-width forms"
+        );
+        assert_eq!(canonical("ADA@EXAMPLE.COM"), ada);
+        assert_eq!(
+            canonical("straße@example.com"),
+            canonical("STRASSE@example.com"),
+            "full case folding: ß is ss"
+        );
+        assert_eq!(
+            canonical("ﬁnn@example.com"),
+            Ok("finn@example.com".to_owned()),
+            "the fi ligature"
+        );
+        assert_eq!(
+            canonical("e\u{301}lise@example.com"),
+            canonical("\u{e9}lise@example.com"),
+            "a combining accent and the precomposed letter"
+        );
+        assert!(
+            canonical("a\u{200B}da@example.com").is_err(),
+            "an invisible character is refused, not folded away"
+        );
+        assert_ne!(
+            canonical("\u{430}da@example.com"),
+            ada,
+            "a Cyrillic look-alike stays another address"
+        );
     }
 }

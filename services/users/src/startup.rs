@@ -45,21 +45,24 @@ impl Application {
         self.host.local_addr()
     }
 
-    pub fn fault_admin_addr(&self) -> Option<SocketAddr> {
-        self.host.fault_admin_addr()
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.host.admin_addr()
     }
 
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let store = UserStore::new(self.host.database().clone(), self.wakeup)
-            .with_event_schema(self.event_schema);
+        let db = self.host.database().clone();
+        let store =
+            UserStore::new(db.clone(), self.wakeup.clone()).with_event_schema(self.event_schema);
+        let admin = ServiceSet::new()
+            .with(outbox::admin::OutboxApi::new(db, self.wakeup, store.clone()).into_server());
         let api = UserApi::new(store);
         let services = ServiceSet::new()
             .with(UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
         self.host
-            .serve(services, contracts::FILE_DESCRIPTOR_SET, shutdown)
+            .serve(services, admin, contracts::FILE_DESCRIPTOR_SET, shutdown)
             .await
     }
 }

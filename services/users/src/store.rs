@@ -194,6 +194,57 @@ impl UserStore {
     }
 }
 
+impl outbox::admin::StateSource for UserStore {
+    /// A live user as UserRegistered, the event that carries a user's whole state (at its
+    /// current version, whatever its history); a deleted one as UserDeleted.
+    async fn re_emit_chunk(
+        &self,
+        tx: &mut WriteTx,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<outbox::admin::ReEmitted, StoreError> {
+        let rows = tx
+            .fetch_all(
+                "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[
+                    after.map(|id| id.to_string()).unwrap_or_default().into(),
+                    i64::from(limit).into(),
+                ],
+                decode,
+            )
+            .await?;
+        for StoredUser { user, deleted } in &rows {
+            if *deleted {
+                let payload = events::UserDeleted {
+                    user_id: user.id.to_string(),
+                };
+                self.events
+                    .record(tx, &user.id, user.version, user.updated_at, &payload)
+                    .await?;
+            } else {
+                let (given_name, family_name) = self.name_parts(&user.name);
+                let payload = events::UserRegistered {
+                    user_id: user.id.to_string(),
+                    email: user.email.clone(),
+                    name: user.name.clone(),
+                    given_name,
+                    family_name,
+                };
+                self.events
+                    .record(tx, &user.id, user.version, user.updated_at, &payload)
+                    .await?;
+            }
+        }
+        let n = rows.len() as u64;
+        Ok(outbox::admin::ReEmitted {
+            last: rows.last().map(|row| row.user.id),
+            entities: n,
+            events: n,
+        })
+    }
+}
+
 const SELECT_USER: &str =
     "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users WHERE id = $1";
 

@@ -4,3 +4,4 @@
 mod grpcurl;
 mod modes;
 mod schema;
+mod trust;

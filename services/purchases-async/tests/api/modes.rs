@@ -25,7 +25,7 @@ backend_tests!(
 
 /// Registrations, product creations and updates, orders, cancellations and a deleted user,
 /// chosen by a seeded generator so a failure can be replayed.
-async fn random_workload(writers: &Writers, seed: u64) -> (Vec<String>, String) {
+pub(crate) async fn random_workload(writers: &Writers, seed: u64) -> (Vec<String>, String) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut users = Vec::new();
     for user_idx in 0..5 {

@@ -23,7 +23,7 @@ async fn publish_v2<M: prost::Message + prost::Name>(
     id: &Uuid,
     payload: &M,
 ) {
-    let js = testkit::connect(&lab.nats).await;
+    let js = lab.nats.admin().await;
     let aggregate = Aggregate {
         producer,
         kind,

@@ -37,7 +37,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     let app = Application::build(config)
         .await
         .expect("the service starts");
-    let fault_admin = app.fault_admin_addr();
+    let fault_admin = app.admin_addr();
     let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
     let client = UserServiceClient::new(server.channel());
     TestApp {

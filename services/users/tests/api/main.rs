@@ -2,6 +2,7 @@
 //! through the generated client. Storage tests run on SQLite and PostgreSQL alike.
 
 mod helpers;
+mod hostile;
 mod process;
 mod reflection;
 mod users;

@@ -82,7 +82,7 @@ async fn grpcurl_lists_describes_and_round_trips_through_reflection() {
 #[tokio::test]
 async fn faults_are_set_and_cleared_through_the_admin_api_on_its_own_loopback_port() {
     let app = crate::helpers::spawn_app_with(Backend::Sqlite, |config| {
-        config.common.fault_admin_listen = Some("127.0.0.1:0".parse().expect("a socket address"));
+        config.common.admin_listen = Some("127.0.0.1:0".parse().expect("a socket address"));
     })
     .await;
     let addr = app.server.addr().to_string();
