@@ -117,7 +117,7 @@ impl DeadLetterAdmin for DeadLetterApi {
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         let request = request.into_inner();
         check_ids(&request.ids)?;
-        if request.all == !request.ids.is_empty() {
+        if request.all != request.ids.is_empty() {
             return Err(Status::invalid_argument(
                 "give either ids or all, not both and not neither",
             ));

@@ -13,6 +13,11 @@ pub(crate) type AggregateKey = (String, String);
 /// bound parameters, large enough that a batch takes few statements.
 const CHUNK: usize = 200;
 
+/// A count as the tables keep it (BIGINT), saturating.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The highest applied version of each of `keys` that this consumer has seen.
 pub(crate) async fn load_versions(
     tx: &mut WriteTx,
@@ -141,7 +146,6 @@ pub(crate) async fn advance_position(
     counts: &BatchCounts,
     applied_at_micros: i64,
 ) -> Result<(), StoreError> {
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     tx.execute(
         "INSERT INTO consumer_positions
            (consumer, stream, stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps,
@@ -186,7 +190,6 @@ pub(crate) async fn set_position(
     stream_created: i64,
     missed: u64,
 ) -> Result<(), StoreError> {
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     tx.execute(
         "INSERT INTO consumer_positions
            (consumer, stream, stream_sequence, last_event_at, applied_at, n_applied, n_skipped, n_gaps,
@@ -226,20 +229,20 @@ pub async fn load_position(
     let Some(row) = row else {
         return Ok(None);
     };
-    let count = |column: &str| -> Result<u64, StoreError> {
+    let stored = |column: &str| -> Result<u64, StoreError> {
         let value: i64 = row.try_get(column)?;
         u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} is negative")))
     };
     Ok(Some(Position {
-        stream_sequence: count("stream_sequence")?,
+        stream_sequence: stored("stream_sequence")?,
         last_event_at_micros: row.try_get("last_event_at")?,
         applied_at_micros: row.try_get("applied_at")?,
         pending: 0,
-        n_applied: count("n_applied")?,
-        n_skipped: count("n_skipped")?,
-        n_gaps: count("n_gaps")?,
-        n_dead_lettered: count("n_dead_lettered")?,
-        n_missed: count("n_missed")?,
+        n_applied: stored("n_applied")?,
+        n_skipped: stored("n_skipped")?,
+        n_gaps: stored("n_gaps")?,
+        n_dead_lettered: stored("n_dead_lettered")?,
+        n_missed: stored("n_missed")?,
         stream_created: row.try_get("stream_created")?,
     }))
 }

@@ -25,5 +25,5 @@ pub use ports::free_loopback_ports;
 pub use provision::{ProvisionError, provision_from_pypi, tools_dir};
 pub use server::{
     ClusterMember, MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy,
-    find_nats_server,
+    find_nats_server, render_config,
 };

@@ -238,23 +238,21 @@ impl NatsServer {
         std::fs::create_dir_all(&ports_dir).map_err(config_error)?;
         let config_path = self.dir.join("nats-server.conf");
         let log_path = self.dir.join("nats-server.log");
-        let sync = match self.options.sync {
-            SyncPolicy::Always => "    sync_interval: always\n",
-            SyncPolicy::Lazy => "",
-        };
         // Port -1 asks for an ephemeral port, which the server writes to the ports file.
         let port = self.port.map_or(-1, i32::from);
         let mut config = format!(
-            "listen: \"127.0.0.1:{port}\"\nports_file_dir: {ports}\nlog_file: {log}\njetstream {{\n    store_dir: {store}\n{sync}}}\n",
+            "ports_file_dir: {ports}\nlog_file: {log}\n",
             ports = quote(&ports_dir),
             log = quote(&log_path),
-            store = quote(&self.dir.join("jetstream")),
         );
+        config.push_str(&render_config(
+            &format!("127.0.0.1:{port}"),
+            &self.dir.join("jetstream"),
+            self.options.sync,
+            self.options.authorization.as_ref(),
+        ));
         if let Some(member) = &self.options.cluster {
             config.push_str(&member.config(self.options.authorization.as_ref()));
-        }
-        if let Some(authorization) = &self.options.authorization {
-            config.push_str(&authorization.config());
         }
         // It may hold the routes' password: readable by its owner only.
         crate::auth::write_secret(&config_path, &config).map_err(|error| match error {
@@ -368,6 +366,30 @@ impl NatsServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The heart of a nats-server configuration, the same for the servers this crate starts and
+/// for a deployment that starts its own (compose.yaml's, written by `lab nats-auth`): where it
+/// listens, JetStream's store and fsync policy, and who may do what.
+pub fn render_config(
+    listen: &str,
+    store_dir: &Path,
+    sync: SyncPolicy,
+    authorization: Option<&Authorization>,
+) -> String {
+    let sync = match sync {
+        SyncPolicy::Always => "    sync_interval: always\n",
+        SyncPolicy::Lazy => "",
+    };
+    let mut config = format!(
+        "listen: {listen}\njetstream {{\n    store_dir: {store}\n{sync}}}\n",
+        listen = serde_json::Value::String(listen.to_owned()),
+        store = quote(store_dir),
+    );
+    if let Some(authorization) = authorization {
+        config.push_str(&authorization.config());
+    }
+    config
 }
 
 fn quote(path: &Path) -> String {

@@ -34,6 +34,29 @@ pub trait StateSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ReEmitted, StoreError>> + Send;
 }
 
+/// The next chunk of a service's entities, for [`StateSource::re_emit_chunk`]: `select` (a
+/// `SELECT <columns> FROM <table>` whose key column is `id`) limited to the ids after `after`,
+/// in id order, at most `limit`, read in the re-emitting transaction.
+pub async fn next_chunk<T>(
+    tx: &mut WriteTx,
+    select: &str,
+    after: Option<Uuid>,
+    limit: u32,
+    decode: fn(&dyn platform::db::Columns) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    // Only a constant SELECT and numbered placeholders are interpolated; values are bound.
+    let sql = format!("{select} WHERE id > $1 ORDER BY id LIMIT $2");
+    tx.fetch_all(
+        &sql,
+        &[
+            after.map(|id| id.to_string()).unwrap_or_default().into(),
+            i64::from(limit).into(),
+        ],
+        decode,
+    )
+    .await
+}
+
 /// Entities per transaction: a few milliseconds of SQLite's writer, so writes go on.
 const CHUNK: u32 = 500;
 

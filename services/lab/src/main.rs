@@ -6,6 +6,7 @@
 //! name when they fail), the seed data set, the demo's measurements and its report. It owns
 //! no business logic: everything it does goes through the services' gRPC APIs.
 
+mod attacks;
 mod bench;
 mod bench_report;
 mod binaries;
@@ -13,6 +14,7 @@ mod chaos;
 mod children;
 mod cpu;
 mod demo;
+mod deploy;
 mod footprint;
 mod jetstream_alone;
 mod measure;
@@ -84,6 +86,10 @@ enum Command {
         #[command(flatten)]
         chaos: ChaosArgs,
     },
+    /// Write a nats-server configuration with a NATS user per service (and the lab's own),
+    /// JetStream fsync always, and each identity's nkey seed in a directory of its own, for a
+    /// deployment that runs its own nats-server (compose.yaml runs this before NATS starts).
+    NatsAuth(deploy::NatsAuthArgs),
     /// Exit 0 if the gRPC service at ADDR (host:port) reports SERVING on grpc.health.v1,
     /// else 1: the health check of compose.yaml's containers.
     Probe {
@@ -166,6 +172,8 @@ impl UpArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // idle-connections holds thousands of sockets open from this process.
+    platform::process::raise_open_files_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -200,6 +208,21 @@ const INTERRUPTED: u8 = 130;
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args.options(cli.data_dir)).await,
+        Command::NatsAuth(args) => {
+            let written = deploy::nats_auth(&args)?;
+            if written.kept {
+                println!(
+                    "{} is there already: keeping it and its keys",
+                    written.config.display()
+                );
+            } else {
+                println!("Wrote {}", written.config.display());
+                for seed in &written.seeds {
+                    println!("Wrote {}", seed.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Probe { addr, timeout_ms } => {
             let serving = tokio::time::timeout(Duration::from_millis(timeout_ms), probe(&addr))
                 .await

@@ -80,6 +80,8 @@ pub struct RunningLab {
     pub data_dir: PathBuf,
     pub storage: Storage,
     nats: Bus,
+    /// Who the lab's own nats-servers admit (none on an external server).
+    nats_authorization: Option<natsd::Authorization>,
     processes: BTreeMap<Service, ServiceProcess>,
 }
 
@@ -127,10 +129,14 @@ impl RunningLab {
                 Bus::External
             }
             None if options.nats_cluster => {
-                let cluster =
-                    NatsCluster::start(3, options.nats_sync, &data_dir.join("nats"), authorization)
-                        .await
-                        .context("cannot start the nats-server cluster")?;
+                let cluster = NatsCluster::start(
+                    3,
+                    options.nats_sync,
+                    &data_dir.join("nats"),
+                    authorization.clone(),
+                )
+                .await
+                .context("cannot start the nats-server cluster")?;
                 endpoints.nats_url = cluster.url();
                 endpoints.stream_replicas = 3;
                 Bus::Cluster(cluster)
@@ -139,7 +145,7 @@ impl RunningLab {
                 let server = NatsServer::start(NatsServerOptions {
                     sync: options.nats_sync,
                     store_dir: Some(data_dir.join("nats")),
-                    authorization,
+                    authorization: authorization.clone(),
                     ..NatsServerOptions::default()
                 })
                 .await
@@ -154,6 +160,7 @@ impl RunningLab {
             data_dir: data_dir.clone(),
             storage: storage.clone(),
             nats,
+            nats_authorization: authorization,
             processes: BTreeMap::new(),
         };
         for service in Service::ALL {
@@ -304,6 +311,24 @@ impl RunningLab {
                 .context("cannot restart nats-server")?;
         }
         self.write_state()
+    }
+
+    /// Switches the lab's nats-servers' authorization off (anyone may connect and publish,
+    /// as before per-service users existed) or back on, without restarting them: what the
+    /// forged-event scenario needs to show the consumers' own checks.
+    pub async fn set_nats_authorization(&mut self, enabled: bool) -> anyhow::Result<()> {
+        let authorization = self
+            .nats_authorization
+            .clone()
+            .context("the lab's NATS runs without authorization (an external server?)")?;
+        let wanted = enabled.then_some(authorization);
+        for server in self.nats.servers_mut() {
+            server
+                .reload_authorization(wanted.clone())
+                .await
+                .context("cannot reload nats-server's configuration")?;
+        }
+        Ok(())
     }
 
     /// Whether the lab started its nats-servers itself (and so may stop them).
@@ -480,7 +505,7 @@ async fn wait_serving(
 pub const PROJECTION_NAMES: [&str; 3] = ["bench-catch-up", "schema-1-reader", "retention-rebuild"];
 
 /// Every NATS identity the lab's services run as.
-fn nats_roles() -> Vec<bus::access::Role> {
+pub fn nats_roles() -> Vec<bus::access::Role> {
     let mut durables = vec![bus::PURCHASES_DURABLE];
     durables.extend(PROJECTION_NAMES);
     bus::access::system_roles(&durables)

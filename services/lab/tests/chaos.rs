@@ -14,13 +14,21 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Runs `lab chaos <scenario> --quick` on a small data set and returns that scenario's results.
 async fn chaos(scenario: &str) -> Value {
+    chaos_all(&[scenario]).await.remove(0)
+}
+
+/// Runs `lab chaos <scenarios...> --quick` on one lab and returns each scenario's results, in
+/// order.
+async fn chaos_all(scenarios: &[&str]) -> Vec<Value> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let data_dir = dir.path().join("lab");
     let output = Command::new(env!("CARGO_BIN_EXE_lab"))
         .arg("--data-dir")
         .arg(&data_dir)
-        .args(["chaos", scenario, "--quick", "--ephemeral-ports"])
+        .arg("chaos")
+        .args(scenarios)
+        .args(["--quick", "--ephemeral-ports"])
         .args(["--users", "20", "--products", "10", "--orders", "200"])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -30,18 +38,39 @@ async fn chaos(scenario: &str) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "lab chaos {scenario} failed:\n{stdout}\n{}",
+        "lab chaos {scenarios:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let report = read_json(&data_dir.join("chaos.json"));
     let html = std::fs::read_to_string(data_dir.join("chaos.html")).expect("chaos.html");
     assert!(html.contains("<svg"), "the report has its timeline charts");
-    assert!(stdout.contains(scenario), "the terminal shows the scenario");
-    let results = report["scenarios"][0].clone();
-    assert_eq!(results["name"], scenario);
-    assert_eq!(results["passed"], true, "{results:#}");
-    assert_consistent(&results);
-    results
+    scenarios
+        .iter()
+        .enumerate()
+        .map(|(index, scenario)| {
+            assert!(stdout.contains(scenario), "the terminal shows {scenario}");
+            let results = report["scenarios"][index].clone();
+            assert_eq!(results["name"], *scenario);
+            assert_eq!(results["passed"], true, "{results:#}");
+            assert_consistent(&results);
+            results
+        })
+        .collect()
+}
+
+/// The expectation whose description mentions `needle`, which must have been met.
+fn met(results: &Value, needle: &str) {
+    let expectation = results["expectations"]
+        .as_array()
+        .expect("expectations")
+        .iter()
+        .find(|expectation| {
+            expectation["what"]
+                .as_str()
+                .is_some_and(|what| what.contains(needle))
+        })
+        .unwrap_or_else(|| panic!("an expectation on {needle}: {results:#}"));
+    assert_eq!(expectation["met"], true, "{expectation}");
 }
 
 fn read_json(path: &Path) -> Value {
@@ -143,18 +172,7 @@ async fn purchases_async_catches_up_after_its_downtime_without_losing_an_event()
 async fn duplicates_delivered_out_of_order_change_no_answer() {
     let results = chaos("duplicates").await;
     assert!(success(&results, "during", "async") >= 99.0, "{results:#}");
-    let expectation = results["expectations"]
-        .as_array()
-        .expect("expectations")
-        .iter()
-        .find(|expectation| {
-            expectation["what"]
-                .as_str()
-                .is_some_and(|what| what.contains("every copy"))
-        })
-        .cloned()
-        .expect("the copies are accounted for");
-    assert_eq!(expectation["met"], true, "{expectation}");
+    met(&results, "every copy");
 }
 
 #[tokio::test]
@@ -184,21 +202,48 @@ async fn losing_the_stream_leader_of_a_nats_cluster_loses_neither_writes_nor_eve
 #[tokio::test]
 async fn a_schema_upgrade_keeps_the_older_reader_working_and_breaks_a_shared_database() {
     let results = chaos("schema-evolution").await;
-    let expectations = results["expectations"].as_array().expect("expectations");
     for needle in [
         "split name",
         "older purchases-async answers",
         "older purchases-async matches the owners",
         "shared database",
     ] {
-        let expectation = expectations
-            .iter()
-            .find(|expectation| {
-                expectation["what"]
-                    .as_str()
-                    .is_some_and(|what| what.contains(needle))
-            })
-            .unwrap_or_else(|| panic!("an expectation on {needle}: {results:#}"));
-        assert_eq!(expectation["met"], true, "{expectation}");
+        met(&results, needle);
     }
+}
+
+#[tokio::test]
+async fn the_attacks_on_the_trust_boundaries_fail_and_lose_nothing() {
+    let results = chaos_all(&[
+        "forged-event",
+        "idle-connections",
+        "stream-lost",
+        "retention",
+    ])
+    .await;
+    let [forged, idle, lost, retention] = <[Value; 4]>::try_from(results).expect("four scenarios");
+
+    met(&forged, "without credentials");
+    met(&forged, "publishing a users event");
+    met(&forged, "dead-letters every forgery");
+    met(&forged, "orders' replica");
+
+    for series in ["sync", "async", "monolith", "writes"] {
+        assert_eq!(
+            success(&idle, "during", series),
+            100.0,
+            "{series}: not one call failed beside the idle sockets: {idle:#}"
+        );
+    }
+
+    met(&lost, "makes ORDERS again");
+    for series in ["writes", "async"] {
+        assert!(
+            success(&lost, "during", series) >= 99.0,
+            "{series}: {lost:#}"
+        );
+    }
+
+    met(&retention, "re-emitted state answers every seeded user");
+    met(&retention, "what it never read");
 }

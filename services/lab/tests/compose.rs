@@ -159,3 +159,133 @@ async fn the_database_script_gives_each_service_a_database_only_it_can_use() {
         .expect("drop role");
     }
 }
+
+#[test]
+fn nats_admits_each_service_with_a_key_only_that_service_mounts() {
+    let compose = compose();
+    let nats = &compose["services"]["nats"];
+    assert_eq!(
+        nats["command"].as_sequence().map(Vec::len),
+        Some(2),
+        "nats runs from its configuration file alone"
+    );
+    assert_eq!(nats["command"][1], "/etc/nats/nats-server.conf");
+    assert_eq!(
+        nats["depends_on"]["nats-auth"]["condition"], "service_completed_successfully",
+        "nats starts once its configuration is written"
+    );
+    let auth = &compose["services"]["nats-auth"];
+    let auth_volumes: Vec<&str> = auth["volumes"]
+        .as_sequence()
+        .expect("nats-auth's volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut seen_volumes = std::collections::HashSet::new();
+    for name in ["users", "products", "orders", "purchases-async"] {
+        let service = &compose["services"][name];
+        assert_eq!(
+            env(service, "NATS_NKEY"),
+            format!("/run/nats/{name}.nk"),
+            "{name} authenticates with its own nkey"
+        );
+        let volumes: Vec<&str> = service["volumes"]
+            .as_sequence()
+            .expect("a volume")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(volumes, [format!("{name}-nats:/run/nats:ro")], "{name}");
+        assert!(
+            auth_volumes.contains(&format!("{name}-nats:/out/{name}").as_str()),
+            "nats-auth writes {name}'s key into {name}'s volume"
+        );
+        assert!(
+            seen_volumes.insert(volumes[0].to_owned()),
+            "no two services share a key"
+        );
+    }
+    for name in ["purchases-sync", "monolith"] {
+        assert!(
+            compose["services"][name]["environment"]["NATS_NKEY"].is_null(),
+            "{name} does not use NATS and gets no key"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_configuration_nats_auth_writes_refuses_outsiders_and_admits_the_services() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = natsd::free_loopback_ports(1).expect("a port")[0];
+    let listen = format!("127.0.0.1:{port}");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+            .args(["nats-auth", "--out"])
+            .arg(dir.path())
+            .args(["--listen", &listen, "--store-dir"])
+            .arg(dir.path().join("jetstream"))
+            .output()
+            .expect("lab nats-auth runs")
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    let config_path = dir.path().join("nats/nats-server.conf");
+    let config = std::fs::read_to_string(&config_path).expect("the configuration");
+    assert!(config.contains("sync_interval: always"), "{config}");
+    let seed = std::fs::read_to_string(dir.path().join("users/users.nk")).expect("users' seed");
+    assert!(
+        !config.contains(seed.trim()),
+        "no seed in the server's configuration"
+    );
+    let again = run();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("keeping it"),
+        "a second run keeps the keys"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("users/users.nk")).expect("users' seed"),
+        seed
+    );
+
+    let binary = natsd::find_nats_server().expect("a nats-server");
+    let mut command = tokio::process::Command::new(binary);
+    natsd::die_with_parent(&mut command);
+    let _server = command
+        .arg("-c")
+        .arg(&config_path)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let url = format!("nats://{listen}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let users = loop {
+        match async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+            .custom_inbox_prefix(bus::inbox_prefix("users"))
+            .connect(&url)
+            .await
+        {
+            Ok(client) => break client,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "users never connected: {error}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    async_nats::jetstream::new(users)
+        .create_or_update_stream(async_nats::jetstream::stream::Config {
+            name: "USERS".into(),
+            subjects: vec!["users.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("users keeps its stream");
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "an anonymous client is refused"
+    );
+}

@@ -204,17 +204,8 @@ impl outbox::admin::StateSource for OrderStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<outbox::admin::ReEmitted, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM orders WHERE id > $1 ORDER BY id LIMIT $2");
-        let rows = tx
-            .fetch_all(
-                &sql,
-                &[
-                    after.map(|id| id.to_string()).unwrap_or_default().into(),
-                    i64::from(limit).into(),
-                ],
-                decode,
-            )
-            .await?;
+        let select = format!("SELECT {COLUMNS} FROM orders");
+        let rows = outbox::admin::next_chunk(tx, &select, after, limit, decode).await?;
         let mut n_events = 0;
         for order in &rows {
             let placed = events::OrderPlaced {

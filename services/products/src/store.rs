@@ -183,18 +183,23 @@ impl ProductStore {
             // on PostgreSQL, whose transactions do not take the write lock up front).
             return Err(ProductsError::ChangedConcurrently(product.id));
         }
-        let payload = events::ProductUpdated {
-            product_id: product.id.to_string(),
-            title: product.title.clone(),
-            image_url: product.image_url.clone(),
-            price_cents: product.price_cents,
-            currency: self.currency(),
-        };
+        let payload = self.updated(&product);
         self.events
             .record(&mut tx, &product.id, product.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(product)
+    }
+
+    /// The event that carries a product's whole state after a change.
+    fn updated(&self, product: &Product) -> events::ProductUpdated {
+        events::ProductUpdated {
+            product_id: product.id.to_string(),
+            title: product.title.clone(),
+            image_url: product.image_url.clone(),
+            price_cents: product.price_cents,
+            currency: self.currency(),
+        }
     }
 
     /// Products in creation order, starting after `after`.
@@ -234,46 +239,27 @@ impl ProductStore {
 }
 
 impl outbox::admin::StateSource for ProductStore {
-    /// Each product at its current version: ProductCreated for one never changed, else
-    /// ProductUpdated; both carry the whole state.
+    /// Each product at its current version as ProductUpdated, the event that carries a
+    /// product's whole state.
     async fn re_emit_chunk(
         &self,
         tx: &mut platform::db::WriteTx,
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<outbox::admin::ReEmitted, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM products WHERE id > $1 ORDER BY id LIMIT $2");
-        let rows = tx
-            .fetch_all(
-                &sql,
-                &[
-                    after.map(|id| id.to_string()).unwrap_or_default().into(),
-                    i64::from(limit).into(),
-                ],
-                decode,
-            )
-            .await?;
+        let select = format!("SELECT {COLUMNS} FROM products");
+        let rows = outbox::admin::next_chunk(tx, &select, after, limit, decode).await?;
         for product in &rows {
-            let (id, version, at) = (product.id, product.version, product.updated_at);
-            if version == 1 {
-                let payload = events::ProductCreated {
-                    product_id: id.to_string(),
-                    title: product.title.clone(),
-                    image_url: product.image_url.clone(),
-                    price_cents: product.price_cents,
-                    currency: self.currency(),
-                };
-                self.events.record(tx, &id, version, at, &payload).await?;
-            } else {
-                let payload = events::ProductUpdated {
-                    product_id: id.to_string(),
-                    title: product.title.clone(),
-                    image_url: product.image_url.clone(),
-                    price_cents: product.price_cents,
-                    currency: self.currency(),
-                };
-                self.events.record(tx, &id, version, at, &payload).await?;
-            }
+            let payload = self.updated(product);
+            self.events
+                .record(
+                    tx,
+                    &product.id,
+                    product.version,
+                    product.updated_at,
+                    &payload,
+                )
+                .await?;
         }
         let n = rows.len() as u64;
         Ok(outbox::admin::ReEmitted {

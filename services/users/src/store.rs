@@ -82,19 +82,24 @@ impl UserStore {
             }
             other => other?,
         };
-        let (given_name, family_name) = self.name_parts(&user.name);
-        let payload = events::UserRegistered {
-            user_id: user.id.to_string(),
-            email: user.email.clone(),
-            name: user.name.clone(),
-            given_name,
-            family_name,
-        };
+        let payload = self.registered(&user);
         self.events
             .record(&mut tx, &user.id, user.version, now, &payload)
             .await?;
         self.wakeup.commit(tx).await?;
         Ok(user)
+    }
+
+    /// The event that carries a live user's whole state.
+    fn registered(&self, user: &User) -> events::UserRegistered {
+        let (given_name, family_name) = self.name_parts(&user.name);
+        events::UserRegistered {
+            user_id: user.id.to_string(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+            given_name,
+            family_name,
+        }
     }
 
     pub async fn get(&self, id: Uuid) -> Result<User, UsersError> {
@@ -203,17 +208,14 @@ impl outbox::admin::StateSource for UserStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<outbox::admin::ReEmitted, StoreError> {
-        let rows = tx
-            .fetch_all(
-                "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users
-                 WHERE id > $1 ORDER BY id LIMIT $2",
-                &[
-                    after.map(|id| id.to_string()).unwrap_or_default().into(),
-                    i64::from(limit).into(),
-                ],
-                decode,
-            )
-            .await?;
+        let rows = outbox::admin::next_chunk(
+            tx,
+            "SELECT id, email, name, version, created_at, updated_at, deleted_at FROM users",
+            after,
+            limit,
+            decode,
+        )
+        .await?;
         for StoredUser { user, deleted } in &rows {
             if *deleted {
                 let payload = events::UserDeleted {
@@ -223,14 +225,7 @@ impl outbox::admin::StateSource for UserStore {
                     .record(tx, &user.id, user.version, user.updated_at, &payload)
                     .await?;
             } else {
-                let (given_name, family_name) = self.name_parts(&user.name);
-                let payload = events::UserRegistered {
-                    user_id: user.id.to_string(),
-                    email: user.email.clone(),
-                    name: user.name.clone(),
-                    given_name,
-                    family_name,
-                };
+                let payload = self.registered(user);
                 self.events
                     .record(tx, &user.id, user.version, user.updated_at, &payload)
                     .await?;
