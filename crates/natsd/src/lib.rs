@@ -22,7 +22,7 @@ pub use auth::{AuthError, Authorization, Credentials, NatsUser};
 pub use child::die_with_parent;
 pub use cluster::NatsCluster;
 pub use ports::free_loopback_ports;
-pub use provision::{ProvisionError, provision_from_pypi, tools_dir};
+pub use provision::{ProvisionError, provision_from_debian, provision_from_pypi, tools_dir};
 pub use server::{
     ClusterMember, MIN_VERSION, NatsServer, NatsServerOptions, NatsdError, SyncPolicy,
     find_nats_server, render_config,

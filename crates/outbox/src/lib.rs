@@ -97,6 +97,8 @@ pub struct OutboxEvent {
     pub aggregate_version: u64,
     pub envelope: Vec<u8>,
     pub occurred_at_micros: i64,
+    /// The W3C traceparent of the write, when it was traced.
+    pub traceparent: Option<String>,
 }
 
 impl OutboxEvent {
@@ -119,6 +121,12 @@ impl OutboxEvent {
         payload: &M,
     ) -> Self {
         let event_id = Uuid::now_v7();
+        // The write's trace travels with its event: the relay's publish and every consumer's
+        // apply continue it, however long the event waits in the outbox.
+        let metadata = platform::telemetry::propagation::current_map();
+        let traceparent = metadata
+            .get(platform::telemetry::propagation::TRACEPARENT)
+            .cloned();
         let envelope = EventEnvelope {
             event_id: event_id.to_string(),
             event_type: M::full_name(),
@@ -129,7 +137,7 @@ impl OutboxEvent {
             producer: aggregate.producer.to_owned(),
             schema_version,
             payload: payload.encode_to_vec(),
-            metadata: Default::default(),
+            metadata,
         };
         Self {
             event_id,
@@ -139,6 +147,7 @@ impl OutboxEvent {
             aggregate_version: aggregate.version,
             envelope: prost::Message::encode_to_vec(&envelope),
             occurred_at_micros,
+            traceparent,
         }
     }
 }
@@ -204,8 +213,8 @@ pub async fn append(tx: &mut WriteTx, event: &OutboxEvent) -> Result<(), StoreEr
         ))
     })?;
     tx.execute(
-        "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, aggregate_version, envelope, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, aggregate_version, envelope, created_at, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             event.event_id.to_string().into(),
             event.subject.as_str().into(),
@@ -214,6 +223,7 @@ pub async fn append(tx: &mut WriteTx, event: &OutboxEvent) -> Result<(), StoreEr
             aggregate_version.into(),
             event.envelope.clone().into(),
             event.occurred_at_micros.into(),
+            event.traceparent.as_deref().into(),
         ],
     )
     .await?;

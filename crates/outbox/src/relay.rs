@@ -19,8 +19,11 @@ use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
 use platform::db::{Backend, Database, Param, StoreError};
+use platform::telemetry::metrics as names;
+use platform::telemetry::propagation;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::stream::StreamSpec;
 
@@ -130,6 +133,9 @@ pub struct Relay {
 /// How often published rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often the outbox's gauges are refreshed.
+const PENDING_REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// A publish's acknowledgement, with the row it is for.
 type AckFuture = Pin<Box<dyn Future<Output = (i64, String, Result<(), async_nats::Error>)> + Send>>;
 
@@ -160,13 +166,40 @@ const MARK_AFTER: Duration = Duration::from_millis(100);
 /// SQLite plans the join that way itself. PostgreSQL, left to choose, merge-joins, scanning
 /// the outbox from its first retained row; the lateral subquery (kept apart by `OFFSET 0`)
 /// makes it a nested loop of key lookups.
-const UNPUBLISHED_SQLITE: &str = "SELECT o.seq, o.event_id, o.subject, o.envelope
+const UNPUBLISHED_SQLITE: &str = "SELECT o.seq, o.event_id, o.subject, o.envelope, o.traceparent
     FROM outbox_pending p JOIN outbox o ON o.seq = p.seq
     WHERE p.seq > $1 ORDER BY p.seq LIMIT $2";
-const UNPUBLISHED_POSTGRES: &str = "SELECT p.seq, o.event_id, o.subject, o.envelope
+const UNPUBLISHED_POSTGRES: &str = "SELECT p.seq, o.event_id, o.subject, o.envelope, o.traceparent
     FROM outbox_pending p
-    CROSS JOIN LATERAL (SELECT event_id, subject, envelope FROM outbox WHERE outbox.seq = p.seq OFFSET 0) o
+    CROSS JOIN LATERAL (SELECT event_id, subject, envelope, traceparent FROM outbox WHERE outbox.seq = p.seq OFFSET 0) o
     WHERE p.seq > $1 ORDER BY p.seq LIMIT $2";
+
+/// An outbox row the relay is about to publish.
+struct Unpublished {
+    seq: i64,
+    event_id: String,
+    subject: String,
+    envelope: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+/// The publish of one event, continuing the trace of the write that recorded it, by
+/// OpenTelemetry's messaging conventions.
+fn publish_span(traceparent: &str, subject: &str, event_id: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {subject}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %event_id,
+    );
+    let _ = span.set_parent(propagation::from_traceparent(traceparent));
+    span
+}
 
 /// Sleeps until `due`, or forever when there is none.
 async fn sleep_until_some(due: Option<tokio::time::Instant>) {
@@ -200,8 +233,25 @@ impl Relay {
     }
 
     /// Publishes until `cancel` fires. Failures are retried with capped exponential backoff;
-    /// rows wait in the outbox meanwhile, so writes never depend on NATS being up.
+    /// rows wait in the outbox meanwhile, so writes never depend on NATS being up. Beside it,
+    /// the outbox's gauges are kept current, whatever the publishing is doing.
     pub async fn run(self, cancel: CancellationToken) {
+        tokio::join!(self.publish(&cancel), self.watch_pending(&cancel));
+    }
+
+    /// Sets the outbox gauges every second until `cancel` fires: what an operator watches
+    /// grow while NATS is away.
+    async fn watch_pending(&self, cancel: &CancellationToken) {
+        while !cancel.is_cancelled() {
+            self.report_pending().await;
+            tokio::select! {
+                () = tokio::time::sleep(PENDING_REPORT_EVERY) => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    async fn publish(&self, cancel: &CancellationToken) {
         let mut stream_ready = false;
         let mut backoff = Duration::from_millis(50);
         let mut failing_since: Option<tokio::time::Instant> = None;
@@ -225,7 +275,7 @@ impl Relay {
                     }
                     backoff = Duration::from_millis(50);
                 };
-                self.pump(&cancel, &mut next_prune, &mut recovered).await
+                self.pump(cancel, &mut next_prune, &mut recovered).await
             };
             let Err(error) = attempt.await else {
                 break; // cancelled
@@ -325,6 +375,8 @@ impl Relay {
             // Refilled a batch at a time: topping up each slot an acknowledgement frees would
             // cost a query per event once the pipeline is full (a backlog drained at a tenth
             // of the speed on PostgreSQL).
+            metrics::gauge!(names::RELAY_IN_FLIGHT, "stream" => self.stream.name.clone())
+                .set(in_flight.len() as f64);
             if more && in_flight.len() + batch <= max_in_flight {
                 match self
                     .publish_more(batch, &mut pipeline, &mut in_flight)
@@ -372,6 +424,7 @@ impl Relay {
                 }
                 Some((seq, event_id, acked)) = in_flight.next() => match acked {
                     Ok(()) => {
+                        metrics::counter!(names::RELAY_PUBLISHED, "stream" => self.stream.name.clone()).increment(1);
                         pipeline
                             .acknowledged_since
                             .get_or_insert_with(tokio::time::Instant::now);
@@ -379,6 +432,7 @@ impl Relay {
                         recovered();
                     }
                     Err(source) => {
+                        metrics::counter!(names::RELAY_FAILURES, "stream" => self.stream.name.clone()).increment(1);
                         self.finish_marks(&mut pipeline, marking.take()).await;
                         return Err(RelayError::Publish { event_id, source });
                     }
@@ -420,18 +474,26 @@ impl Relay {
         let rows = self
             .db
             .read_rows(sql, &[pipeline.cursor.into(), limit.into()], |row| {
-                Ok((
-                    row.integer("seq")?,
-                    row.text("event_id")?,
-                    row.text("subject")?,
-                    row.blob("envelope")?,
-                ))
+                Ok(Unpublished {
+                    seq: row.integer("seq")?,
+                    event_id: row.text("event_id")?,
+                    subject: row.text("subject")?,
+                    envelope: row.blob("envelope")?,
+                    traceparent: row.optional_text("traceparent")?,
+                })
             })
             .await?;
         // Rows marked since `sent` was counted are no longer read, so the read can hold more
         // new rows than there is room for; those wait for the next read.
         let mut published = 0;
-        for (seq, event_id, subject, envelope) in rows {
+        for row in rows {
+            let Unpublished {
+                seq,
+                event_id,
+                subject,
+                envelope,
+                traceparent,
+            } = row;
             if pipeline.sent.contains(&seq) {
                 pipeline.cursor = pipeline.cursor.max(seq);
                 continue;
@@ -442,9 +504,17 @@ impl Relay {
             pipeline.cursor = pipeline.cursor.max(seq);
             pipeline.sent.insert(seq);
             published += 1;
-            let publish = PublishMessage::build()
+            let mut publish = PublishMessage::build()
                 .payload(envelope.into())
                 .message_id(event_id.as_str());
+            // A traced write gets a publish span, from the send to JetStream's ack, whose
+            // context the message carries for every consumer to link to.
+            let span = traceparent
+                .as_deref()
+                .map(|traceparent| publish_span(traceparent, &subject, &event_id));
+            if let Some(traceparent) = span.as_ref().and_then(propagation::traceparent_of) {
+                publish = publish.header(propagation::TRACEPARENT, traceparent.as_str());
+            }
             let ack = self
                 .js
                 .send_publish(subject, publish)
@@ -455,10 +525,50 @@ impl Relay {
                 })?;
             in_flight.push_back(Box::pin(async move {
                 let acked = ack.await.map(drop).map_err(async_nats::Error::from);
+                if let (Some(span), Err(error)) = (&span, &acked) {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", tracing::field::display(error));
+                }
+                drop(span);
                 (seq, event_id, acked)
             }));
         }
         Ok(published)
+    }
+
+    /// Sets the outbox gauges: rows pending and the age of the oldest. A failure is left for
+    /// the next look (the relay's own work reports database trouble).
+    async fn report_pending(&self) {
+        let pending = self
+            .db
+            .read_optional(
+                "SELECT COUNT(*) AS n, MIN(seq) AS oldest FROM outbox_pending",
+                &[],
+                |row| Ok((row.integer("n")?, row.optional_integer("oldest")?)),
+            )
+            .await;
+        let Ok(Some((n, oldest))) = pending else {
+            return;
+        };
+        let age = match oldest {
+            Some(seq) => self
+                .db
+                .read_optional(
+                    "SELECT created_at FROM outbox WHERE seq = $1",
+                    &[seq.into()],
+                    |row| row.integer("created_at"),
+                )
+                .await
+                .ok()
+                .flatten()
+                .map_or(0.0, |created| {
+                    (platform::time::now_micros() - created).max(0) as f64 / 1e6
+                }),
+            None => 0.0,
+        };
+        let stream = self.stream.name.clone();
+        metrics::gauge!(names::OUTBOX_PENDING, "stream" => stream.clone()).set(n as f64);
+        metrics::gauge!(names::OUTBOX_OLDEST_PENDING_AGE, "stream" => stream).set(age);
     }
 
     /// Starts marking the acknowledged rows published.

@@ -109,8 +109,21 @@ async fn an_upgrade_keeps_unpublished_rows_pending_and_later_appends_join_them(b
         .migrate([migrations_up_to(1)])
         .await
         .expect("migrate to the first schema");
+    // Rows as that version of the code wrote them: the columns of the first schema only.
     for _ in 0..4 {
-        append(&database).await;
+        let mut tx = database.begin_write().await.expect("begin");
+        tx.execute(
+            "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, aggregate_version, envelope, created_at)
+             VALUES ($1, 'users.user.UserRegistered', 'events.v1.UserRegistered', $1, 1, $2, $3)",
+            &[
+                Uuid::now_v7().to_string().into(),
+                vec![0u8; 16].into(),
+                platform::time::now_micros().into(),
+            ],
+        )
+        .await
+        .expect("append the old way");
+        tx.commit().await.expect("commit");
     }
     let all = outbox(&database).await;
     let published: Vec<i64> = all.iter().copied().take(2).collect();

@@ -192,9 +192,16 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let admission = &self.admission;
-        if admission.overloaded.load(Ordering::Relaxed)
-            || admission.requests() > admission.max_requests
-        {
+        let shed = if admission.overloaded.load(Ordering::Relaxed) {
+            Some("queue_delay")
+        } else if admission.requests() > admission.max_requests {
+            Some("requests")
+        } else {
+            None
+        };
+        if let Some(reason) = shed {
+            metrics::counter!(crate::telemetry::metrics::SERVER_SHED, "reason" => reason)
+                .increment(1);
             // Not ready: LoadShed turns that into RESOURCE_EXHAUSTED at once. The wake keeps
             // the contract for a caller that would wait instead: it asks again, and is
             // admitted once the overload has passed.

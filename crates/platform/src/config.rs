@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, SamplingHandle, TelemetryArgs};
 
 /// Settings shared by every service binary, flattened into each service's own `Config`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,10 +61,18 @@ pub struct CommonArgs {
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = Self::DEFAULT_MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_streams: u32,
 
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
     /// The handle of the server's fault layer: empty unless a test, a benchmark or the fault
     /// admin API sets faults through it.
     #[arg(skip)]
     pub faults: fault::Faults,
+
+    /// The ratio of new traces kept, which the admin API may change (set by
+    /// `process::run` once telemetry is installed).
+    #[arg(skip)]
+    pub sampling: SamplingHandle,
 }
 
 impl Default for CommonArgs {
@@ -81,7 +89,9 @@ impl Default for CommonArgs {
             keepalive_interval_ms: Self::DEFAULT_KEEPALIVE_INTERVAL_MS,
             keepalive_timeout_ms: Self::DEFAULT_KEEPALIVE_TIMEOUT_MS,
             max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
+            telemetry: TelemetryArgs::default(),
             faults: fault::Faults::default(),
+            sampling: SamplingHandle::default(),
         }
     }
 }
@@ -122,6 +132,8 @@ impl CommonArgs {
             keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             max_concurrent_streams: self.max_concurrent_streams,
+            metrics: self.telemetry.metrics_listen,
+            sampling: self.sampling.clone(),
         }
     }
 }

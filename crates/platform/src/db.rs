@@ -253,6 +253,9 @@ fn bound<'q>(sql: &str, params: &[Param]) -> sqlx::query::Query<'q, Any, AnyArgu
 pub struct WriteTx {
     tx: Tx,
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The transaction's span, from asking for the writer to the commit (or the rollback when
+    /// dropped): in a request's trace, the time its write held the database.
+    _span: tracing::Span,
 }
 
 enum Tx {
@@ -435,6 +438,21 @@ impl Database {
     /// SQLITE_BUSY at once instead of waiting its turn. On an SQLite file the transaction
     /// runs on the synchronous write connection.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let system = match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        };
+        // Only within something traced: a transaction alone (the relay marking rows) starts
+        // no trace.
+        let span = crate::telemetry::child_span(|| {
+            tracing::info_span!(
+                "transaction",
+                otel.name = %format!("{system} transaction"),
+                otel.kind = "client",
+                db.system.name = system,
+                db.operation.name = "transaction",
+            )
+        });
         let turn = match &self.write_turn {
             Some(turn) => Some(
                 tokio::time::timeout(self.acquire_timeout, turn.clone().lock_owned())
@@ -448,7 +466,11 @@ impl Database {
             (None, Backend::Sqlite) => Tx::Sqlx(self.pool.begin_with("BEGIN IMMEDIATE").await?),
             (None, Backend::Postgres) => Tx::Sqlx(self.pool.begin().await?),
         };
-        Ok(WriteTx { tx, _turn: turn })
+        Ok(WriteTx {
+            tx,
+            _turn: turn,
+            _span: span,
+        })
     }
 
     pub async fn close(&self) {

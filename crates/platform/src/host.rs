@@ -67,6 +67,11 @@ impl ServiceHost {
         self.server.admin_addr()
     }
 
+    /// Where its metrics are served, when it was started with them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.metrics_addr()
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }

@@ -15,6 +15,7 @@ pub mod host;
 pub mod nats;
 pub mod paging;
 pub mod process;
+pub mod request;
 pub mod server;
 pub mod sqlite;
 pub mod status;

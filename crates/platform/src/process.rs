@@ -6,15 +6,16 @@ use std::process::ExitCode;
 use crate::config::{CommonArgs, EXIT_USAGE};
 
 /// Runs a service binary: parses `C` from flags and environment (exiting with 64 and one
-/// line naming the bad setting when it is invalid), installs tracing, and drives `run` on a
-/// multi-threaded runtime. Errors are logged once, with their cause chain.
+/// line naming the bad setting when it is invalid), starts a multi-threaded runtime, installs
+/// telemetry (logs, and traces when an OTLP endpoint is given) and drives `run` on it. Errors
+/// are logged once, with their cause chain; spans still waiting are sent before the exit.
 pub fn run<C, F, Fut>(service: &'static str, run: F) -> ExitCode
 where
-    C: clap::Parser + AsRef<CommonArgs>,
+    C: clap::Parser + AsRef<CommonArgs> + AsMut<CommonArgs>,
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let config = match C::try_parse() {
+    let mut config = match C::try_parse() {
         Ok(config) => config,
         Err(error) if !error.use_stderr() => {
             // --help and --version land here: print them and succeed.
@@ -26,19 +27,26 @@ where
             return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(2));
         }
     };
-    crate::telemetry::init(config.as_ref().log_format);
-    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
+            eprintln!("{service}: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let telemetry = {
+        // The exporter's gRPC channel belongs to this runtime.
+        let _entered = runtime.enter();
+        let common = config.as_ref();
+        crate::telemetry::init(service, common.log_format, &common.telemetry)
+    };
+    config.as_mut().sampling = telemetry.sampling();
+    raise_open_files_limit();
+    let outcome = runtime.block_on(run(config));
+    let code = match outcome {
         Ok(()) => {
             tracing::info!(service, "stopped");
             ExitCode::SUCCESS
@@ -47,7 +55,12 @@ where
             tracing::error!(service, error = format!("{error:#}"), "failed");
             ExitCode::FAILURE
         }
+    };
+    {
+        let _entered = runtime.enter();
+        telemetry.shutdown();
     }
+    code
 }
 
 /// Raises the soft limit on open files to the hard one, as Go's runtime does at start: every

@@ -17,7 +17,8 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::MapResponseLayer;
 
 use crate::admission::Admission;
-use crate::connections::{Connections, CountRequestsLayer};
+use crate::connections::Connections;
+use crate::request::RequestLayer;
 
 /// Knobs of the server stack.
 #[derive(Debug, Clone)]
@@ -51,6 +52,10 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     /// Requests one connection may have open at once (HTTP/2 streams).
     pub max_concurrent_streams: u32,
+    /// Where to serve metrics (`/metrics`, Prometheus text format), if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The ratio of new traces kept, for the admin API to change.
+    pub sampling: crate::telemetry::SamplingHandle,
 }
 
 impl Default for ServerSettings {
@@ -115,6 +120,7 @@ pub struct GrpcServer {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
     admin: Option<(TcpIncoming, SocketAddr)>,
+    metrics: Option<crate::telemetry::metrics::MetricsEndpoint>,
     settings: ServerSettings,
 }
 
@@ -163,12 +169,24 @@ impl GrpcServer {
             }
             None => None,
         };
+        let metrics = match settings.metrics {
+            Some(addr) => crate::telemetry::metrics::MetricsEndpoint::bind(addr)?,
+            None => None,
+        };
         Ok(Self {
             incoming,
             local_addr,
             admin,
+            metrics,
             settings,
         })
+    }
+
+    /// Where metrics are served (`/metrics`), when they were asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|metrics| metrics.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -225,8 +243,17 @@ impl GrpcServer {
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(metrics) = self.metrics {
+            let stop = admin_stop.clone();
+            tokio::spawn(metrics.serve(stop.cancelled_owned()));
+        }
         if let Some((incoming, addr)) = self.admin {
-            let admin = admin_server(&self.settings.faults, admin, descriptor_set)?;
+            let admin = admin_server(
+                &self.settings.faults,
+                &self.settings.sampling,
+                admin,
+                descriptor_set,
+            )?;
             let stop = admin_stop.clone();
             tracing::info!(%addr, "admin APIs listening");
             tokio::spawn(async move {
@@ -258,9 +285,6 @@ impl GrpcServer {
             connections.clone(),
         );
         let serving = Server::builder()
-            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
-            // Bounds the time any handler holds resources, whatever deadline the caller set.
-            .timeout(settings.request_timeout)
             // Dead peers are found by pings, and no connection lives forever: an old one is
             // asked to go away (GOAWAY) and given the request timeout and more to finish.
             .http2_keepalive_interval(Some(settings.keepalive_interval))
@@ -271,9 +295,16 @@ impl GrpcServer {
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(
                 ServiceBuilder::new()
-                    // Outermost, so every request counts on its connection, shed ones too: a
-                    // connection carrying requests is never closed as idle.
-                    .layer(CountRequestsLayer)
+                    // Outermost: every request gets its span (continuing the caller's trace),
+                    // its log line and its metrics, whatever happened inside.
+                    .layer(crate::telemetry::rpc::server_layer())
+                    // Counts the request on its connection (so a busy one is never closed as
+                    // idle), bounds it by the request timeout or the caller's deadline, and
+                    // turns what the layers inside fail with into the status the caller
+                    // reads, before the span outside records it.
+                    .layer(RequestLayer {
+                        timeout: settings.request_timeout,
+                    })
                     .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
                     // Shedding sits outside both bounds: past either, a new request fails at
                     // once with RESOURCE_EXHAUSTED instead of queueing without bound.
@@ -308,10 +339,12 @@ impl GrpcServer {
 /// switch. A re-emit of a large state takes a while, hence the longer timeout.
 fn admin_server(
     faults: &fault::Faults,
+    sampling: &crate::telemetry::SamplingHandle,
     admin: ServiceSet,
     descriptor_set: &'static [u8],
 ) -> Result<tonic::transport::server::Router, ServeError> {
-    let ServiceSet { mut routes, names } = admin;
+    let ServiceSet { mut routes, names } =
+        admin.with(crate::telemetry::admin::TelemetryApi::new(sampling.clone()).into_server());
     let advertised: Vec<&'static str> = names
         .iter()
         .copied()

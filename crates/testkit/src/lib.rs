@@ -22,7 +22,7 @@ pub use outbox::{outbox_events, payload};
 pub use platform::db::Backend;
 pub use proxy::DelayProxy;
 pub use server::RunningServer;
-pub use tools::{grpcurl, run_grpcurl, workspace_root};
+pub use tools::{check_exposition, grpcurl, promtool, run_grpcurl, scrape_metrics, workspace_root};
 
 /// Turns on log output for a test run when `TEST_LOG` is set; tests stay silent otherwise.
 pub fn init_tracing() {

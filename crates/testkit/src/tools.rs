@@ -22,6 +22,67 @@ pub fn grpcurl() -> PathBuf {
         .unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
 }
 
+/// Prometheus's promtool: `PROMTOOL_BIN`, else `promtool` on PATH, else the one unpacked
+/// from Debian's prometheus package into target/tools (on first use).
+pub fn promtool() -> PathBuf {
+    if let Some(path) = std::env::var_os("PROMTOOL_BIN") {
+        return PathBuf::from(path);
+    }
+    if let Some(path) = find_on_path("promtool") {
+        return path;
+    }
+    natsd::provision_from_debian("prometheus", "prometheus", Path::new("usr/bin/promtool"))
+        .unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
+}
+
+/// Scrapes `/metrics` at `addr` as Prometheus does, and returns the exposition after checking
+/// the answer is a 200 in the Prometheus text format.
+pub async fn scrape_metrics(addr: impl tokio::net::ToSocketAddrs) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("ask for the metrics");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the metrics");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// Checks a metrics exposition with `promtool check metrics`, the Prometheus project's own
+/// linter, and fails the test with what it said when it objects.
+pub fn check_exposition(exposition: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("promtool's input")
+        .write_all(exposition.as_bytes())
+        .expect("write the exposition");
+    let output = child.wait_with_output().expect("promtool finishes");
+    assert!(
+        output.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}\n--- exposition ---\n{exposition}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Runs grpcurl with `args`, fails the test with its stderr if it fails, and returns what
 /// it printed.
 pub async fn run_grpcurl(args: &[&str]) -> String {

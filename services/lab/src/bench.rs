@@ -204,8 +204,24 @@ pub struct Reference {
     pub rate: u32,
     pub rounds: u32,
     pub round_ms: u64,
-    /// Each mode's figures in each round, in the order the rounds ran.
+    /// Each mode's figures in each round, in the order the rounds ran, with tracing off.
     pub per_round: BTreeMap<String, Vec<RoundFigures>>,
+    /// What tracing costs: every round ran twice, with the services keeping no new traces
+    /// and keeping `ratio` of them. None when the lab ran with `--tracing off`.
+    pub tracing: Option<TracingCost>,
+}
+
+/// The reference rounds with tracing on beside the same rounds with it off.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracingCost {
+    /// The share of requests traced in the rounds with tracing on.
+    pub ratio: f64,
+    /// Each mode's figures with tracing on, over all its rounds.
+    pub on: BTreeMap<String, RoundFigures>,
+    /// Each mode's figures with tracing off (the summary's).
+    pub off: BTreeMap<String, RoundFigures>,
+    /// Each mode's turns with tracing on, round by round.
+    pub per_round_on: BTreeMap<String, Vec<RoundFigures>>,
 }
 
 /// One mode's turn in one round.
@@ -248,6 +264,8 @@ pub struct FreshnessResult {
     /// The same lags split into relay, JetStream and projection time, when the bench could
     /// follow the orders stream.
     pub stages: Option<Stages>,
+    /// The same orders split by their spans, when the lab traced.
+    pub span_stages: Option<crate::traces::freshness::SpanStages>,
     /// JetStream's own publish-to-delivery at the same rate, measured alone just before:
     /// the floor under the JetStream stage. None when it could not be measured.
     pub jetstream_alone: Option<JetStreamAlone>,
@@ -311,6 +329,15 @@ pub async fn run(
     let endpoints = lab.endpoints.clone();
     let clients = crate::demo::clients(&endpoints);
     let users = Arc::new(seeded.users.clone());
+    // The steps and the summary are measured untraced; tracing's cost is measured apart, in
+    // the reference rounds, and the timed orders of the freshness phase trace themselves.
+    let tracing = endpoints
+        .otlp_endpoint
+        .is_some()
+        .then_some(endpoints.trace_sample);
+    if tracing.is_some() {
+        crate::traces::set_sampling(&endpoints, 0.0).await?;
+    }
 
     let writer = PacedWriter::start(
         vec![
@@ -325,7 +352,9 @@ pub async fn run(
     let mut steps: BTreeMap<Mode, Vec<Step>> =
         MODES.iter().map(|mode| (*mode, Vec::new())).collect();
     let mut saturated: BTreeMap<Mode, bool> = BTreeMap::new();
-    let total_steps = MODES.len() * (settings.rates.len() + settings.reference_rounds as usize);
+    let reference_turns =
+        settings.reference_rounds as usize * if tracing.is_some() { 2 } else { 1 };
+    let total_steps = MODES.len() * (settings.rates.len() + reference_turns);
     let progress = ProgressBar::new(total_steps as u64);
     progress.set_style(
         ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} steps {msg}")
@@ -384,7 +413,8 @@ pub async fn run(
             )
         })
         .collect();
-    let (reference, at_reference) = reference_rounds(&clients, &users, settings, &progress).await;
+    let (reference, at_reference) =
+        reference_rounds(&endpoints, &clients, &users, settings, tracing, &progress).await?;
     progress.finish_and_clear();
     let (background_writes, _) = writer.stop().await;
 
@@ -407,7 +437,9 @@ pub async fn run(
         settings.freshness_ms as f64 / 1_000.0
     );
     let cpu_before = crate::cpu::sample(&lab.pids());
-    let mut freshness = freshness(&endpoints, &clients.asynchronous, seeded, settings).await;
+    let traces = tracing.is_some().then_some(lab.data_dir.as_path());
+    let mut freshness =
+        freshness(&endpoints, &clients.asynchronous, seeded, settings, traces).await;
     freshness.cpu_pct = crate::cpu::usage(&cpu_before, &crate::cpu::sample(&lab.pids()));
     freshness.jetstream_alone = jetstream_alone;
     println!("Timing a new projection built from every event in the streams...");
@@ -596,46 +628,61 @@ fn between_carried_and_not(steps: &[Step]) -> Option<u32> {
 /// starting one mode further on so no mode always follows the same one. Each mode's summary
 /// is taken over all its turns: a disturbance of the machine (a writeback, a neighbour on
 /// the host) lands on one turn of each mode rather than on one mode's whole measurement.
+///
+/// With `tracing` (the share of traces kept when it is on), every round runs twice, once
+/// with the services keeping no new traces and once keeping that share, which goes first
+/// alternating round by round: the summary is the rounds off, and the cost of tracing is
+/// read from the same rounds on.
 async fn reference_rounds(
+    endpoints: &Endpoints,
     clients: &Clients,
     users: &Arc<Vec<SeededUser>>,
     settings: &Settings,
+    tracing: Option<f64>,
     progress: &ProgressBar,
-) -> (Reference, BTreeMap<Mode, Step>) {
+) -> anyhow::Result<(Reference, BTreeMap<Mode, Step>)> {
     let rate = settings.reference_rate;
     let turn = Duration::from_millis(settings.reference_round_ms);
-    let mut merged: BTreeMap<Mode, Measured> = BTreeMap::new();
-    let mut per_round: BTreeMap<String, Vec<RoundFigures>> = BTreeMap::new();
+    let mut off = RoundsOf::default();
+    let mut on = RoundsOf::default();
     for round in 0..settings.reference_rounds {
         let mut order = MODES;
         order.rotate_left(round as usize % MODES.len());
-        for mode in order {
-            progress.inc(1);
-            progress.set_prefix(mode.name());
-            progress.set_message(format!(
-                "{rate} req/s, reference round {}/{}",
-                round + 1,
-                settings.reference_rounds
-            ));
-            let measured = open_loop(clients, mode, users, rate, turn, settings).await;
-            let step = measured.step(rate);
-            per_round
-                .entry(mode.name().to_owned())
-                .or_default()
-                .push(RoundFigures {
-                    p50_us: step.p50_us,
-                    p99_us: step.p99_us,
-                    error_rate: step.error_rate,
-                });
-            match merged.get_mut(&mode) {
-                Some(all) => all.absorb(&measured),
-                None => {
-                    merged.insert(mode, measured);
-                }
+        let passes: Vec<Option<f64>> = match tracing {
+            None => vec![None],
+            Some(ratio) if round % 2 == 0 => vec![Some(0.0), Some(ratio)],
+            Some(ratio) => vec![Some(ratio), Some(0.0)],
+        };
+        for pass in passes {
+            if let Some(ratio) = pass {
+                crate::traces::set_sampling(endpoints, ratio).await?;
+            }
+            let traced = pass.is_some_and(|ratio| ratio > 0.0);
+            for mode in order {
+                progress.inc(1);
+                progress.set_prefix(mode.name());
+                progress.set_message(format!(
+                    "{rate} req/s, reference round {}/{}{}",
+                    round + 1,
+                    settings.reference_rounds,
+                    if traced { ", traced" } else { "" }
+                ));
+                let measured = open_loop(clients, mode, users, rate, turn, settings).await;
+                if traced { &mut on } else { &mut off }.add(mode, measured, rate);
             }
         }
     }
-    let steps = merged
+    if tracing.is_some() {
+        crate::traces::set_sampling(endpoints, 0.0).await?;
+    }
+    let tracing = tracing.map(|ratio| TracingCost {
+        ratio,
+        on: on.overall(rate),
+        off: off.overall(rate),
+        per_round_on: on.per_round.clone(),
+    });
+    let steps = off
+        .merged
         .into_iter()
         .map(|(mode, measured)| (mode, measured.step(rate)))
         .collect();
@@ -643,9 +690,55 @@ async fn reference_rounds(
         rate,
         rounds: settings.reference_rounds,
         round_ms: settings.reference_round_ms,
-        per_round,
+        per_round: off.per_round,
+        tracing,
     };
-    (reference, steps)
+    Ok((reference, steps))
+}
+
+/// Every mode's turns of the reference rounds under one setting: each turn's figures, and
+/// all turns merged.
+#[derive(Debug, Default)]
+struct RoundsOf {
+    merged: BTreeMap<Mode, Measured>,
+    per_round: BTreeMap<String, Vec<RoundFigures>>,
+}
+
+impl RoundsOf {
+    fn add(&mut self, mode: Mode, measured: Measured, rate: u32) {
+        self.per_round
+            .entry(mode.name().to_owned())
+            .or_default()
+            .push(RoundFigures::of(&measured.step(rate)));
+        match self.merged.get_mut(&mode) {
+            Some(all) => all.absorb(&measured),
+            None => {
+                self.merged.insert(mode, measured);
+            }
+        }
+    }
+
+    fn overall(&self, rate: u32) -> BTreeMap<String, RoundFigures> {
+        self.merged
+            .iter()
+            .map(|(mode, measured)| {
+                (
+                    mode.name().to_owned(),
+                    RoundFigures::of(&measured.step(rate)),
+                )
+            })
+            .collect()
+    }
+}
+
+impl RoundFigures {
+    fn of(step: &Step) -> Self {
+        Self {
+            p50_us: step.p50_us,
+            p99_us: step.p99_us,
+            error_rate: step.error_rate,
+        }
+    }
 }
 
 /// Shared by the requests of one step.
@@ -842,14 +935,19 @@ const FRESHNESS_SAMPLES_PER_SECOND: u32 = 25;
 /// Places orders at `freshness_write_rate` in the microservices and times a share of them
 /// from PlaceOrder's answer to their first appearance in purchases-async, polling back to
 /// back so the resolution is one read.
+///
+/// With `traces` (the data dir the lab's trace receiver keeps spans in), each timed order
+/// starts a trace of its own, and its freshness is split again from its spans.
 async fn freshness(
     endpoints: &Endpoints,
     asynchronous: &PurchaseServiceClient<Channel>,
     seeded: &Seeded,
     settings: &Settings,
+    traces: Option<&Path>,
 ) -> FreshnessResult {
     let rate = settings.freshness_write_rate;
     let every = u64::from((rate / FRESHNESS_SAMPLES_PER_SECOND).max(1));
+    let spans_before = traces.map(crate::traces::spans_kept_so_far);
     // Without the probe the stages are left out; the lags are timed all the same.
     let probe = match StageProbe::start(endpoints).await {
         Ok(probe) => Some(probe),
@@ -874,16 +972,20 @@ async fn freshness(
                 }
                 let user = write.user;
                 let answered = Instant::now();
+                let answered_unix_ns = unix_ns(std::time::SystemTime::now());
                 let seen = visible_after(&reader, &user, &order_id, answered).await;
                 let mut timed = lock(&timed);
                 match seen {
-                    Some(visible) => {
-                        timed.0.saturating_record(micros(visible));
+                    Some(Visible { after, window }) => {
+                        timed.0.saturating_record(micros(after));
                         timed.1.push(Sample {
                             order_id,
                             answered,
+                            answered_unix_ns,
                             at: answered.duration_since(began),
-                            visible,
+                            visible: after,
+                            window,
+                            trace_id: write.trace_id,
                         });
                     }
                     None => timed.2 += 1,
@@ -891,34 +993,60 @@ async fn freshness(
             })
         })
     };
-    let writer = PacedWriter::start(
-        vec![WriteTarget::microservices(endpoints, seeded)],
-        rate,
-        Some(after),
-    );
+    let mut target = WriteTarget::microservices(endpoints, seeded);
+    if traces.is_some() {
+        target = target.traced_every(every);
+    }
+    let writer = PacedWriter::start(vec![target], rate, Some(after));
     tokio::time::sleep(Duration::from_millis(settings.freshness_ms)).await;
     let (writes, writing) = writer.stop().await;
-    let (histogram, samples, never_seen) = &*lock(&timed);
+    // Every write has finished: what the hooks recorded is complete.
+    let (histogram, samples, never_seen) = {
+        let timed = lock(&timed);
+        (timed.0.clone(), timed.1.clone(), timed.2)
+    };
     let stages = probe.map(|probe| {
         let splits: Vec<_> = samples.iter().filter_map(|s| probe.split(s)).collect();
         crate::stages::summarize(&splits, probe.jetstream_every_order())
     });
+    let span_stages = match (traces, spans_before) {
+        (Some(data_dir), Some(offset)) => {
+            // A service sends its spans at most half a second after they end.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            crate::traces::read_spans_from(data_dir, offset)
+                .inspect_err(|error| eprintln!("Not splitting freshness by spans: {error:#}"))
+                .ok()
+                .map(|spans| {
+                    crate::traces::freshness::summarize(&crate::traces::Spans::new(spans), &samples)
+                })
+        }
+        _ => None,
+    };
     FreshnessResult {
         p50_us: histogram.value_at_quantile(0.5),
         p90_us: histogram.value_at_quantile(0.9),
         p99_us: histogram.value_at_quantile(0.99),
         max_us: histogram.max(),
         samples: histogram.len(),
-        never_seen: *never_seen,
+        never_seen,
         write_rate_offered: rate,
         write_rate_achieved: writes.placed as f64 / writing.as_secs_f64().max(f64::EPSILON),
         write_errors: writes.failed,
         writes_skipped: writes.skipped,
-        distribution: distribution(histogram),
+        distribution: distribution(&histogram),
         stages,
+        span_stages,
         jetstream_alone: None,
         cpu_pct: BTreeMap::new(),
     }
+}
+
+/// When a timed order was first seen.
+struct Visible {
+    /// From the answer to the end of the first read that showed it.
+    after: Duration,
+    /// From the start of the last read that did not show it (or the answer) to then.
+    window: Duration,
 }
 
 /// Reads `user`'s newest purchases back to back until `order_id` is among them.
@@ -927,17 +1055,29 @@ async fn visible_after(
     user: &str,
     order_id: &str,
     since: Instant,
-) -> Option<Duration> {
+) -> Option<Visible> {
+    let mut missed_at = since;
     loop {
+        let reading = Instant::now();
         let seen = crate::measure::shows_order(reader, user, order_id).await;
         let elapsed = since.elapsed();
         if seen {
-            return Some(elapsed);
+            return Some(Visible {
+                after: elapsed,
+                window: missed_at.elapsed(),
+            });
         }
         if elapsed > FRESHNESS_LIMIT {
             return None;
         }
+        missed_at = reading;
     }
+}
+
+fn unix_ns(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    })
 }
 
 /// A projection built from nothing while the streams hold every event of the run.
@@ -1233,6 +1373,7 @@ mod tests {
             writes_skipped: 0,
             distribution: Vec::new(),
             stages: None,
+            span_stages: None,
             jetstream_alone: None,
             cpu_pct: BTreeMap::new(),
         };
@@ -1264,6 +1405,7 @@ mod tests {
                     vec![figures(660, 2_000), figures(900, 2_000)],
                 ),
             ]),
+            tracing: None,
         };
         let aims = aims(&modes, &reference, &freshness, &catch_up);
         let find = |name: &str| {

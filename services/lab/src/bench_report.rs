@@ -212,6 +212,71 @@ fn stages_line(report: &BenchReport) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join(" "))
 }
 
+/// The same orders split by their spans, and how well that agrees with the probe.
+fn span_stages_line(report: &BenchReport) -> Option<String> {
+    let stages = report.freshness.span_stages.as_ref()?;
+    let stage = |s: &crate::stages::StageSummary| {
+        format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
+    };
+    Some(format!(
+        "Split by the spans of {} traced orders: write to applied {}; relay (write to publish) {}; JetStream (publish to apply, the consumer's pull included) {}; projection (the apply) {}. For {} of them ({:.0}%) the apply ended inside the probe's window of reads (the probe's resolution: {}); the probe's projection stage also holds the consumer's pull and the read that saw the order.",
+        stages.samples,
+        stage(&stages.total),
+        stage(&stages.relay),
+        stage(&stages.jetstream),
+        stage(&stages.projection),
+        stages.agreeing,
+        if stages.samples > 0 {
+            stages.agreeing as f64 / stages.samples as f64 * 100.0
+        } else {
+            0.0
+        },
+        stage(&stages.probe_resolution),
+    ))
+}
+
+const TRACING_HEADERS: [&str; 7] = [
+    "mode",
+    "p50 us off",
+    "p50 us on",
+    "p50 on/off",
+    "p99 us off",
+    "p99 us on",
+    "p99 on/off",
+];
+
+/// The reference rounds with tracing off and on, mode by mode.
+fn tracing_rows(report: &BenchReport) -> Vec<[String; 7]> {
+    let Some(cost) = &report.reference.tracing else {
+        return Vec::new();
+    };
+    let ratio = |on: u64, off: u64| format!("{:.2}x", on as f64 / off.max(1) as f64);
+    MODES
+        .iter()
+        .filter_map(|mode| {
+            let (off, on) = (cost.off.get(mode.name())?, cost.on.get(mode.name())?);
+            Some([
+                mode.name().to_owned(),
+                off.p50_us.to_string(),
+                on.p50_us.to_string(),
+                ratio(on.p50_us, off.p50_us),
+                off.p99_us.to_string(),
+                on.p99_us.to_string(),
+                ratio(on.p99_us, off.p99_us),
+            ])
+        })
+        .collect()
+}
+
+fn tracing_heading(report: &BenchReport) -> Option<String> {
+    let cost = report.reference.tracing.as_ref()?;
+    Some(format!(
+        "What tracing costs at {} requests/s: the same rounds with the services keeping no new traces (off) and keeping {:.0}% of them (on), exported to the lab's receiver on this machine",
+        report.reference.rate,
+        cost.ratio * 100.0
+    ))
+}
+
 const SLOWEST_HEADERS: [&str; 5] = [
     "at (ms into the phase)",
     "freshness us",
@@ -260,6 +325,13 @@ pub fn terminal(report: &BenchReport) -> String {
     if let Some(line) = stages_line(report) {
         let _ = writeln!(text, "{line}");
     }
+    if let Some(line) = span_stages_line(report) {
+        let _ = writeln!(text, "{line}");
+    }
+    if let Some(heading) = tracing_heading(report) {
+        let _ = writeln!(text, "\n{heading}:");
+        text.push_str(&table(&TRACING_HEADERS, &tracing_rows(report)));
+    }
     let _ = writeln!(text, "{}", catch_up_line(report));
     let _ = writeln!(text, "{}\n", storage_line(report));
     let _ = writeln!(text, "Aims (ratios measured in this run):");
@@ -294,6 +366,14 @@ pub fn markdown(report: &BenchReport) -> String {
     );
     if let Some(line) = stages_line(report) {
         let _ = writeln!(text, "{line}\n");
+    }
+    if let Some(line) = span_stages_line(report) {
+        let _ = writeln!(text, "{line}\n");
+    }
+    if let Some(heading) = tracing_heading(report) {
+        let _ = writeln!(text, "{heading}:\n");
+        text.push_str(&markdown_table(&TRACING_HEADERS, &tracing_rows(report)));
+        text.push('\n');
     }
     if report.freshness.stages.is_some() {
         let _ = writeln!(text, "The slowest timed orders:\n");
@@ -366,6 +446,7 @@ falls behind.</p>
 <p>{freshness_line}</p>
 {freshness}
 <p>{stages_line}</p>
+<p>{span_stages_line}</p>
 <h2>All figures</h2>
 <pre>{markdown}</pre>
 "#,
@@ -383,6 +464,7 @@ falls behind.</p>
         freshness_line = escape(&freshness_line(report)),
         freshness = bar_chart(&freshness, ""),
         stages_line = escape(&stages_line(report).unwrap_or_default()),
+        span_stages_line = escape(&span_stages_line(report).unwrap_or_default()),
         markdown = escape(&markdown(report)),
     );
     crate::report::page("Lab bench", &body)

@@ -1047,6 +1047,7 @@ async fn write_schema_2(
             user.id.clone(),
             product.id.clone(),
             1,
+            None,
         )
         .await?;
         users.push(user.id);

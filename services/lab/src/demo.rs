@@ -100,6 +100,7 @@ pub async fn run(
     println!("Starting it again...");
     lab.restart_service(Service::Users).await?;
     let after = measure::during_fault(&clients, &seeded.users, args.fault_calls).await;
+    let traces = collected_traces(lab, &freshness.trace_ids).await?;
 
     Ok(Report {
         generated_at: crate::report::now_rfc3339(),
@@ -113,7 +114,22 @@ pub async fn run(
             during,
             after,
         },
+        traces,
     })
+}
+
+/// The traces the report shows, once the services have sent their last spans.
+async fn collected_traces(
+    lab: &RunningLab,
+    timed_orders: &[String],
+) -> anyhow::Result<Vec<crate::traces::views::TraceView>> {
+    if lab.endpoints.otlp_endpoint.is_none() {
+        return Ok(Vec::new());
+    }
+    // Spans leave a service at most half a second after they end.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let spans = crate::traces::Spans::load(&lab.data_dir)?;
+    Ok(crate::traces::views::demo_views(&spans, timed_orders))
 }
 
 /// Seeds both systems and waits until purchases-async holds every seeded purchase.

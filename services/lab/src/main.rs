@@ -22,6 +22,7 @@ mod report;
 mod seed;
 mod stages;
 mod topology;
+mod traces;
 mod up;
 mod writer;
 
@@ -90,6 +91,10 @@ enum Command {
     /// JetStream fsync always, and each identity's nkey seed in a directory of its own, for a
     /// deployment that runs its own nats-server (compose.yaml runs this before NATS starts).
     NatsAuth(deploy::NatsAuthArgs),
+    /// Print one trace as a waterfall: every span with its service, start and duration, and
+    /// the batches that applied its events (spans linked to it). The trace id is in every
+    /// request's log line (trace_id) and in the reports.
+    Trace { trace_id: String },
     /// Exit 0 if the gRPC service at ADDR (host:port) reports SERVING on grpc.health.v1,
     /// else 1: the health check of compose.yaml's containers.
     Probe {
@@ -121,6 +126,27 @@ struct UpArgs {
     /// minutes, faster, lost with the machine).
     #[arg(long, value_enum, default_value_t = Fsync::Always)]
     nats_fsync: Fsync,
+    /// Collect every service's spans with the lab's own OTLP receiver, into the data dir
+    /// (`traces/spans.jsonl`), for the reports' waterfalls and `lab trace`.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    tracing: Switch,
+    /// The share of new traces each service keeps (a caller's sampled trace is always
+    /// continued).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_ratio)]
+    trace_sample: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+fn parse_ratio(raw: &str) -> Result<f64, String> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .ok_or_else(|| format!("{raw:?} is not a ratio from 0 to 1"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -141,6 +167,7 @@ impl UpArgs {
                 Fsync::Always => natsd::SyncPolicy::Always,
                 Fsync::Lazy => natsd::SyncPolicy::Lazy,
             },
+            trace_sample: (self.tracing == Switch::On).then_some(self.trace_sample),
         }
     }
 
@@ -208,6 +235,22 @@ const INTERRUPTED: u8 = 130;
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up(args.options(cli.data_dir)).await,
+        Command::Trace { trace_id } => {
+            let spans = traces::Spans::load(&cli.data_dir)?;
+            let trace = spans.trace(&trace_id.to_lowercase());
+            anyhow::ensure!(
+                !trace.is_empty(),
+                "no span of trace {trace_id} among the {} spans in {}",
+                spans.len(),
+                traces::spans_file(&cli.data_dir).display()
+            );
+            let linked = spans.linked_to(&trace_id.to_lowercase());
+            print!(
+                "{}",
+                traces::waterfall::text(&traces::waterfall::rows(&trace, &linked))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::NatsAuth(args) => {
             let written = deploy::nats_auth(&args)?;
             if written.kept {

@@ -269,6 +269,9 @@ pub struct Freshness {
     pub max_us: u64,
     /// Orders that had not appeared when the wait ran out.
     pub never_seen: u64,
+    /// The traces the timed orders started, one each (the report draws them).
+    #[serde(skip)]
+    pub trace_ids: Vec<String>,
 }
 
 /// How long the demo waits for one order to reach the projection before counting it lost.
@@ -283,15 +286,20 @@ pub async fn freshness(
 ) -> anyhow::Result<Freshness> {
     let mut histogram = micros_histogram();
     let mut never_seen = 0;
+    let mut trace_ids = Vec::new();
     for index in 0..samples {
         let user = &users[index as usize % users.len()];
+        // Each timed order is a trace of its own, whatever the services' sampling ratio.
+        let (trace_id, traceparent) = crate::traces::new_trace();
         let order_id = crate::seed::place(
             orders.clone(),
             user.microservices.clone(),
             product_id.to_owned(),
             1,
+            Some(&traceparent),
         )
         .await?;
+        trace_ids.push(trace_id);
         let placed = Instant::now();
         loop {
             // The newest purchase comes first, so a page of one shows it once it is there.
@@ -322,6 +330,7 @@ pub async fn freshness(
         p99_us: histogram.value_at_quantile(0.99),
         max_us: histogram.max(),
         never_seen,
+        trace_ids,
     })
 }
 

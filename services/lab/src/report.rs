@@ -21,6 +21,9 @@ pub struct Report {
     pub latency: BTreeMap<Mode, Latency>,
     pub freshness: Freshness,
     pub fault: Fault,
+    /// Traces to look at: a typical and the slowest request per way of answering, a typical
+    /// and the slowest order on its way to the projection (none with `--tracing off`).
+    pub traces: Vec<crate::traces::views::TraceView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,7 +149,27 @@ impl Report {
             ],
             &self.fault_rows(),
         ));
+        if !self.traces.is_empty() {
+            let _ = writeln!(text, "\nTraces (read one with `lab trace <trace-id>`):");
+            text.push_str(&table(
+                &["trace", "took ms", "trace id"],
+                &self.trace_rows(),
+            ));
+        }
         text
+    }
+
+    fn trace_rows(&self) -> Vec<[String; 3]> {
+        self.traces
+            .iter()
+            .map(|view| {
+                [
+                    view.what.clone(),
+                    format!("{:.2}", view.took_ms),
+                    view.trace_id.clone(),
+                ]
+            })
+            .collect()
     }
 
     pub fn markdown(&self) -> String {
@@ -193,6 +216,13 @@ impl Report {
             for (code, message) in &latency.example_errors {
                 let _ = writeln!(text, "\n{} failed with {code}: \"{message}\"", mode.name());
             }
+        }
+        if !self.traces.is_empty() {
+            text.push_str("\n## Traces\n\nRead one with `lab trace <trace-id>` (the waterfalls are in report.html).\n\n");
+            text.push_str(&markdown_table(
+                &["trace", "took ms", "trace id"],
+                &self.trace_rows(),
+            ));
         }
         text
     }
@@ -246,6 +276,12 @@ impl Report {
 {freshness}
 <h2>Success rate (%) with {what}</h2>
 {fault}
+<h2 id="traces">Traces</h2>
+<p>Each request and each order is a trace: where a sync request spends its time across the
+three services it calls, and how an order travels from PlaceOrder through the relay's publish
+to purchases-async's apply (a batch linked to the publish). <code>lab trace &lt;trace-id&gt;</code>
+prints any of them in the terminal.</p>
+{traces}
 <h2>All figures</h2>
 <pre>{markdown}</pre>
 "#,
@@ -256,6 +292,20 @@ impl Report {
                 freshness = bar_chart(&freshness_bars, "us"),
                 what = escape(&self.fault.what),
                 fault = bar_chart(&fault_bars, "%"),
+                traces = if self.traces.is_empty() {
+                    "<p>None: the lab ran with <code>--tracing off</code>.</p>".to_owned()
+                } else {
+                    self.traces
+                        .iter()
+                        .map(|view| {
+                            format!(
+                                "<figure>{}<figcaption>trace {}</figcaption></figure>",
+                                view.svg,
+                                escape(&view.trace_id)
+                            )
+                        })
+                        .collect::<String>()
+                },
             ),
         )
     }
@@ -268,6 +318,7 @@ pub(crate) fn page(title: &str, body: &str) -> String {
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 64rem; margin: 2rem auto; color: #222; }}
+svg {{ max-width: 100%; height: auto; }}
 svg text {{ font-size: 12px; fill: #222; }}
 pre {{ background: #f6f6f6; padding: 1rem; overflow-x: auto; }}
 </style></head><body>
@@ -345,9 +396,9 @@ pub(crate) fn bar_chart(groups: &[(String, Vec<(String, f64)>)], unit: &str) -> 
         .map(|(_, bars)| bars.len() as f64 * BAR + 12.0)
         .sum::<f64>()
         + 10.0;
+    let width = LABEL_WIDTH + CHART_WIDTH + 140.0;
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" role="img">"#,
-        LABEL_WIDTH + CHART_WIDTH + 140.0
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">"#
     );
     let mut y = 5.0;
     for (label, bars) in groups {
@@ -523,9 +574,9 @@ pub(crate) fn line_chart(series: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>
     let y = |value: f64| {
         HEIGHT - BOTTOM - scale(value, min_y, max_y, chart.log_y) * (HEIGHT - BOTTOM - 20.0)
     };
+    let width = WIDTH + 150.0;
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{HEIGHT}" role="img">"#,
-        WIDTH + 150.0
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {HEIGHT}" width="{width}" height="{HEIGHT}" role="img">"#
     );
     if let Some((from, to, label)) = chart.band {
         let _ = write!(

@@ -289,7 +289,8 @@ async fn apply(
             let user_id = user_ids[order.user].clone();
             let product_id = product_ids[order.product].clone();
             async move {
-                let placed = place(client.clone(), user_id, product_id, order.quantity).await?;
+                let placed =
+                    place(client.clone(), user_id, product_id, order.quantity, None).await?;
                 progress.inc(1);
                 if order.cancel {
                     client
@@ -321,12 +322,22 @@ pub struct PlaceError {
 
 /// Places an order, waiting while orders' replica has not yet heard of a user or product
 /// created a moment ago (FAILED_PRECONDITION): that is the event feed's delay, not an error.
+/// With a W3C `traceparent`, every attempt continues that trace.
 pub async fn place(
     mut client: OrderServiceClient<Channel>,
     user_id: String,
     product_id: String,
     quantity: i32,
+    traceparent: Option<&str>,
 ) -> Result<String, PlaceError> {
+    let traceparent = traceparent
+        .map(|value| {
+            tonic::metadata::MetadataValue::try_from(value).map_err(|_| PlaceError {
+                code: tonic::Code::InvalidArgument,
+                message: format!("not a traceparent: {value:?}"),
+            })
+        })
+        .transpose()?;
     let deadline = tokio::time::Instant::now() + REPLICA_WAIT;
     loop {
         let mut request = tonic::Request::new(orders_pb::PlaceOrderRequest {
@@ -336,6 +347,11 @@ pub async fn place(
         });
         // A hung orders service fails the write instead of holding the writer forever.
         request.set_timeout(PLACE_DEADLINE);
+        if let Some(traceparent) = &traceparent {
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent.clone());
+        }
         match client.place_order(request).await {
             Ok(answer) => {
                 return answer

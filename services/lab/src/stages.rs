@@ -194,10 +194,19 @@ pub struct Sample {
     pub order_id: String,
     /// When PlaceOrder answered.
     pub answered: Instant,
+    /// The same instant by the wall clock the services stamp their spans with, in ns since
+    /// the Unix epoch.
+    pub answered_unix_ns: u64,
     /// From the start of the freshness phase to the answer.
     pub at: Duration,
     /// From the answer to the first read that showed the order.
     pub visible: Duration,
+    /// The probe's resolution for this order: from the start of the last read that did not
+    /// show it (or the answer) to the end of the first that did. The order became visible
+    /// somewhere in that window.
+    pub window: Duration,
+    /// The trace the order's write started, when it was traced.
+    pub trace_id: Option<String>,
 }
 
 /// One timed order's freshness, split into stages.
@@ -322,8 +331,11 @@ mod tests {
         let sample = Sample {
             order_id: "o".into(),
             answered,
+            answered_unix_ns: 0,
             at: Duration::from_millis(40),
             visible: Duration::from_millis(5),
+            window: Duration::from_millis(1),
+            trace_id: None,
         };
         let split = probe.split(&sample).expect("both stamps are there");
         assert_eq!(

@@ -71,6 +71,11 @@ impl Service {
         self.default_port() + 100
     }
 
+    /// Where the lab asks the service to serve its metrics: 200 above its own port.
+    pub fn default_metrics_port(self) -> u16 {
+        self.default_port() + 200
+    }
+
     /// The database the service owns, if any (a file name on SQLite, a database name on
     /// PostgreSQL).
     pub fn database(self) -> Option<&'static str> {
@@ -195,6 +200,20 @@ pub struct Endpoints {
     /// runs with authorization; none on an external server.
     #[serde(default)]
     pub nats_credentials: Option<PathBuf>,
+    /// Each service's metrics endpoint (`http://<addr>/metrics`, Prometheus text format).
+    #[serde(default)]
+    pub metrics: BTreeMap<Service, SocketAddr>,
+    /// The lab's trace collector (OTLP/gRPC), which every service exports its spans to;
+    /// none when the lab runs with `--tracing off`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces each service keeps.
+    #[serde(default = "one_ratio")]
+    pub trace_sample: f64,
+}
+
+fn one_ratio() -> f64 {
+    1.0
 }
 
 fn one() -> u64 {
@@ -233,10 +252,11 @@ impl Endpoints {
     pub fn allocate(ephemeral: bool, nats_url: String) -> Result<Self, TopologyError> {
         let mut services = BTreeMap::new();
         let mut fault_admin = BTreeMap::new();
+        let mut metrics = BTreeMap::new();
         // Chosen below the kernel's ephemeral range, so no outgoing connection takes one
         // between now and the service binding it.
         let mut free = if ephemeral {
-            natsd::free_loopback_ports(2 * Service::ALL.len()).map_err(|source| {
+            natsd::free_loopback_ports(3 * Service::ALL.len()).map_err(|source| {
                 TopologyError::NoFreePort {
                     service: Service::Users,
                     source,
@@ -274,6 +294,7 @@ impl Endpoints {
         for service in Service::ALL {
             services.insert(service, take(service, service.default_port())?);
             fault_admin.insert(service, take(service, service.default_fault_admin_port())?);
+            metrics.insert(service, take(service, service.default_metrics_port())?);
         }
         Ok(Self {
             services,
@@ -281,6 +302,9 @@ impl Endpoints {
             nats_url,
             stream_replicas: 1,
             nats_credentials: None,
+            metrics,
+            otlp_endpoint: None,
+            trace_sample: 1.0,
         })
     }
 
@@ -301,6 +325,10 @@ impl Endpoints {
         let mut args = self.args_at(service, self.addr(service), service.database(), storage)?;
         args.push("--admin-listen".into());
         args.push(self.fault_admin_addr(service).to_string().into());
+        if let Some(addr) = self.metrics.get(&service) {
+            args.push("--metrics-listen".into());
+            args.push(addr.to_string().into());
+        }
         Ok(args)
     }
 
@@ -319,6 +347,18 @@ impl Endpoints {
             "--log-format".into(),
             "json".into(),
         ];
+        if let Some(endpoint) = &self.otlp_endpoint {
+            args.extend([
+                "--otel-endpoint".into(),
+                endpoint.into(),
+                "--otel-service-name".into(),
+                service.name().into(),
+                "--otel-traces-sampler".into(),
+                "parentbased_traceidratio".into(),
+                "--otel-traces-sampler-arg".into(),
+                self.trace_sample.to_string().into(),
+            ]);
+        }
         if let Some(database) = database {
             args.push("--database-url".into());
             args.push(storage.database_url(database)?.into());
@@ -430,12 +470,13 @@ mod tests {
             .services
             .values()
             .chain(endpoints.fault_admin.values())
+            .chain(endpoints.metrics.values())
             .map(SocketAddr::port)
             .collect();
         assert_eq!(
             ports.len(),
-            2 * Service::ALL.len(),
-            "every service and every fault admin API has a port of its own"
+            3 * Service::ALL.len(),
+            "every service, admin API and metrics endpoint has a port of its own"
         );
         let admin = endpoints
             .fault_admin_addr(Service::PurchasesSync)

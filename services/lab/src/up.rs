@@ -28,6 +28,9 @@ pub struct UpOptions {
     pub nats_cluster: bool,
     pub postgres: Option<String>,
     pub nats_sync: SyncPolicy,
+    /// Collect every service's spans (in the data dir), keeping this share of new traces;
+    /// no tracing when `None`.
+    pub trace_sample: Option<f64>,
 }
 
 /// The event bus the lab runs on.
@@ -79,6 +82,8 @@ pub struct RunningLab {
     pub endpoints: Endpoints,
     pub data_dir: PathBuf,
     pub storage: Storage,
+    /// Receives every service's spans; stopped after them.
+    traces: Option<crate::traces::TraceCollector>,
     nats: Bus,
     /// Who the lab's own nats-servers admit (none on an external server).
     nats_authorization: Option<natsd::Authorization>,
@@ -109,6 +114,15 @@ impl RunningLab {
         // Ports are checked before anything starts, so a clash is reported up front.
         let placeholder = String::new();
         let mut endpoints = Endpoints::allocate(options.ephemeral_ports, placeholder)?;
+        let traces = match options.trace_sample {
+            Some(ratio) => {
+                let collector = crate::traces::TraceCollector::start(data_dir).await?;
+                endpoints.otlp_endpoint = Some(collector.endpoint());
+                endpoints.trace_sample = ratio;
+                Some(collector)
+            }
+            None => None,
+        };
 
         // The lab's own servers admit only the system's services, each as a NATS user with
         // the least permissions it needs, and the lab's own tooling as their administrator.
@@ -159,6 +173,7 @@ impl RunningLab {
             endpoints,
             data_dir: data_dir.clone(),
             storage: storage.clone(),
+            traces,
             nats,
             nats_authorization: authorization,
             processes: BTreeMap::new(),
@@ -392,6 +407,8 @@ impl RunningLab {
                 first_error.get_or_insert(anyhow::Error::from(error));
             }
         }
+        // Last: the services sent their last spans as they stopped.
+        drop(self.traces.take());
         let _ = std::fs::remove_file(state_file(&self.data_dir));
         first_error.map_or(Ok(()), Err)
     }
@@ -453,6 +470,21 @@ impl RunningLab {
             "fault admin API",
             self.endpoints.fault_admin_addr(Service::Users)
         ));
+        text.push_str(&format!(
+            "{:<26} http://{}/metrics (users; every service has one: see lab.json)\n",
+            "metrics",
+            self.endpoints
+                .metrics
+                .get(&Service::Users)
+                .map_or_else(String::new, ToString::to_string)
+        ));
+        if let Some(endpoint) = &self.endpoints.otlp_endpoint {
+            text.push_str(&format!(
+                "{:<26} {endpoint} (spans kept in {}; read one with `lab trace <trace-id>`)\n",
+                "traces",
+                crate::traces::spans_file(&self.data_dir).display()
+            ));
+        }
         text.push_str(&format!(
             "{:<26} {}\n",
             "logs",

@@ -30,6 +30,9 @@ pub struct WriteTarget {
     client: OrderServiceClient<Channel>,
     product: String,
     users: Vec<String>,
+    /// Every this many writes starts a sampled trace of its own, followed through the
+    /// system by its id.
+    traced_every: Option<u64>,
 }
 
 impl WriteTarget {
@@ -42,6 +45,16 @@ impl WriteTarget {
                 .iter()
                 .map(|user| user.microservices.clone())
                 .collect(),
+            traced_every: None,
+        }
+    }
+
+    /// Traces every `every`th write (the traceparent is sent whatever the services'
+    /// sampling ratio, and a sampled caller is always followed).
+    pub fn traced_every(self, every: u64) -> Self {
+        Self {
+            traced_every: Some(every.max(1)),
+            ..self
         }
     }
 
@@ -54,6 +67,7 @@ impl WriteTarget {
                 .iter()
                 .map(|user| user.monolith.clone())
                 .collect(),
+            traced_every: None,
         }
     }
 }
@@ -70,6 +84,8 @@ pub struct Write {
     pub due: Instant,
     /// The order's id, or why placing it failed.
     pub outcome: Result<String, crate::seed::PlaceError>,
+    /// The trace the write started, when it was traced.
+    pub trace_id: Option<String>,
 }
 
 /// What happens after each write.
@@ -122,8 +138,20 @@ impl PacedWriter {
                             Arc::clone(&counts),
                             after.clone(),
                         );
+                        let trace = target
+                            .traced_every
+                            .filter(|every| index.is_multiple_of(*every))
+                            .map(|_| crate::traces::new_trace());
                         tracker.spawn(async move {
-                            let placed = crate::seed::place(client, user.clone(), product, 1).await;
+                            let (trace_id, traceparent) = trace.unzip();
+                            let placed = crate::seed::place(
+                                client,
+                                user.clone(),
+                                product,
+                                1,
+                                traceparent.as_deref(),
+                            )
+                            .await;
                             drop(permit);
                             {
                                 let mut counts = lock(&counts);
@@ -139,6 +167,7 @@ impl PacedWriter {
                                     user,
                                     due,
                                     outcome: placed,
+                                    trace_id,
                                 })
                                 .await;
                             }

@@ -289,3 +289,50 @@ async fn the_configuration_nats_auth_writes_refuses_outsiders_and_admits_the_ser
         "an anonymous client is refused"
     );
 }
+
+#[test]
+fn every_service_sends_its_spans_to_jaeger_and_is_scraped_by_prometheus() {
+    let compose = compose();
+    assert!(
+        compose["services"]["jaeger"]["image"]
+            .as_str()
+            .is_some_and(|image| image.starts_with("jaegertracing/")),
+        "a Jaeger to see the traces in"
+    );
+    let prometheus = &compose["services"]["prometheus"];
+    let mounted = prometheus["volumes"][0]
+        .as_str()
+        .expect("its configuration");
+    let (source, _) = mounted.split_once(':').expect("a bind mount");
+    let config: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(workspace().join(source)).expect("prometheus.yml"),
+    )
+    .expect("prometheus.yml is YAML");
+    let targets: Vec<&str> = config["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .expect("targets")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in [
+        "users",
+        "products",
+        "orders",
+        "purchases-sync",
+        "purchases-async",
+        "monolith",
+    ] {
+        let service = &compose["services"][name];
+        assert_eq!(
+            env(service, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "http://jaeger:4317",
+            "{name} exports its spans to Jaeger"
+        );
+        let listen = env(service, "METRICS_LISTEN");
+        let port = listen.rsplit(':').next().expect("a port");
+        assert!(
+            targets.contains(&format!("{name}:{port}").as_str()),
+            "Prometheus scrapes {name} where it serves its metrics ({listen})"
+        );
+    }
+}

@@ -2,46 +2,14 @@
 //! grpcurl), `lab seed` loads data into it, Ctrl-C or a kill leaves no process behind, and
 //! `lab demo` writes a report with a figure for every mode.
 
-use std::path::Path;
-use std::process::Stdio;
+mod common;
+
+use common::{lab, up};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::run_grpcurl;
-use tokio::process::{Child, Command};
-
-fn lab(data_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
-    command
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-/// Starts `lab up` on free ports and waits for its state file.
-async fn up(data_dir: &Path) -> (Child, Value) {
-    let mut child = lab(data_dir)
-        .args(["up", "--ephemeral-ports"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the lab starts");
-    let state_file = data_dir.join("lab.json");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&state_file)
-            && let Ok(state) = serde_json::from_str::<Value>(&text)
-        {
-            return (child, state);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("lab up exited before it was up: {status}");
-        }
-        assert!(Instant::now() < deadline, "lab up never came up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use tokio::process::Child;
 
 fn pids(state: &Value) -> Vec<(String, u32)> {
     state["pids"]

@@ -39,3 +39,9 @@ impl AsRef<CommonArgs> for Config {
         &self.common
     }
 }
+
+impl AsMut<CommonArgs> for Config {
+    fn as_mut(&mut self) -> &mut CommonArgs {
+        &mut self.common
+    }
+}

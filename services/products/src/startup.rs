@@ -49,6 +49,10 @@ impl Application {
         self.host.admin_addr()
     }
 
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.host.metrics_addr()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,

@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use platform::db::{Columns, Database, Param, StoreError};
 use platform::paging::Cursor;
 use purchases::{OrderStatus, ProductView, PurchaseView, PurchasesError, Query, UserView};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Newest first: (placed_at, order id), both descending.
@@ -93,13 +94,17 @@ impl View {
 
     /// Reads these users' rows back after a commit.
     pub async fn refresh_users(&self, ids: &[Uuid]) {
-        let rows = self.read_back(SELECT_USERS, "id", ids, decode_user).await;
+        let rows = self
+            .read_back(SELECT_USERS, "id", ids, decode_user)
+            .instrument(refresh_span("users", ids.len()))
+            .await;
         self.settle(rows.and_then(|rows| self.apply_rows(rows, Vec::new(), Vec::new())));
     }
 
     pub async fn refresh_products(&self, ids: &[Uuid]) {
         let rows = self
             .read_back(SELECT_PRODUCTS, "id", ids, decode_product)
+            .instrument(refresh_span("products", ids.len()))
             .await;
         self.settle(rows.and_then(|rows| self.apply_rows(Vec::new(), rows, Vec::new())));
     }
@@ -107,6 +112,7 @@ impl View {
     pub async fn refresh_orders(&self, ids: &[Uuid]) {
         let rows = self
             .read_back(SELECT_PURCHASES, "order_id", ids, decode_purchase)
+            .instrument(refresh_span("purchases", ids.len()))
             .await;
         self.settle(rows.and_then(|rows| self.apply_rows(Vec::new(), Vec::new(), rows)));
     }
@@ -211,6 +217,13 @@ impl View {
             purchases,
         ))
     }
+}
+
+/// The refresh of the view after a batch, inside that batch's span when it is traced.
+fn refresh_span(rows: &'static str, n: usize) -> tracing::Span {
+    platform::telemetry::child_span(
+        || tracing::info_span!("refresh view", otel.name = %format!("refresh view {rows}"), rows = n),
+    )
 }
 
 fn uuid(row: &dyn Columns, column: &str) -> Result<Uuid, StoreError> {

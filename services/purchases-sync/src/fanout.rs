@@ -13,6 +13,7 @@ use contracts::products::v1::product_service_client::ProductServiceClient;
 use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use platform::paging::Cursor;
+use platform::telemetry::rpc::ClientCall;
 use purchases::{
     Dependency, Freshness, OrderStatus, Page, ProductView, PurchaseSource, PurchaseView,
     PurchasesError, Query, UserView,
@@ -21,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimit;
 use tower::load_shed::LoadShed;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::Fanout;
@@ -96,22 +98,49 @@ impl FanoutSource {
         }
     }
 
-    /// Makes one call under its budget. The raw status is kept for the caller, which may
-    /// give some codes a meaning of its own (NOT_FOUND from users).
-    async fn call<T, F, Fut>(&self, deadline: Option<Instant>, call: F) -> Result<T, Failure>
+    /// Makes one call under its budget, in a client span whose context the call carries, and
+    /// counts it by outcome. The raw status is kept for the caller, which may give some codes
+    /// a meaning of its own (NOT_FOUND from users).
+    async fn call<Req, T, F, Fut>(
+        &self,
+        dependency: Dependency,
+        (service, method): (&'static str, &'static str),
+        deadline: Option<Instant>,
+        message: Req,
+        send: F,
+    ) -> Result<T, Failure>
     where
-        F: FnOnce(Duration) -> Fut,
+        F: FnOnce(tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let budget = self.budget(deadline);
         if budget.is_zero() {
             return Err(Failure::DeadlinePassed);
         }
-        match tokio::time::timeout(budget, call(budget)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(Failure::Status(status)),
-            Err(_) => Err(Failure::TimedOut(budget)),
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(budget);
+        let call = ClientCall::start(dependency.name(), service, method, &mut request);
+        let answered = tokio::time::timeout(budget, send(request))
+            .instrument(call.span().clone())
+            .await;
+        let (outcome, result) = match answered {
+            Ok(Ok(response)) => (Outcome::Code(tonic::Code::Ok), Ok(response.into_inner())),
+            Ok(Err(status)) if is_overloaded(&status) => {
+                (Outcome::Overloaded, Err(Failure::Status(status)))
+            }
+            Ok(Err(status)) if is_unreachable(&status) => {
+                (Outcome::Unreachable, Err(Failure::Status(status)))
+            }
+            Ok(Err(status)) => (Outcome::Code(status.code()), Err(Failure::Status(status))),
+            Err(_) => (Outcome::TimedOut, Err(Failure::TimedOut(budget))),
+        };
+        match outcome {
+            Outcome::Code(code) => call.finish(Some(code), code_label(code)),
+            Outcome::Overloaded => call.finish(None, "overloaded"),
+            Outcome::Unreachable => call.finish(None, "unreachable"),
+            Outcome::TimedOut => call.finish(None, "deadline_exceeded"),
         }
+        result
     }
 
     fn error(&self, dependency: Dependency, failure: Failure) -> PurchasesError {
@@ -145,12 +174,13 @@ impl FanoutSource {
     async fn user(&self, id: Uuid, deadline: Option<Instant>) -> Result<UserView, PurchasesError> {
         let mut client = self.users.clone();
         let answer = self
-            .call(deadline, |budget| {
-                let mut request =
-                    tonic::Request::new(users_pb::GetUserRequest { id: id.to_string() });
-                request.set_timeout(budget);
-                client.get_user(request)
-            })
+            .call(
+                Dependency::Users,
+                ("users.v1.UserService", "GetUser"),
+                deadline,
+                users_pb::GetUserRequest { id: id.to_string() },
+                |request| async move { client.get_user(request).await },
+            )
             .await;
         let user = match answer {
             Ok(response) => response.user,
@@ -186,15 +216,17 @@ impl FanoutSource {
             let mut client = self.orders.clone();
             let page_token = std::mem::take(&mut token);
             let page = self
-                .call(deadline, |budget| {
-                    let mut request = tonic::Request::new(orders_pb::ListOrdersByUserRequest {
+                .call(
+                    Dependency::Orders,
+                    ("orders.v1.OrderService", "ListOrdersByUser"),
+                    deadline,
+                    orders_pb::ListOrdersByUserRequest {
                         user_id: query.user_id.to_string(),
                         page_size: i32::try_from(want).unwrap_or(i32::MAX),
                         page_token,
-                    });
-                    request.set_timeout(budget);
-                    client.list_orders_by_user(request)
-                })
+                    },
+                    |request| async move { client.list_orders_by_user(request).await },
+                )
                 .await
                 .map_err(|failure| self.error(Dependency::Orders, failure))?;
             orders.extend(page.orders);
@@ -224,11 +256,13 @@ impl FanoutSource {
         }
         let mut client = self.products.clone();
         let found = self
-            .call(deadline, |budget| {
-                let mut request = tonic::Request::new(products_pb::BatchGetProductsRequest { ids });
-                request.set_timeout(budget);
-                client.batch_get_products(request)
-            })
+            .call(
+                Dependency::Products,
+                ("products.v1.ProductService", "BatchGetProducts"),
+                deadline,
+                products_pb::BatchGetProductsRequest { ids },
+                |request| async move { client.batch_get_products(request).await },
+            )
             .await
             .map_err(|failure| self.error(Dependency::Products, failure))?;
         Ok(found
@@ -320,6 +354,51 @@ fn invalid(dependency: Dependency, what: &str) -> PurchasesError {
         dependency,
         detail: format!("it sent {what}"),
     }
+}
+
+/// How a call ended, for its span and its metrics.
+enum Outcome {
+    Code(tonic::Code),
+    /// Refused by our own bound on calls in flight.
+    Overloaded,
+    /// The connection to the dependency failed.
+    Unreachable,
+    TimedOut,
+}
+
+/// A status code as the calls metric names it.
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "ok",
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::Unknown => "unknown",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Aborted => "aborted",
+        tonic::Code::OutOfRange => "out_of_range",
+        tonic::Code::Unimplemented => "unimplemented",
+        tonic::Code::Internal => "internal",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DataLoss => "data_loss",
+        tonic::Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Whether the call never reached the dependency (the connection failed).
+fn is_unreachable(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Whether the call was refused by our own concurrency bound rather than by the dependency.

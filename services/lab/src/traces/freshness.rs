@@ -1,0 +1,305 @@
+//! An order's freshness read from its trace: the write's server span, the relay's publish
+//! and purchases-async's apply (the batch span linked to the publish). The bench times the
+//! same orders with its probe; the spans say where the time went from inside the services,
+//! and must agree with the probe within its resolution (one or two reads).
+
+use serde::Serialize;
+
+use super::{SpanRecord, Spans};
+use crate::measure::micros_histogram;
+use crate::stages::{Sample, StageSummary};
+
+/// The orders service's server span of a write.
+const PLACE_ORDER: &str = "orders.v1.OrderService/PlaceOrder";
+/// purchases-async's apply of a batch from the orders stream.
+const APPLY: &str = "process ORDERS";
+/// Clocks of processes on one machine agree to well under this; a span's end and the
+/// bench's reading of the same instant may differ by it.
+const CLOCK_TOLERANCE_NS: u64 = 1_000_000;
+
+/// One order's way to the projection, by its spans (ns since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hops {
+    written: u64,
+    published: u64,
+    applying: u64,
+    applied: u64,
+}
+
+/// The hops of the write traced as `trace_id`, when every one was kept.
+fn hops(spans: &Spans, trace_id: &str) -> Option<Hops> {
+    let trace = spans.trace(trace_id);
+    // The attempt that succeeded (seeding retries while orders' replica catches up).
+    let written = trace
+        .iter()
+        .filter(|span| {
+            span.service == "orders"
+                && span.name == PLACE_ORDER
+                && span.attribute("rpc.grpc.status_code") == Some("0")
+        })
+        .map(|span| span.end_ns)
+        .max()?;
+    let publishes: Vec<&SpanRecord> = trace
+        .iter()
+        .filter(|span| span.kind == "producer")
+        .collect();
+    // JetStream keeps the first message of an event id, so the apply links to whichever
+    // publish got it there; that is the publish that counts.
+    let (publish, apply) = spans
+        .linked_to(trace_id)
+        .into_iter()
+        .flatten()
+        .filter(|span| span.service == "purchases-async" && span.name == APPLY)
+        .find_map(|apply| {
+            let publish = publishes.iter().find(|publish| {
+                apply
+                    .links
+                    .iter()
+                    .any(|link| link.trace_id == trace_id && link.span_id == publish.span_id)
+            })?;
+            Some(((*publish).clone(), apply))
+        })?;
+    Some(Hops {
+        written,
+        published: publish.start_ns,
+        applying: apply.start_ns,
+        applied: apply.end_ns,
+    })
+}
+
+/// One timed order split by its spans, in us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpanSplit {
+    total: u64,
+    relay: u64,
+    jetstream: u64,
+    projection: u64,
+    /// Whether the apply ended inside the probe's window for the same order.
+    agrees: bool,
+}
+
+fn us(ns: u64) -> u64 {
+    ns / 1_000
+}
+
+/// Charges each stage from the later of its two ends, as the probe does: a publish before
+/// the answer costs the relay nothing.
+fn split(hops: &Hops, sample: &Sample) -> SpanSplit {
+    let Hops {
+        written,
+        published,
+        applying,
+        applied,
+    } = *hops;
+    let visible = sample
+        .answered_unix_ns
+        .saturating_add(u64::try_from(sample.visible.as_nanos()).unwrap_or(u64::MAX));
+    let window = u64::try_from(sample.window.as_nanos()).unwrap_or(u64::MAX);
+    let opened = visible.saturating_sub(window);
+    SpanSplit {
+        total: us(applied.saturating_sub(written)),
+        relay: us(published.saturating_sub(written)),
+        jetstream: us(applying.saturating_sub(published.max(written))),
+        projection: us(applied.saturating_sub(applying.max(written))),
+        agrees: applied + CLOCK_TOLERANCE_NS >= opened && applied <= visible + CLOCK_TOLERANCE_NS,
+    }
+}
+
+/// Freshness split by the spans of the timed orders, beside the probe's split.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpanStages {
+    /// Timed orders whose write, publish and apply were all kept.
+    pub samples: u64,
+    /// The write's server span ending to the apply ending: freshness seen from inside.
+    pub total: StageSummary,
+    /// The write's end to the relay's publish starting (0 when it started first).
+    pub relay: StageSummary,
+    /// The publish starting to purchases-async's apply starting: JetStream storing and
+    /// delivering, and the consumer's pull.
+    pub jetstream: StageSummary,
+    /// The apply: decoding, the transaction, the view's refresh.
+    pub projection: StageSummary,
+    /// The probe's resolution: how wide the window of reads was in which each order became
+    /// visible.
+    pub probe_resolution: StageSummary,
+    /// Orders whose apply ended inside the probe's window (within 1 ms of clock skew).
+    pub agreeing: u64,
+}
+
+/// Splits every traced sample by its spans.
+pub fn summarize(spans: &Spans, samples: &[Sample]) -> SpanStages {
+    let mut histograms: [_; 5] = std::array::from_fn(|_| micros_histogram());
+    let mut agreeing = 0;
+    for sample in samples {
+        let Some(hops) = sample
+            .trace_id
+            .as_deref()
+            .and_then(|trace_id| hops(spans, trace_id))
+        else {
+            continue;
+        };
+        let split = split(&hops, sample);
+        agreeing += u64::from(split.agrees);
+        let window = u64::try_from(sample.window.as_micros()).unwrap_or(u64::MAX);
+        for (histogram, value) in histograms.iter_mut().zip([
+            split.total,
+            split.relay,
+            split.jetstream,
+            split.projection,
+            window,
+        ]) {
+            histogram.saturating_record(value);
+        }
+    }
+    let [total, relay, jetstream, projection, resolution] = histograms;
+    SpanStages {
+        samples: total.len(),
+        total: StageSummary::of(&total),
+        relay: StageSummary::of(&relay),
+        jetstream: StageSummary::of(&jetstream),
+        projection: StageSummary::of(&projection),
+        probe_resolution: StageSummary::of(&resolution),
+        agreeing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::traces::LinkRecord;
+
+    fn span(
+        trace: &str,
+        id: &str,
+        service: &str,
+        name: &str,
+        kind: &str,
+        at: (u64, u64),
+    ) -> SpanRecord {
+        SpanRecord {
+            trace_id: trace.into(),
+            span_id: id.into(),
+            parent_span_id: String::new(),
+            name: name.into(),
+            service: service.into(),
+            kind: kind.into(),
+            start_ns: at.0,
+            end_ns: at.1,
+            status: "unset".into(),
+            attributes: BTreeMap::new(),
+            links: Vec::new(),
+        }
+    }
+
+    fn placed(trace: &str, id: &str, code: &str, at: (u64, u64)) -> SpanRecord {
+        let mut span = span(trace, id, "orders", PLACE_ORDER, "server", at);
+        span.attributes
+            .insert("rpc.grpc.status_code".into(), code.into());
+        span
+    }
+
+    fn apply(trace: &str, links: &[(&str, &str)], at: (u64, u64)) -> SpanRecord {
+        let mut span = span(trace, "a1", "purchases-async", APPLY, "consumer", at);
+        span.links = links
+            .iter()
+            .map(|(trace, id)| LinkRecord {
+                trace_id: (*trace).into(),
+                span_id: (*id).into(),
+                attributes: BTreeMap::new(),
+            })
+            .collect();
+        span
+    }
+
+    fn sample(answered_unix_ns: u64, visible_ms: u64, window_ms: u64) -> Sample {
+        Sample {
+            order_id: "o".into(),
+            answered: Instant::now(),
+            answered_unix_ns,
+            at: Duration::ZERO,
+            visible: Duration::from_millis(visible_ms),
+            window: Duration::from_millis(window_ms),
+            trace_id: Some("t".into()),
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_successful_write_and_the_publish_the_apply_links_to_are_the_hops() {
+        let spans = Spans::new(vec![
+            // A first attempt refused while the replica caught up, then the write.
+            placed("t", "s0", "9", (0, MS)),
+            placed("t", "s1", "0", (2 * MS, 3 * MS)),
+            // A publish that failed and its retry; JetStream kept the retry's message.
+            span(
+                "t",
+                "p1",
+                "orders",
+                "publish orders.order.OrderPlaced",
+                "producer",
+                (4 * MS, 5 * MS),
+            ),
+            span(
+                "t",
+                "p2",
+                "orders",
+                "publish orders.order.OrderPlaced",
+                "producer",
+                (6 * MS, 7 * MS),
+            ),
+            apply("b", &[("x", "y"), ("t", "p2")], (9 * MS, 12 * MS)),
+        ]);
+        let hops = hops(&spans, "t").expect("every hop was kept");
+        assert_eq!(
+            hops,
+            Hops {
+                written: 3 * MS,
+                published: 6 * MS,
+                applying: 9 * MS,
+                applied: 12 * MS,
+            }
+        );
+        // The apply ended 9 ms after the write; the bench saw it answered at 3.2 ms and
+        // visible 10 ms later, in a window of 2 ms: the spans agree with the probe.
+        let split = split(&hops, &sample(3 * MS + MS / 5, 10, 2));
+        assert_eq!(
+            split,
+            SpanSplit {
+                total: 9_000,
+                relay: 3_000,
+                jetstream: 3_000,
+                projection: 3_000,
+                agrees: true,
+            }
+        );
+        // A probe that claims it saw the order 5 ms before the apply ended disagrees.
+        assert!(!split_agrees(&hops, &sample(3 * MS, 4, 1)));
+        // Nothing links to a trace whose apply was not kept.
+        let unlinked = Spans::new(vec![placed("t", "s1", "0", (0, MS))]);
+        assert_eq!(super::hops(&unlinked, "t"), None);
+    }
+
+    fn split_agrees(hops: &Hops, sample: &Sample) -> bool {
+        split(hops, sample).agrees
+    }
+
+    #[test]
+    fn a_publish_before_the_answer_costs_the_relay_nothing() {
+        let hops = Hops {
+            written: 10 * MS,
+            published: 9 * MS,
+            applying: 12 * MS,
+            applied: 13 * MS,
+        };
+        let split = split(&hops, &sample(10 * MS, 3, 1));
+        assert_eq!(
+            (split.total, split.relay, split.jetstream, split.projection),
+            (3_000, 0, 2_000, 1_000)
+        );
+        assert!(split.agrees);
+    }
+}
