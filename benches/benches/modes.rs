@@ -20,7 +20,7 @@ use std::time::Duration;
 use contracts::purchases::v1 as pb;
 use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use system::{Lab, Monolith, Writers};
+use harness::{Lab, Monolith, Writers};
 use testkit::Backend;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;

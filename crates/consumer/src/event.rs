@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn an_envelope_must_match_the_stream_and_subject_it_arrived_on() {
-        let users = bus::Stream::named("USERS");
+        let users = bus::Stream::named(bus::USERS);
         let good = EventEnvelope {
             producer: "users".into(),
             ..envelope()

@@ -110,7 +110,7 @@ async fn killing_cluster_members_one_after_another_loses_and_duplicates_no_event
     let relay = tokio::spawn(relay.run(stop.clone()));
 
     let consumer_client = connect(&url, "consumer").await;
-    let mut consumer_spec = ConsumerSpec::new(CONSUMER, "USERS");
+    let mut consumer_spec = ConsumerSpec::new(CONSUMER, bus::USERS);
     consumer_spec.batch_size = 64;
     let feed = Consumer::new(
         projection.clone(),
@@ -231,7 +231,7 @@ async fn write_steadily(database: Database, wakeup: Wakeup, stop: CancellationTo
 /// 10 s while the cluster settles after the last kill.
 async fn leader_of(js: &jetstream::Context, consumer: Option<&str>) -> Option<String> {
     let ask = || async {
-        let mut stream = js.get_stream("USERS").await.ok()?;
+        let mut stream = js.get_stream(bus::USERS).await.ok()?;
         match consumer {
             None => stream.info().await.ok()?.cluster.clone()?.leader,
             Some(name) => stream.consumer_info(name).await.ok()?.cluster?.leader,
@@ -273,7 +273,7 @@ async fn stream_sequences_of(js: &jetstream::Context, event_ids: &[&String]) -> 
     if event_ids.is_empty() {
         return Vec::new();
     }
-    let events = testkit::stream_events(js, "USERS").await;
+    let events = testkit::stream_events(js, bus::USERS).await;
     event_ids
         .iter()
         .map(|id| {

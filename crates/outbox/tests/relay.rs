@@ -111,7 +111,7 @@ impl Fixture {
     /// The stream's events: each outbox event exactly once, and each aggregate's versions
     /// in increasing order.
     async fn assert_stream_matches_outbox(&self, n_events: usize) {
-        let stream = testkit::stream_events(&self.js, "USERS").await;
+        let stream = testkit::stream_events(&self.js, bus::USERS).await;
         assert_eq!(
             stream.len(),
             n_events,
@@ -268,7 +268,7 @@ async fn a_deleted_stream_is_made_again_with_everything_the_outbox_keeps(backend
     // Someone deletes the stream: five events a reader may not have read yet are gone.
     fixture
         .js
-        .delete_stream("USERS")
+        .delete_stream(bus::USERS)
         .await
         .expect("delete USERS");
     // The next publish fails; the relay makes the stream again and publishes what the
@@ -276,7 +276,7 @@ async fn a_deleted_stream_is_made_again_with_everything_the_outbox_keeps(backend
     fixture.write(&ids[0], 2).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let in_stream = match fixture.js.get_stream("USERS").await {
+        let in_stream = match fixture.js.get_stream(bus::USERS).await {
             Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
             Err(_) => 0,
         };

@@ -347,7 +347,7 @@ mod tests {
                 id: Uuid::max(),
             }),
             freshness: Freshness::Projection(
-                ["USERS", "PRODUCTS", "ORDERS"]
+                bus::SYSTEM_STREAMS
                     .map(|stream| StreamPosition {
                         stream: stream.into(),
                         sequence: u64::MAX,

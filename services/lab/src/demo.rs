@@ -94,12 +94,27 @@ pub async fn run(
     )
     .await?;
 
-    println!("Stopping the users service...");
-    lab.stop_service(Service::Users).await?;
-    let during = measure::during_fault(&clients, &seeded.users, args.fault_calls).await;
-    println!("Starting it again...");
-    lab.restart_service(Service::Users).await?;
-    let after = measure::during_fault(&clients, &seeded.users, args.fault_calls).await;
+    let fault = if lab.is_attached() {
+        println!("Not stopping the users service: the lab did not start it (--endpoints).");
+        Fault {
+            what: "not run: stopping users needs a lab that started it (the demo ran with --endpoints)"
+                .to_owned(),
+            during: BTreeMap::new(),
+            after: BTreeMap::new(),
+        }
+    } else {
+        println!("Stopping the users service...");
+        lab.stop_service(Service::Users).await?;
+        let during = measure::during_fault(&clients, &seeded.users, args.fault_calls).await;
+        println!("Starting it again...");
+        lab.restart_service(Service::Users).await?;
+        let after = measure::during_fault(&clients, &seeded.users, args.fault_calls).await;
+        Fault {
+            what: "the users service stopped (SIGTERM), then started again".to_owned(),
+            during,
+            after,
+        }
+    };
     let traces = collected_traces(lab, &freshness.trace_ids).await?;
 
     Ok(Report {
@@ -109,11 +124,7 @@ pub async fn run(
         data,
         latency,
         freshness,
-        fault: Fault {
-            what: "the users service stopped (SIGTERM), then started again".to_owned(),
-            during,
-            after,
-        },
+        fault,
         traces,
     })
 }

@@ -17,6 +17,8 @@ pub async fn measure(lab: &RunningLab) -> BTreeMap<String, u64> {
         let size = match &lab.storage {
             Storage::Sqlite(_) => sqlite_size(lab, database).await,
             Storage::Postgres(_) => postgres_size(lab, database).await,
+            // Not the lab's to weigh.
+            Storage::Elsewhere => None,
         };
         let Some(size) = size else {
             continue;

@@ -6,9 +6,7 @@
 //! name when they fail), the seed data set, the demo's measurements and its report. It owns
 //! no business logic: everything it does goes through the services' gRPC APIs.
 
-mod attacks;
 mod bench;
-mod bench_report;
 mod binaries;
 mod chaos;
 mod children;
@@ -16,11 +14,9 @@ mod cpu;
 mod demo;
 mod deploy;
 mod footprint;
-mod jetstream_alone;
 mod measure;
 mod report;
 mod seed;
-mod stages;
 mod topology;
 mod traces;
 mod up;
@@ -46,6 +42,13 @@ struct Cli {
     /// Where every service keeps its data, logs, and where reports are written.
     #[arg(long, global = true, env = "LAB_DATA_DIR", default_value = "data/lab")]
     data_dir: PathBuf,
+
+    /// Work on a system the lab did not start (`seed`, `demo`, `bench`, `chaos`): the
+    /// addresses in FILE, another lab's `lab.json` or an endpoints file such as
+    /// `deploy/compose-endpoints.json`. What needs the lab's own processes (stopping a
+    /// service, a catch-up, most chaos scenarios) is skipped or refused.
+    #[arg(long, global = true, value_name = "FILE")]
+    endpoints: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -95,6 +98,9 @@ enum Command {
     /// the batches that applied its events (spans linked to it). The trace id is in every
     /// request's log line (trace_id) and in the reports.
     Trace { trace_id: String },
+    /// Find, or install into target/tools at their pinned versions, the external tools the
+    /// lab and the tests drive (nats-server, grpcurl, promtool), and print where each is.
+    Tools,
     /// Exit 0 if the gRPC service at ADDR (host:port) reports SERVING on grpc.health.v1,
     /// else 1: the health check of compose.yaml's containers.
     Probe {
@@ -251,6 +257,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tools => {
+            let nats_server = natsd::find_nats_server().context("cannot provide nats-server")?;
+            println!("nats-server: {}", nats_server.display());
+            let grpcurl = natsd::grpcurl().context("cannot provide grpcurl")?;
+            println!("grpcurl: {}", grpcurl.display());
+            let promtool = natsd::promtool().context("cannot provide promtool")?;
+            println!("promtool: {}", promtool.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::NatsAuth(args) => {
             let written = deploy::nats_auth(&args)?;
             if written.kept {
@@ -278,9 +293,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Seed(args) => {
-            let state = LabState::read(&cli.data_dir)?;
+            let endpoints = match &cli.endpoints {
+                Some(file) => RunningLab::attach(file, cli.data_dir.clone())?.endpoints,
+                None => LabState::read(&cli.data_dir)?.endpoints,
+            };
             let started = std::time::Instant::now();
-            let (microservices, monolith) = demo::targets(&state.endpoints);
+            let (microservices, monolith) = demo::targets(&endpoints);
             let seeded = seed::seed(&args, microservices, monolith, &cli.data_dir).await?;
             println!(
                 "Seeded {} users, {} products and {} orders ({} cancelled) into the microservices and the monolith in {:.1} s; ids in {}",
@@ -294,8 +312,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { up, seed, demo } => {
-            let storage = up.storage();
-            let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
+            let storage = storage(&up, cli.endpoints.as_deref());
+            let outcome = on_lab(&cli.data_dir, &up, cli.endpoints.as_deref(), async |lab| {
                 demo::run(lab, &seed, &demo, &storage).await
             })
             .await?;
@@ -314,10 +332,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { up, seed, bench } => {
-            let storage = up.storage();
+            let storage = storage(&up, cli.endpoints.as_deref());
             let fsync = up.nats_fsync_name();
             let settings = bench.settings();
-            let outcome = on_fresh_lab(&cli.data_dir, &up, async |lab| {
+            let outcome = on_lab(&cli.data_dir, &up, cli.endpoints.as_deref(), async |lab| {
                 let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
                 println!(
                     "Loading each mode at {:?} requests/s, {} ms per step, then at {} requests/s in {} rounds of {} ms per mode, with {} background orders/s...",
@@ -334,7 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some((report, took)) = outcome else {
                 return Ok(ExitCode::from(INTERRUPTED));
             };
-            print!("{}", bench_report::terminal(&report));
+            print!("{}", bench::terminal(&report));
             let (json, html) = bench::write(&report, &cli.data_dir, bench.json.as_deref())?;
             println!(
                 "\nResults: {} and {}. Bench took {:.0} s.",
@@ -347,11 +365,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos { up, seed, chaos } => {
             let started = std::time::Instant::now();
             let mut report: Option<chaos::ChaosReport> = None;
-            for (scenarios, up, data_dir) in chaos_labs(&chaos, &up, &cli.data_dir)? {
-                let storage = up.storage();
+            let attached = cli.endpoints.as_deref();
+            for (scenarios, up, data_dir) in chaos_labs(&chaos, &up, &cli.data_dir, attached)? {
+                let storage = storage(&up, attached);
                 let fsync = up.nats_fsync_name();
-                let bus = up.bus();
-                let outcome = on_fresh_lab(&data_dir, &up, async |lab| {
+                let bus = match attached {
+                    Some(file) => format!("the NATS of the system {} lists", file.display()),
+                    None => up.bus(),
+                };
+                let outcome = on_lab(&data_dir, &up, attached, async |lab| {
                     let (seeded, _) = demo::seed_and_wait(lab, &seed).await?;
                     chaos::run(lab, &seeded, &chaos, &scenarios, &storage, fsync, &bus).await
                 })
@@ -391,7 +413,29 @@ fn chaos_labs(
     chaos: &ChaosArgs,
     up: &UpArgs,
     data_dir: &std::path::Path,
+    attached: Option<&std::path::Path>,
 ) -> anyhow::Result<Vec<(Vec<chaos::Scenario>, UpArgs, PathBuf)>> {
+    if let Some(file) = attached {
+        let scenarios = chaos.scenarios();
+        let refused: Vec<&str> = scenarios
+            .iter()
+            .filter(|scenario| scenario.needs_the_labs_processes())
+            .map(|scenario| scenario.name())
+            .collect();
+        anyhow::ensure!(
+            refused.is_empty(),
+            "{} need a lab that started the services itself; on the system {} lists, these run: {}",
+            refused.join(", "),
+            file.display(),
+            chaos::Scenario::ALL
+                .iter()
+                .filter(|scenario| !scenario.needs_the_labs_processes())
+                .map(|scenario| scenario.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(vec![(scenarios, up.clone(), data_dir.to_path_buf())]);
+    }
     let (on_cluster, on_one): (Vec<_>, Vec<_>) = chaos
         .scenarios()
         .into_iter()
@@ -420,13 +464,39 @@ fn chaos_labs(
     Ok(labs)
 }
 
-/// Empties the data dir (if the lab wrote it), starts a lab, runs `work` on it and stops the
-/// lab, whatever `work` did. None when interrupted by Ctrl-C or SIGTERM.
-async fn on_fresh_lab<T>(
+/// What the reports say the services stored their data on.
+fn storage(up: &UpArgs, attached: Option<&std::path::Path>) -> String {
+    match attached {
+        Some(file) => format!("the databases of the system {} lists", file.display()),
+        None => up.storage(),
+    }
+}
+
+/// Empties the data dir (if the lab wrote it), starts a lab (or, with `attached`, works on
+/// the system that file lists), runs `work` on it and stops what the lab started, whatever
+/// `work` did. None when interrupted by Ctrl-C or SIGTERM.
+async fn on_lab<T>(
     data_dir: &std::path::Path,
     up: &UpArgs,
+    attached: Option<&std::path::Path>,
     work: impl AsyncFnOnce(&mut RunningLab) -> anyhow::Result<T>,
 ) -> anyhow::Result<Option<(T, Duration)>> {
+    if let Some(file) = attached {
+        demo::prepare_empty(data_dir)?;
+        let started = std::time::Instant::now();
+        let mut lab = RunningLab::attach(file, data_dir.to_path_buf())?;
+        println!(
+            "Working on the system {} lists.\n{}",
+            file.display(),
+            lab.describe()
+        );
+        let outcome = tokio::select! {
+            outcome = work(&mut lab) => outcome?,
+            () = platform::server::shutdown_signal() => return Ok(None),
+        };
+        lab.shutdown().await?;
+        return Ok(Some((outcome, started.elapsed())));
+    }
     demo::prepare_empty(data_dir)?;
     let options = up.options(data_dir.to_path_buf());
     // Built first (when run through cargo), so the timing below is the run's own.

@@ -145,6 +145,8 @@ pub struct Latency {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// The distribution: (quantile, latency in us) at each of the report's quantiles.
+    pub percentiles: Vec<(f64, u64)>,
     /// Failed calls by gRPC code.
     pub errors: BTreeMap<String, u64>,
     /// One error message per code, as the caller saw it.
@@ -229,6 +231,10 @@ impl Recorder {
             p90_us: self.histogram.value_at_quantile(0.9),
             p99_us: self.histogram.value_at_quantile(0.99),
             max_us: self.histogram.max(),
+            percentiles: crate::report::QUANTILES
+                .iter()
+                .map(|quantile| (*quantile, self.histogram.value_at_quantile(*quantile)))
+                .collect(),
             errors: self.errors.counts.clone(),
             example_errors: self.errors.examples.clone(),
         }
@@ -353,6 +359,31 @@ pub async fn during_fault(
         outcomes.insert(mode, recorder.finish());
     }
     outcomes
+}
+
+/// Where a projection stands, per stream, as its answers report it.
+pub async fn positions(
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+) -> Option<BTreeMap<String, pb::StreamPosition>> {
+    let answer = client
+        .clone()
+        .list_user_purchases(pb::ListUserPurchasesRequest {
+            user_id: user.to_owned(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some(
+        answer
+            .freshness?
+            .streams
+            .into_iter()
+            .map(|stream| (stream.stream.clone(), stream))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

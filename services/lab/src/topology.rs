@@ -140,6 +140,8 @@ pub enum Storage {
     /// One database per service on this server (a postgres:// URL without a database, or
     /// with one that is only used to connect).
     Postgres(String),
+    /// A system the lab did not start (`--endpoints`): its databases are its own.
+    Elsewhere,
 }
 
 impl Storage {
@@ -158,6 +160,9 @@ impl Storage {
                 url.set_path(&format!("lab_{database}"));
                 Ok(url.to_string())
             }
+            Self::Elsewhere => Err(TopologyError::NotTheLabs {
+                database: database.to_owned(),
+            }),
         }
     }
 }
@@ -181,6 +186,8 @@ pub enum TopologyError {
     },
     #[error("--postgres {url:?} is not a URL: {reason}")]
     PostgresUrl { url: String, reason: String },
+    #[error("the {database} database belongs to a system the lab did not start (--endpoints)")]
+    NotTheLabs { database: String },
 }
 
 /// The addresses of one lab, written to `lab.json` in the data dir while it runs so that

@@ -88,9 +88,59 @@ pub struct RunningLab {
     /// Who the lab's own nats-servers admit (none on an external server).
     nats_authorization: Option<natsd::Authorization>,
     processes: BTreeMap<Service, ServiceProcess>,
+    /// The endpoints file of a system the lab was pointed at instead of starting one.
+    attached: Option<PathBuf>,
 }
 
 impl RunningLab {
+    /// A system the lab did not start, at the addresses `endpoints_file` lists (a `lab.json`
+    /// of another lab, or its `endpoints` alone: see `deploy/compose-endpoints.json`). The
+    /// lab reads, writes and measures it, and refuses what needs its processes (stopping,
+    /// killing, restarting, starting one more).
+    pub fn attach(endpoints_file: &Path, data_dir: PathBuf) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(endpoints_file)
+            .with_context(|| format!("cannot read {}", endpoints_file.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", endpoints_file.display()))?;
+        let value = value.get("endpoints").cloned().unwrap_or(value);
+        let mut endpoints: Endpoints = serde_json::from_value(value).with_context(|| {
+            format!(
+                "{} lists no endpoints (services, nats_url, ...)",
+                endpoints_file.display()
+            )
+        })?;
+        // Its spans go wherever it sends them; the lab collects only its own.
+        endpoints.otlp_endpoint = None;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+        Ok(Self {
+            endpoints,
+            data_dir,
+            storage: Storage::Elsewhere,
+            traces: None,
+            nats: Bus::External,
+            nats_authorization: None,
+            processes: BTreeMap::new(),
+            attached: Some(endpoints_file.to_path_buf()),
+        })
+    }
+
+    /// Whether the lab was pointed at a system rather than starting it.
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_some()
+    }
+
+    /// Refuses `what` on a system the lab did not start.
+    fn require_processes(&self, what: &str) -> anyhow::Result<()> {
+        match &self.attached {
+            Some(file) => anyhow::bail!(
+                "{what} needs a lab that started the services itself; this one runs on the system {} lists",
+                file.display()
+            ),
+            None => Ok(()),
+        }
+    }
+
     pub async fn start(options: &UpOptions) -> anyhow::Result<Self> {
         let data_dir = &options.data_dir;
         refuse_if_running(data_dir)?;
@@ -177,6 +227,7 @@ impl RunningLab {
             nats,
             nats_authorization: authorization,
             processes: BTreeMap::new(),
+            attached: None,
         };
         for service in Service::ALL {
             let args = lab.endpoints.args(service, &storage)?;
@@ -216,6 +267,7 @@ impl RunningLab {
         name: &str,
         extra: &[&str],
     ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        self.require_processes("starting another purchases-async")?;
         anyhow::ensure!(
             self.endpoints.nats_credentials.is_none() || PROJECTION_NAMES.contains(&name),
             "{name} is not among the projections purchases-async's NATS user may run ({PROJECTION_NAMES:?})"
@@ -250,6 +302,7 @@ impl RunningLab {
         name: &str,
         database_url: &str,
     ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        self.require_processes("starting another monolith")?;
         self.start_beside(Service::Monolith, name, |addr| {
             Ok(vec![
                 "--listen".into(),
@@ -290,6 +343,7 @@ impl RunningLab {
 
     /// Stops one service gracefully (a fault for the demo).
     pub async fn stop_service(&mut self, service: Service) -> anyhow::Result<()> {
+        self.require_processes(&format!("stopping {service}"))?;
         if let Some(process) = self.processes.get_mut(&service) {
             process.stop().await?;
         }
@@ -298,6 +352,7 @@ impl RunningLab {
 
     /// Kills one service with SIGKILL, as a crash would: no drain, no goodbye.
     pub async fn kill_service(&mut self, service: Service) -> anyhow::Result<()> {
+        self.require_processes(&format!("killing {service}"))?;
         if let Some(process) = self.processes.get_mut(&service) {
             process.kill().await?;
         }
@@ -307,6 +362,7 @@ impl RunningLab {
     /// Stops the lab's own nats-servers (their stores stay on disk). Refused when the lab
     /// runs on an external server, which is not the lab's to stop.
     pub async fn stop_nats(&mut self) -> anyhow::Result<()> {
+        self.require_processes("stopping NATS")?;
         anyhow::ensure!(
             self.owns_nats(),
             "the lab runs on an external NATS server (--nats-url), which it will not stop; run without --nats-url"
@@ -332,6 +388,7 @@ impl RunningLab {
     /// as before per-service users existed) or back on, without restarting them: what the
     /// forged-event scenario needs to show the consumers' own checks.
     pub async fn set_nats_authorization(&mut self, enabled: bool) -> anyhow::Result<()> {
+        self.require_processes("switching NATS's authorization")?;
         let authorization = self
             .nats_authorization
             .clone()
@@ -367,6 +424,7 @@ impl RunningLab {
     /// Restarts a service gracefully with `extra` flags added (an upgrade, or its rollback
     /// with none), and waits until it serves.
     pub async fn restart_with(&mut self, service: Service, extra: &[&str]) -> anyhow::Result<()> {
+        self.require_processes(&format!("restarting {service}"))?;
         let process = self
             .processes
             .get_mut(&service)
@@ -380,6 +438,7 @@ impl RunningLab {
 
     /// Starts a stopped service again and waits for it.
     pub async fn restart_service(&mut self, service: Service) -> anyhow::Result<()> {
+        self.require_processes(&format!("restarting {service}"))?;
         if let Some(process) = self.processes.get_mut(&service) {
             process.start()?;
         }
@@ -409,7 +468,9 @@ impl RunningLab {
         }
         // Last: the services sent their last spans as they stopped.
         drop(self.traces.take());
-        let _ = std::fs::remove_file(state_file(&self.data_dir));
+        if self.attached.is_none() {
+            let _ = std::fs::remove_file(state_file(&self.data_dir));
+        }
         first_error.map_or(Ok(()), Err)
     }
 

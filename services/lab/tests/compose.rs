@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde_yaml::Value;
+use serde_json::Value;
 use sqlx::Connection as _;
 
 fn workspace() -> &'static Path {
@@ -13,9 +13,8 @@ fn workspace() -> &'static Path {
 
 fn compose() -> Value {
     let text = std::fs::read_to_string(workspace().join("compose.yaml")).expect("compose.yaml");
-    let mut value: Value = serde_yaml::from_str(&text).expect("compose.yaml is YAML");
-    value.apply_merge().expect("merge keys resolve");
-    value
+    // serde-saphyr resolves the anchors and merge keys compose.yaml shares settings with.
+    serde_saphyr::from_str(&text).expect("compose.yaml is YAML")
 }
 
 fn env<'a>(service: &'a Value, key: &str) -> &'a str {
@@ -27,21 +26,37 @@ fn env<'a>(service: &'a Value, key: &str) -> &'a str {
 #[test]
 fn compose_names_every_service_on_its_default_port() {
     let compose = compose();
-    let services = compose["services"].as_mapping().expect("services");
-    let names: Vec<&str> = services.keys().filter_map(Value::as_str).collect();
-    for (name, port, listen_var) in [
-        ("users", 50051, "USERS_LISTEN"),
-        ("products", 50052, "PRODUCTS_LISTEN"),
-        ("orders", 50053, "ORDERS_LISTEN"),
-        ("monolith", 50060, "MONOLITH_LISTEN"),
-        ("purchases-sync", 50061, "PURCHASES_SYNC_LISTEN"),
-        ("purchases-async", 50062, "PURCHASES_ASYNC_LISTEN"),
+    let services = compose["services"].as_object().expect("services");
+    let names: Vec<&str> = services.keys().map(String::as_str).collect();
+    for (name, binary, port, listen_var) in [
+        ("users", "users", 50051, "USERS_LISTEN"),
+        ("products", "products", 50052, "PRODUCTS_LISTEN"),
+        ("orders", "orders", 50053, "ORDERS_LISTEN"),
+        ("monolith", "monolith", 50060, "MONOLITH_LISTEN"),
+        (
+            "purchases-sync",
+            "purchases-sync",
+            50061,
+            "PURCHASES_SYNC_LISTEN",
+        ),
+        (
+            "purchases-sync-sequential",
+            "purchases-sync",
+            50063,
+            "PURCHASES_SYNC_LISTEN",
+        ),
+        (
+            "purchases-async",
+            "purchases-async",
+            50062,
+            "PURCHASES_ASYNC_LISTEN",
+        ),
     ] {
         assert!(names.contains(&name), "{name} is in compose.yaml");
         let service = &compose["services"][name];
         assert_eq!(
             service["command"][0].as_str(),
-            Some(name),
+            Some(binary),
             "{name} runs its binary"
         );
         assert_eq!(env(service, listen_var), format!("0.0.0.0:{port}"));
@@ -51,7 +66,7 @@ fn compose_names_every_service_on_its_default_port() {
             "{name} publishes its default port"
         );
         let probe = service["healthcheck"]["test"]
-            .as_sequence()
+            .as_array()
             .expect("a health check");
         assert_eq!(
             probe.last().and_then(Value::as_str),
@@ -59,18 +74,25 @@ fn compose_names_every_service_on_its_default_port() {
             "{name}'s health check probes its own port"
         );
         assert!(
-            service["depends_on"].is_mapping(),
+            service["depends_on"].is_object(),
             "{name} waits for what it needs"
         );
     }
     for name in ["nats", "postgres"] {
         assert!(names.contains(&name), "{name} is in compose.yaml");
-        assert!(compose["services"][name]["healthcheck"].is_mapping());
+        assert!(compose["services"][name]["healthcheck"].is_object());
     }
-    let sync = &compose["services"]["purchases-sync"];
-    assert_eq!(env(sync, "USERS_URL"), "http://users:50051");
-    assert_eq!(env(sync, "ORDERS_URL"), "http://orders:50053");
-    assert_eq!(env(sync, "PRODUCTS_URL"), "http://products:50052");
+    for name in ["purchases-sync", "purchases-sync-sequential"] {
+        let sync = &compose["services"][name];
+        assert_eq!(env(sync, "USERS_URL"), "http://users:50051");
+        assert_eq!(env(sync, "ORDERS_URL"), "http://orders:50053");
+        assert_eq!(env(sync, "PRODUCTS_URL"), "http://products:50052");
+    }
+    assert_eq!(
+        env(&compose["services"]["purchases-sync-sequential"], "FANOUT"),
+        "sequential",
+        "the second purchases-sync calls one dependency after another"
+    );
     // Each service's database URL names its own database with its own role.
     for (name, var, database) in [
         ("users", "USERS_DATABASE_URL", "users"),
@@ -165,7 +187,7 @@ fn nats_admits_each_service_with_a_key_only_that_service_mounts() {
     let compose = compose();
     let nats = &compose["services"]["nats"];
     assert_eq!(
-        nats["command"].as_sequence().map(Vec::len),
+        nats["command"].as_array().map(Vec::len),
         Some(2),
         "nats runs from its configuration file alone"
     );
@@ -176,7 +198,7 @@ fn nats_admits_each_service_with_a_key_only_that_service_mounts() {
     );
     let auth = &compose["services"]["nats-auth"];
     let auth_volumes: Vec<&str> = auth["volumes"]
-        .as_sequence()
+        .as_array()
         .expect("nats-auth's volumes")
         .iter()
         .filter_map(Value::as_str)
@@ -190,7 +212,7 @@ fn nats_admits_each_service_with_a_key_only_that_service_mounts() {
             "{name} authenticates with its own nkey"
         );
         let volumes: Vec<&str> = service["volumes"]
-            .as_sequence()
+            .as_array()
             .expect("a volume")
             .iter()
             .filter_map(Value::as_str)
@@ -304,12 +326,12 @@ fn every_service_sends_its_spans_to_jaeger_and_is_scraped_by_prometheus() {
         .as_str()
         .expect("its configuration");
     let (source, _) = mounted.split_once(':').expect("a bind mount");
-    let config: Value = serde_yaml::from_str(
+    let config: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(workspace().join(source)).expect("prometheus.yml"),
     )
     .expect("prometheus.yml is YAML");
     let targets: Vec<&str> = config["scrape_configs"][0]["static_configs"][0]["targets"]
-        .as_sequence()
+        .as_array()
         .expect("targets")
         .iter()
         .filter_map(Value::as_str)
@@ -319,6 +341,7 @@ fn every_service_sends_its_spans_to_jaeger_and_is_scraped_by_prometheus() {
         "products",
         "orders",
         "purchases-sync",
+        "purchases-sync-sequential",
         "purchases-async",
         "monolith",
     ] {
@@ -333,6 +356,58 @@ fn every_service_sends_its_spans_to_jaeger_and_is_scraped_by_prometheus() {
         assert!(
             targets.contains(&format!("{name}:{port}").as_str()),
             "Prometheus scrapes {name} where it serves its metrics ({listen})"
+        );
+    }
+}
+
+#[test]
+fn the_endpoints_file_lists_every_port_compose_publishes() {
+    let compose = compose();
+    let endpoints: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/compose-endpoints.json"))
+            .expect("deploy/compose-endpoints.json"),
+    )
+    .expect("the endpoints file is JSON");
+    let services = endpoints["services"].as_object().expect("services");
+    for (name, addr) in services {
+        let port = addr
+            .as_str()
+            .and_then(|addr| addr.rsplit_once(':'))
+            .map(|(_, port)| port)
+            .expect("host:port");
+        assert_eq!(
+            compose["services"][name.as_str()]["ports"][0].as_str(),
+            Some(format!("{port}:{port}").as_str()),
+            "{name} is published where the endpoints file says"
+        );
+    }
+    assert_eq!(services.len(), 7, "every service the lab compares");
+    let nats_port = endpoints["nats_url"]
+        .as_str()
+        .and_then(|url| url.rsplit_once(':'))
+        .map(|(_, port)| port)
+        .expect("nats_url");
+    assert_eq!(
+        compose["services"]["nats"]["ports"][0].as_str(),
+        Some(format!("{nats_port}:{nats_port}").as_str())
+    );
+}
+
+#[test]
+fn the_image_build_keeps_dependencies_between_builds() {
+    let dockerfile =
+        std::fs::read_to_string(workspace().join("Dockerfile")).expect("the Dockerfile");
+    assert!(
+        dockerfile.starts_with("# syntax=docker/dockerfile:1"),
+        "BuildKit's syntax, for cache mounts"
+    );
+    for cached in ["/usr/local/cargo/registry", "/src/target"] {
+        assert!(
+            dockerfile
+                .lines()
+                .any(|line| line.contains("--mount=type=cache")
+                    && line.contains(&format!("target={cached} "))),
+            "{cached} is a cache mount, so a source edit does not rebuild the dependencies"
         );
     }
 }

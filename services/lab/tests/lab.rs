@@ -221,6 +221,14 @@ async fn lab_demo_reports_a_figure_for_every_mode() {
     }
     let html = std::fs::read_to_string(data_dir.join("report.html")).expect("report.html");
     assert!(html.contains("<svg"), "the HTML report has charts");
+    assert!(
+        html.contains("<table>") && !html.contains("<pre>"),
+        "the figures are HTML tables, not a Markdown dump"
+    );
+    assert!(
+        html.contains(">99%<") && html.contains(">99.9%<"),
+        "latency is drawn as a distribution, out to the tail"
+    );
 
     // A second demo on the same dir starts from empty again.
     std::fs::write(data_dir.join("stray"), "x").expect("a file");
@@ -413,6 +421,12 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
     assert_eq!(aim("freshness p99 (ms)")["rounds"], serde_json::json!([]));
     let html = std::fs::read_to_string(data_dir.join("bench.html")).expect("bench.html");
     assert!(html.contains("<polyline") && html.contains("sync-sequential"));
+    assert!(
+        html.contains("<table>") && !html.contains("<pre>"),
+        "figures as HTML tables, not a Markdown dump"
+    );
+    let markdown = std::fs::read_to_string(data_dir.join("bench.md")).expect("bench.md");
+    assert!(markdown.contains("| mode |"), "{markdown}");
 }
 
 #[tokio::test]
@@ -428,4 +442,115 @@ async fn a_data_dir_with_foreign_files_is_refused_not_emptied() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("empty data dir"), "{stderr}");
     assert!(dir.path().join("thesis.tex").exists());
+}
+
+/// A system the lab did not start (here another lab, as a compose system would be): seeded,
+/// measured and broken where that needs no process of its own, through `--endpoints`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_work_on_a_system_the_lab_did_not_start() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let system = dir.path().join("system");
+    let (mut child, _) = up(&system).await;
+    let endpoints = system.join("lab.json");
+
+    let seeding = dir.path().join("seeding");
+    let seeded = lab(&seeding)
+        .arg("--endpoints")
+        .arg(&endpoints)
+        .args(["seed", "--users", "5", "--products", "3", "--orders", "10"])
+        .output()
+        .await
+        .expect("lab seed runs");
+    assert!(
+        seeded.status.success(),
+        "lab seed --endpoints: {}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+
+    let measuring = dir.path().join("measuring");
+    let json = measuring.join("bench.json");
+    let bench = lab(&measuring)
+        .arg("--endpoints")
+        .arg(&endpoints)
+        .args([
+            "bench",
+            "--users",
+            "10",
+            "--products",
+            "5",
+            "--orders",
+            "20",
+        ])
+        .args([
+            "--rates",
+            "20",
+            "--reference-rate",
+            "20",
+            "--step-ms",
+            "300",
+        ])
+        .args(["--reference-rounds", "1", "--reference-round-ms", "300"])
+        .args(["--write-rate", "10", "--freshness-write-rate", "50"])
+        .args(["--freshness-ms", "300", "--refine-steps", "0"])
+        .output()
+        .await
+        .expect("lab bench runs");
+    let stdout = String::from_utf8_lossy(&bench.stdout);
+    assert!(
+        bench.status.success(),
+        "lab bench --endpoints: {stdout}\n{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("bench.json")).expect("JSON");
+    for mode in ["echo", "sync", "sync-sequential", "async", "monolith"] {
+        assert_eq!(
+            report["summary"][mode]["error_rate"].as_f64(),
+            Some(0.0),
+            "{mode} answers on the attached system: {}",
+            report["summary"][mode]
+        );
+    }
+    assert!(
+        report["catch_up"].is_null(),
+        "no catch-up without a process of the lab's own"
+    );
+    assert!(stdout.contains("Not timing a catch-up"), "{stdout}");
+
+    // A scenario that only needs the fault admin API runs; one that kills a process is
+    // refused before anything starts.
+    let breaking = dir.path().join("breaking");
+    let chaos = lab(&breaking)
+        .arg("--endpoints")
+        .arg(&endpoints)
+        .args(["chaos", "slow-products", "--quick", "--users", "10"])
+        .args(["--products", "5", "--orders", "20"])
+        .output()
+        .await
+        .expect("lab chaos runs");
+    assert!(
+        chaos.status.success(),
+        "lab chaos slow-products --endpoints: {}\n{}",
+        String::from_utf8_lossy(&chaos.stdout),
+        String::from_utf8_lossy(&chaos.stderr)
+    );
+    let refused = lab(&dir.path().join("refused"))
+        .arg("--endpoints")
+        .arg(&endpoints)
+        .args(["chaos", "kill-users", "--quick"])
+        .output()
+        .await
+        .expect("lab chaos runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("kill-users need a lab that started the services itself")
+            && stderr.contains("slow-products"),
+        "{stderr}"
+    );
+    // The system it worked on is still the other lab's, untouched.
+    assert!(endpoints.exists(), "the other lab's state file stays");
+
+    signal(&child, rustix::process::Signal::INT);
+    let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
 }

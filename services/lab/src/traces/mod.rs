@@ -4,7 +4,6 @@
 //! with the batches linked to it, for `lab trace`, the reports' waterfalls and the bench's
 //! split of freshness.
 
-pub mod freshness;
 pub mod views;
 pub mod waterfall;
 

@@ -3,7 +3,7 @@
 use testkit::Backend;
 use testkit::run_grpcurl;
 
-use system::{Lab, Monolith};
+use harness::{Lab, Monolith};
 
 async fn list_purchases(addr: &str, user_id: &str) -> serde_json::Value {
     let listed = run_grpcurl(&["-plaintext", addr, "list"]).await;

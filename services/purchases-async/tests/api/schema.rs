@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use contracts::events::v1 as events;
 use contracts::purchases::v1 as pb;
+use harness::{Lab, list};
 use outbox::{Aggregate, OutboxEvent};
 use purchases_async::ReadFrom;
-use system::{Lab, list};
 use testkit::{Backend, backend_tests};
 use tonic::transport::Channel;
 use uuid::Uuid;

@@ -11,9 +11,9 @@ use contracts::ops::v1::dead_letter_admin_client::DeadLetterAdminClient;
 use contracts::ops::v1::outbox_admin_client::OutboxAdminClient;
 use contracts::purchases::v1 as pb;
 use contracts::users::v1 as users_pb;
+use harness::{Lab, admin_channel, all_pages, list};
 use outbox::{Aggregate, OutboxEvent};
 use purchases_async::ReadFrom;
-use system::{Lab, admin_channel, all_pages, list};
 use testkit::{Backend, backend_tests};
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -201,7 +201,7 @@ async fn a_projection_built_after_the_streams_lost_their_history_matches_from_re
     backend: Backend,
 ) {
     let lab = Lab::start(backend).await;
-    let (users, deleted) = crate::modes::random_workload(&lab.writers, 11).await;
+    let (users, deleted) = harness::random_workload(&lab.writers, 11).await;
     lab.caught_up().await;
 
     // Retention drops every event the streams hold.

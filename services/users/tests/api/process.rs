@@ -127,8 +127,8 @@ async fn a_killed_service_publishes_every_committed_event_exactly_once_after_res
     assert_eq!(outbox.len(), 70, "every committed write has its event");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let stream = loop {
-        let stream = match js.get_stream("USERS").await {
-            Ok(_) => testkit::stream_events(&js, "USERS").await,
+        let stream = match js.get_stream(bus::USERS).await {
+            Ok(_) => testkit::stream_events(&js, bus::USERS).await,
             Err(_) => Vec::new(),
         };
         if stream.len() >= outbox.len() {

@@ -23,9 +23,8 @@ use tokio::task::JoinHandle;
 use crate::measure::{micros, micros_histogram};
 use crate::writer::lock;
 
-/// The stream orders publishes to, and the subjects it captures.
+/// The stream orders publishes to.
 pub(crate) const ORDERS_STREAM: &str = bus::ORDERS;
-const ORDERS_SUBJECTS: &str = "orders.>";
 /// Orders remembered at most: a freshness phase at the highest write rate the flags allow
 /// (20,000/s for 60 s) stays well inside it, and nothing grows past it.
 const MAX_TRACKED: usize = 1_500_000;
@@ -64,7 +63,7 @@ impl StageProbe {
             .context("no orders stream")?;
         let (wire, delivered) = sightings(
             &client,
-            ORDERS_SUBJECTS,
+            &bus::Stream::named(ORDERS_STREAM).subjects(),
             &orders,
             consumer::DeliverPolicy::New,
         )

@@ -1,9 +1,8 @@
-//! The attacks `lab chaos` plays against the system's trust boundaries, as an outsider or a
-//! misbehaving client would, and what each leaves behind to check: forged events (refused by
-//! NATS; with authorization switched off on purpose, dead-lettered by every consumer),
-//! thousands of idle connections, a stream deleted under load, and a projection built after
-//! the streams lost their history.
+//! forged-event: an outsider forges events. NATS refuses them (no anonymous client, no service
+//! publishing another's events); then, with authorization switched off on purpose, forged
+//! renames are published onto USERS, and every consumer must dead-letter them and apply none.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -11,36 +10,122 @@ use async_nats::jetstream;
 use contracts::events::v1 as events;
 use contracts::ops::v1 as ops;
 use contracts::ops::v1::dead_letter_admin_client::DeadLetterAdminClient;
-use contracts::ops::v1::outbox_admin_client::OutboxAdminClient;
+use contracts::purchases::v1 as pb;
+use contracts::users::v1 as users_pb;
+use contracts::users::v1::user_service_client::UserServiceClient;
 use prost::Message as _;
-use tokio::net::TcpStream;
 
-use crate::children::ServiceProcess;
+use super::{Checked, Injected, Left, Lifted, Window};
+use crate::chaos::expectations::{Claim, Expectation, bus_fault};
 use crate::topology::{Endpoints, Service};
 use crate::up::RunningLab;
 
 /// What the forger tried, and what came of it.
 #[derive(Debug)]
-pub struct Forgery {
+pub(in crate::chaos) struct Forgery {
     /// How NATS answered a client without credentials.
-    pub anonymous: Result<String, String>,
+    anonymous: Result<String, String>,
     /// How NATS answered purchases-async's own user publishing a users event.
-    pub impostor: Result<String, String>,
+    impostor: Result<String, String>,
     /// Forged messages stored while authorization was off.
-    pub forged: u64,
+    forged: u64,
     /// The user the forgeries were about.
-    pub target: String,
+    target: String,
 }
 
 /// How long a refused request is waited for: NATS never answers one, so this is how long
 /// the refusal takes to show.
 const REFUSED_WITHIN: Duration = Duration::from_secs(2);
 
+pub(super) async fn inject(lab: &mut RunningLab, target_user: &str) -> anyhow::Result<Injected> {
+    Ok(Injected::ForgedEvent(forge(lab, target_user).await?))
+}
+
+/// A real rename of the forgeries' target: it must land, which it could not had a forged
+/// version been applied.
+pub(super) async fn lift(lab: &mut RunningLab, forgery: Forgery) -> anyhow::Result<Lifted> {
+    let renamed = rename_for_real(&lab.endpoints, &forgery.target).await?;
+    Ok(Lifted {
+        notes: vec![format!(
+            "{} forged events stored while authorization was off; then {:?} renamed for real to {renamed:?}",
+            forgery.forged, forgery.target
+        )],
+        left: Some(Left::Forged(forgery)),
+    })
+}
+
+pub(super) fn during() -> Vec<Claim> {
+    bus_fault("writes commit while NATS's authorization is switched")
+}
+
+/// NATS refused the forgeries it could, and every consumer dead-lettered the rest.
+pub(super) async fn check(forgery: Forgery, window: &Window<'_>) -> anyhow::Result<Checked> {
+    let (endpoints, asynchronous, positions_before, probe_user) = (
+        &window.lab.endpoints,
+        window.asynchronous,
+        window.positions_before,
+        window.probe_user,
+    );
+    let outcome = |result: &Result<String, String>| match result {
+        Ok(refused) => (refused.clone(), true),
+        Err(let_through) => (let_through.clone(), false),
+    };
+    let mut expected = Vec::new();
+    let (measured, met) = outcome(&forgery.anonymous);
+    expected.push(Expectation {
+        what: "NATS refuses a client without credentials".to_owned(),
+        measured,
+        met,
+    });
+    let (measured, met) = outcome(&forgery.impostor);
+    expected.push(Expectation {
+        what: "NATS refuses purchases-async's own user publishing a users event".to_owned(),
+        measured,
+        met,
+    });
+    let dead_lettered = |positions: Option<&BTreeMap<String, pb::StreamPosition>>| {
+        positions
+            .and_then(|positions| positions.get(bus::USERS))
+            .map_or(0, |position| position.dead_lettered)
+    };
+    let before = dead_lettered(positions_before);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut now = before;
+    while Instant::now() < deadline {
+        now = dead_lettered(
+            crate::measure::positions(asynchronous, probe_user)
+                .await
+                .as_ref(),
+        );
+        if now >= before + forgery.forged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    expected.push(Expectation {
+        what: "with authorization off on purpose, purchases-async dead-letters every forgery and applies none".to_owned(),
+        measured: format!("{} dead-lettered of {} forged", now - before, forgery.forged),
+        met: forgery.forged > 0 && now - before >= forgery.forged,
+    });
+    let replica = dead_letters(endpoints, Service::Orders, bus::USERS)
+        .await?
+        .len() as u64;
+    expected.push(Expectation {
+        what: "and so does orders' replica (listed through its admin API)".to_owned(),
+        measured: format!("{replica} dead letters on USERS"),
+        met: replica >= forgery.forged,
+    });
+    Ok(Checked {
+        notes: Vec::new(),
+        expectations: expected,
+    })
+}
+
 /// Plays the forger: first against the lab as it runs (an anonymous client, then a service's
 /// own credentials publishing another service's events), then with authorization switched
 /// off on purpose, publishing forged events about `target` onto USERS as anyone could before
 /// per-service users existed. Authorization is back on when this returns.
-pub async fn forge(lab: &mut RunningLab, target: &str) -> anyhow::Result<Forgery> {
+async fn forge(lab: &mut RunningLab, target: &str) -> anyhow::Result<Forgery> {
     let endpoints = lab.endpoints.clone();
     let urls: Vec<&str> = endpoints.nats_url.split(',').collect();
     let anonymous = match async_nats::ConnectOptions::new()
@@ -88,9 +173,9 @@ async fn impostor_publishes(endpoints: &Endpoints) -> anyhow::Result<Result<Stri
     let js = jetstream::ContextBuilder::new()
         .timeout(REFUSED_WITHIN)
         .build(client);
-    let subject = "users.user.UserRenamed";
+    let subject = renamed_subject();
     let acknowledged = async {
-        js.publish(subject, "forged by an impostor".into())
+        js.publish(subject.clone(), "forged by an impostor".into())
             .await?
             .await
             .map_err(async_nats::Error::from)
@@ -147,7 +232,7 @@ async fn publish_forgeries(urls: &[&str], target: &str) -> anyhow::Result<u64> {
     ];
     let mut stored = 0;
     for payload in forgeries {
-        js.publish("users.user.UserRenamed", payload.into())
+        js.publish(renamed_subject(), payload.into())
             .await
             .context("publish a forgery")?
             .await
@@ -158,7 +243,7 @@ async fn publish_forgeries(urls: &[&str], target: &str) -> anyhow::Result<u64> {
 }
 
 /// Dead letters of `stream` in `service`'s database, through its admin API.
-pub async fn dead_letters(
+async fn dead_letters(
     endpoints: &Endpoints,
     service: Service,
     stream: &str,
@@ -184,93 +269,21 @@ pub async fn dead_letters(
     }
 }
 
-/// Opens `per_service` TCP connections to every service that send nothing, the cheapest way
-/// to take a server's connections (and, before, its requests) from everyone else.
-pub async fn idle_sockets(
-    endpoints: &Endpoints,
-    per_service: usize,
-) -> anyhow::Result<Vec<TcpStream>> {
-    let mut sockets = Vec::with_capacity(per_service * Service::ALL.len());
-    for service in Service::ALL {
-        let addr = endpoints.addr(service);
-        for _ in 0..per_service {
-            sockets.push(
-                TcpStream::connect(addr)
-                    .await
-                    .with_context(|| format!("connect to {service} at {addr}"))?,
-            );
-        }
-    }
-    Ok(sockets)
-}
-
-/// Deletes `stream` as an administrator (or an attacker with its rights) would, and watches
-/// in the background for it to be back: made again by its producer's relay on the next
-/// publish that fails. The watch gives the seconds it took, or None within a minute.
-pub async fn delete_stream(
-    endpoints: &Endpoints,
-    stream: &str,
-) -> anyhow::Result<tokio::task::JoinHandle<Option<f64>>> {
-    let js = jetstream::new(crate::topology::connect_nats(endpoints).await?);
-    js.delete_stream(stream)
+/// Renames `user` through the users service, and returns the new name.
+async fn rename_for_real(endpoints: &Endpoints, user: &str) -> anyhow::Result<String> {
+    let name = format!("Renamed {}", uuid::Uuid::now_v7().simple());
+    UserServiceClient::new(endpoints.channel(Service::Users))
+        .update_user(users_pb::UpdateUserRequest {
+            id: user.to_owned(),
+            name: name.clone(),
+            expected_version: None,
+        })
         .await
-        .with_context(|| format!("cannot delete {stream}"))?;
-    let deleted_at = Instant::now();
-    let stream = stream.to_owned();
-    Ok(tokio::spawn(async move {
-        while deleted_at.elapsed() < Duration::from_secs(60) {
-            if js.get_stream(&stream).await.is_ok() {
-                return Some(deleted_at.elapsed().as_secs_f64());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }))
+        .with_context(|| format!("rename {user}"))?;
+    Ok(name)
 }
 
-/// A projection built after the streams lost their history.
-#[derive(Debug)]
-pub struct Rebuilt {
-    pub process: ServiceProcess,
-    pub addr: std::net::SocketAddr,
-    /// Entities and events the owners re-emitted, and how long it took.
-    pub entities: u64,
-    pub events: u64,
-    pub re_emit_s: f64,
-}
-
-/// The durable name of the projection rebuilt from re-emitted state.
-const REBUILT: &str = "retention-rebuild";
-
-/// Purges every stream, as retention would after long enough, starts a projection of its own
-/// from what is left (nothing), and has the owners re-emit their state into their outboxes.
-pub async fn lose_history_and_rebuild(lab: &RunningLab) -> anyhow::Result<Rebuilt> {
-    let js = jetstream::new(crate::topology::connect_nats(&lab.endpoints).await?);
-    for name in bus::SYSTEM_STREAMS {
-        js.get_stream(name)
-            .await
-            .with_context(|| format!("no stream {name}"))?
-            .purge()
-            .await
-            .with_context(|| format!("cannot purge {name}"))?;
-    }
-    let (process, addr) = lab.start_fresh_projection(REBUILT, &[]).await?;
-    let started = Instant::now();
-    let (mut entities, mut events) = (0, 0);
-    for owner in [Service::Users, Service::Products, Service::Orders] {
-        let done = OutboxAdminClient::new(lab.endpoints.fault_admin_channel(owner))
-            .re_emit_state(ops::ReEmitStateRequest {})
-            .await
-            .with_context(|| format!("{owner} re-emits its state"))?
-            .into_inner();
-        entities += done.entities;
-        events += done.events;
-    }
-    Ok(Rebuilt {
-        process,
-        addr,
-        entities,
-        events,
-        re_emit_s: started.elapsed().as_secs_f64(),
-    })
+/// Where a forged rename goes: the subject users publishes its renames on.
+fn renamed_subject() -> String {
+    bus::Stream::named(bus::USERS).subject("user", "UserRenamed")
 }

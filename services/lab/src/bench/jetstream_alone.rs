@@ -15,8 +15,8 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
+use super::stages::{self, ORDERS_STREAM, StageSummary};
 use crate::measure::{micros, micros_histogram};
-use crate::stages::{self, ORDERS_STREAM, StageSummary};
 use crate::writer::lock;
 
 /// The scratch stream: deleted after each measurement, and before one in case a killed run

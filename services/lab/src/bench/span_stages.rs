@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 
-use super::{SpanRecord, Spans};
+use super::stages::{Sample, StageSummary};
 use crate::measure::micros_histogram;
-use crate::stages::{Sample, StageSummary};
+use crate::traces::{SpanRecord, Spans};
 
 /// The orders service's server span of a write.
 const PLACE_ORDER: &str = "orders.v1.OrderService/PlaceOrder";

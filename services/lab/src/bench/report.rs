@@ -3,8 +3,11 @@
 
 use std::fmt::Write as _;
 
-use crate::bench::{BenchReport, MODES};
-use crate::report::{Chart, bar_chart, escape, line_chart, markdown_table, table};
+use super::MODES;
+use super::results::{BenchReport, Step};
+use crate::report::{
+    Chart, bar_chart, escape, html_table, line_chart, markdown_table, percentile_chart, table,
+};
 
 fn summary_rows(report: &BenchReport) -> Vec<[String; 7]> {
     let echo = report.summary.get("echo").map(|echo| echo.p50_us.max(1));
@@ -182,7 +185,7 @@ fn freshness_line(report: &BenchReport) -> String {
 /// Where the lag went, stage by stage, when the bench could follow the orders stream, and
 /// what JetStream alone takes at the same rate.
 fn stages_line(report: &BenchReport) -> Option<String> {
-    let stage = |s: &crate::stages::StageSummary| {
+    let stage = |s: &super::stages::StageSummary| {
         format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
     };
     let split = report.freshness.stages.as_ref().map(|stages| {
@@ -215,7 +218,7 @@ fn stages_line(report: &BenchReport) -> Option<String> {
 /// The same orders split by their spans, and how well that agrees with the probe.
 fn span_stages_line(report: &BenchReport) -> Option<String> {
     let stages = report.freshness.span_stages.as_ref()?;
-    let stage = |s: &crate::stages::StageSummary| {
+    let stage = |s: &super::stages::StageSummary| {
         format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
     };
     Some(format!(
@@ -306,7 +309,9 @@ fn slowest_rows(report: &BenchReport) -> Vec<[String; 5]> {
 }
 
 fn catch_up_line(report: &BenchReport) -> String {
-    let catch_up = &report.catch_up;
+    let Some(catch_up) = &report.catch_up else {
+        return "Catch-up: not timed (the system was not started by the lab).".to_owned();
+    };
     format!(
         "Catch-up: a new purchases-async rebuilt its projection from all {} events in {:.2} s from its start, {:.0} events/s once up.",
         catch_up.events, catch_up.seconds_from_start, catch_up.events_per_second
@@ -339,11 +344,10 @@ pub fn terminal(report: &BenchReport) -> String {
     text
 }
 
-pub fn markdown(report: &BenchReport) -> String {
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "Measured {} on {}; storage {}; JetStream fsync {}; {} users, {} products, {} orders seeded; pages of {} purchases; {} ms per step; {} background orders/s.\n",
+/// When, where and on what the run measured.
+fn measured_line(report: &BenchReport) -> String {
+    format!(
+        "Measured {} on {}; storage {}; JetStream fsync {}; {} users, {} products, {} orders seeded; pages of {} purchases; {} ms per step; {} background orders/s.",
         report.generated_at,
         report.machine,
         report.storage,
@@ -354,7 +358,12 @@ pub fn markdown(report: &BenchReport) -> String {
         report.settings.page_size,
         report.settings.step_ms,
         report.settings.write_rate
-    );
+    )
+}
+
+pub fn markdown(report: &BenchReport) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "{}\n", measured_line(report));
     let _ = writeln!(text, "{}:\n", reference_heading(report));
     text.push_str(&markdown_table(&SUMMARY_HEADERS, &summary_rows(report)));
     let _ = writeln!(
@@ -387,20 +396,29 @@ pub fn markdown(report: &BenchReport) -> String {
 }
 
 pub fn html(report: &BenchReport) -> String {
-    let reference: Vec<(String, Vec<(String, f64)>)> = MODES
+    let reference_rate = report.reference.rate;
+    // Each mode's distribution at the reference rate, from its step there.
+    let distributions: Vec<(String, Vec<(f64, f64)>)> = MODES
         .iter()
         .filter_map(|mode| {
-            let summary = report.summary.get(mode.name())?;
+            let step = report
+                .series
+                .get(mode.name())?
+                .steps
+                .iter()
+                .find(|step| step.offered_rps == reference_rate)?;
             Some((
                 mode.name().to_owned(),
                 vec![
-                    ("p50".to_owned(), summary.p50_us as f64),
-                    ("p99".to_owned(), summary.p99_us as f64),
+                    (0.5, step.p50_us as f64),
+                    (0.9, step.p90_us as f64),
+                    (0.99, step.p99_us as f64),
+                    (0.999, step.p999_us as f64),
                 ],
             ))
         })
         .collect();
-    let per_rate = |value: fn(&crate::bench::Step) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+    let per_rate = |value: fn(&Step) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
         MODES
             .iter()
             .filter_map(|mode| {
@@ -429,30 +447,59 @@ pub fn html(report: &BenchReport) -> String {
             )
         })
         .collect();
+    let tracing = match tracing_heading(report) {
+        Some(heading) => format!(
+            "<h2 id=\"tracing\">What tracing costs</h2><p>{}.</p>{}",
+            escape(&heading),
+            html_table(&TRACING_HEADERS, &tracing_rows(report))
+        ),
+        None => String::new(),
+    };
+    let slowest = if report.freshness.stages.is_some() {
+        format!(
+            "<h3>The slowest timed orders</h3>{}",
+            html_table(&SLOWEST_HEADERS, &slowest_rows(report))
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         r#"<h1>Load: sync vs async vs monolith</h1>
+<p>{measured}</p>
 <p>Open-loop load at a constant rate per step; latency is counted from when each request was
 due, so a mode that falls behind is charged for the wait. Absolute figures vary by machine;
 compare each mode with <code>echo</code> (one bare gRPC round trip) from the same run.</p>
-<h2>Latency at {reference_rate} requests/s (us), over {rounds} rounds with the modes taking turns</h2>
-{reference}
-<h2>p99 latency against offered rate (us, log scale)</h2>
+<h2 id="summary">At {reference_rate} requests/s, over {rounds} rounds with the modes taking turns</h2>
+{summary}
+<h3>The latency distribution of each mode at {reference_rate} requests/s</h3>
+<p>The latency under which that share of the calls answered, from the median out to one call
+in a thousand (both axes widen to the tail).</p>
+{distributions}
+<h2 id="aims">Aims</h2>
+{aims}
+<h2 id="p99">p99 latency against offered rate</h2>
 {p99}
-<h2>Answered requests/s against offered rate</h2>
+<h2 id="throughput">Answered requests/s against offered rate</h2>
 <p>Where a line leaves the diagonal, the mode is saturated: past it, it sheds load with errors or
 falls behind.</p>
 {throughput}
-<h2>Freshness of purchases-async</h2>
+<h2 id="freshness">Freshness of purchases-async</h2>
 <p>{freshness_line}</p>
 {freshness}
 <p>{stages_line}</p>
 <p>{span_stages_line}</p>
-<h2>All figures</h2>
-<pre>{markdown}</pre>
+{slowest}
+{tracing}
+<h2 id="steps">Every step</h2>
+{steps}
+<p>{catch_up}</p>
+<p>{storage}</p>
 "#,
-        reference_rate = report.reference.rate,
+        measured = escape(&measured_line(report)),
         rounds = report.reference.rounds,
-        reference = bar_chart(&reference, "us"),
+        summary = html_table(&SUMMARY_HEADERS, &summary_rows(report)),
+        distributions = percentile_chart(&distributions, "us"),
+        aims = html_table(&AIM_HEADERS, &aim_rows(report)),
         p99 = line_chart(&p99, &Chart::log_log("offered requests/s", "p99 us")),
         throughput = line_chart(
             &throughput,
@@ -465,7 +512,9 @@ falls behind.</p>
         freshness = bar_chart(&freshness, ""),
         stages_line = escape(&stages_line(report).unwrap_or_default()),
         span_stages_line = escape(&span_stages_line(report).unwrap_or_default()),
-        markdown = escape(&markdown(report)),
+        steps = html_table(&STEP_HEADERS, &step_rows(report)),
+        catch_up = escape(&catch_up_line(report)),
+        storage = escape(&storage_line(report)),
     );
     crate::report::page("Lab bench", &body)
 }

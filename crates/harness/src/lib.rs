@@ -17,6 +17,8 @@ use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use outbox::RelayArgs;
 use platform::config::{CommonArgs, DatabaseArgs};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use testkit::{Backend, DelayProxy, RunningServer, SecureNats, TestDatabase};
 use tonic::transport::Channel;
 
@@ -539,4 +541,66 @@ impl Monolith {
             server,
         }
     }
+}
+
+/// Registrations, product creations and updates, orders, cancellations and a deleted user,
+/// chosen by a seeded generator so a failure can be replayed.
+pub async fn random_workload(writers: &Writers, seed: u64) -> (Vec<String>, String) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut users = Vec::new();
+    for user_idx in 0..5 {
+        users.push(writers.register(&format!("User {user_idx}")).await.id);
+    }
+    let mut products = Vec::new();
+    for product_idx in 0..6 {
+        products.push(
+            writers
+                .create_product(&format!("Product {product_idx}"), 100 + product_idx)
+                .await
+                .id,
+        );
+    }
+    let mut orders: Vec<orders_pb::Order> = Vec::new();
+    for _ in 0..30 {
+        let user = &users[rng.random_range(0..users.len())];
+        let product = &products[rng.random_range(0..products.len())];
+        orders.push(writers.place(user, product, rng.random_range(1..=5)).await);
+    }
+    for product in products.iter().take(3) {
+        writers
+            .products
+            .clone()
+            .update_product(products_pb::UpdateProductRequest {
+                id: product.clone(),
+                title: Some(format!("Renamed {}", rng.random_range(0..1000))),
+                image_url: None,
+                price_cents: Some(rng.random_range(1..100_000)),
+                expected_version: None,
+            })
+            .await
+            .expect("the product is updated");
+    }
+    for _ in 0..5 {
+        let order = &orders[rng.random_range(0..orders.len())];
+        // Picking one twice is fine: the second cancellation is refused.
+        let _ = writers
+            .orders
+            .clone()
+            .cancel_order(orders_pb::CancelOrderRequest {
+                id: order.id.clone(),
+                expected_version: None,
+            })
+            .await;
+    }
+    let deleted = users.pop().expect("five users");
+    writers
+        .users
+        .clone()
+        .delete_user(users_pb::DeleteUserRequest {
+            id: deleted.clone(),
+            expected_version: None,
+        })
+        .await
+        .expect("the user is deleted");
+    (users, deleted)
 }

@@ -1,0 +1,189 @@
+//! What a bench run measured, as `bench.json` holds it. The names are stable for scripts:
+//! `summary.<mode>` for `echo`, `sync`, `sync-sequential`, `async` and `monolith`, each at
+//! one reference rate offered to every mode alike; `reference` (how the summary was measured,
+//! round by round, and what tracing costs); `freshness` (with its split into stages, by the
+//! probe and by the spans); `series.<mode>.steps`; `catch_up`; `storage_bytes`; `aims`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Settings;
+use super::jetstream_alone::JetStreamAlone;
+use super::span_stages::SpanStages;
+use super::stages::Stages;
+use crate::writer::BackgroundWrites;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub generated_at: String,
+    pub machine: String,
+    pub storage: String,
+    pub nats_fsync: String,
+    pub data: BenchData,
+    pub settings: Settings,
+    /// `summary.<mode>` at the reference rate, for `echo`, `sync`, `sync-sequential`,
+    /// `async`, `monolith`.
+    pub summary: BTreeMap<String, Summary>,
+    /// How the summary was measured, round by round.
+    pub reference: Reference,
+    pub freshness: FreshnessResult,
+    /// A second projection built from every event; none on a system the lab did not start
+    /// (`--endpoints`), where it cannot start one.
+    pub catch_up: Option<CatchUp>,
+    /// Every step of every mode.
+    pub series: BTreeMap<String, ModeResult>,
+    pub background_writes: BackgroundWrites,
+    /// Bytes on disk per store at the end: what each design keeps, and what the projection
+    /// duplicates.
+    pub storage_bytes: BTreeMap<String, u64>,
+    /// The aims as measured ratios, each with whether this run met it.
+    pub aims: Vec<Aim>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchData {
+    pub users: usize,
+    pub products: usize,
+    pub orders: usize,
+}
+
+/// The figures scripts read: one reference rate offered to every mode alike, over every
+/// round of [`Reference`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub throughput_rps: f64,
+    pub error_rate: f64,
+    pub saturation_rps: f64,
+}
+
+/// The reference rate, offered to every mode in turn, round after round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reference {
+    pub rate: u32,
+    pub rounds: u32,
+    pub round_ms: u64,
+    /// Each mode's figures in each round, in the order the rounds ran, with tracing off.
+    pub per_round: BTreeMap<String, Vec<RoundFigures>>,
+    /// What tracing costs: every round ran twice, with the services keeping no new traces
+    /// and keeping `ratio` of them. None when the lab ran with `--tracing off`.
+    pub tracing: Option<TracingCost>,
+}
+
+/// The reference rounds with tracing on beside the same rounds with it off.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracingCost {
+    /// The share of requests traced in the rounds with tracing on.
+    pub ratio: f64,
+    /// Each mode's figures with tracing on, over all its rounds.
+    pub on: BTreeMap<String, RoundFigures>,
+    /// Each mode's figures with tracing off (the summary's).
+    pub off: BTreeMap<String, RoundFigures>,
+    /// Each mode's turns with tracing on, round by round.
+    pub per_round_on: BTreeMap<String, Vec<RoundFigures>>,
+}
+
+/// One mode's turn in one round.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RoundFigures {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub error_rate: f64,
+}
+
+/// One rate held for one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub offered_rps: u32,
+    pub seconds: f64,
+    /// Requests that fell due during the step.
+    pub scheduled: u64,
+    pub ok: u64,
+    /// Answered requests per second.
+    pub throughput_rps: f64,
+    /// Latency of answered requests from when they were due (corrected for coordinated
+    /// omission).
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// The same requests timed from when they were sent.
+    pub uncorrected_p50_us: u64,
+    pub uncorrected_p99_us: u64,
+    /// How late the load generator itself sent requests (its own timer), p99.
+    pub send_lag_p99_us: u64,
+    /// Failed or never-sent requests over scheduled ones.
+    pub error_rate: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub example_errors: BTreeMap<String, String>,
+    /// CPU used during the step, by process, in percent of one core.
+    pub cpu_pct: BTreeMap<String, f64>,
+    pub saturated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeResult {
+    pub steps: Vec<Step>,
+    /// The most requests per second the mode answered in any step.
+    pub saturation_rps: f64,
+    /// False when even the highest offered rate did not saturate the mode: then
+    /// `saturation_rps` is a lower bound.
+    pub saturation_reached: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshnessResult {
+    /// From PlaceOrder's answer to the first read of purchases-async that shows the order
+    /// (an upper bound: the read that first shows it is counted whole).
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub samples: u64,
+    pub never_seen: u64,
+    pub write_rate_offered: u32,
+    pub write_rate_achieved: f64,
+    /// PlaceOrder calls that failed.
+    pub write_errors: u64,
+    /// Writes not sent because 64 were already waiting for orders: orders fell behind.
+    pub writes_skipped: u64,
+    /// Bucketed distribution: (upper bound in us, count).
+    pub distribution: Vec<(u64, u64)>,
+    /// The same lags split into relay, JetStream and projection time, when the bench could
+    /// follow the orders stream.
+    pub stages: Option<Stages>,
+    /// The same orders split by their spans, when the lab traced.
+    pub span_stages: Option<SpanStages>,
+    /// JetStream's own publish-to-delivery at the same rate, measured alone just before:
+    /// the floor under the JetStream stage. None when it could not be measured.
+    pub jetstream_alone: Option<JetStreamAlone>,
+    /// CPU used while writing and timing, by process, in percent of one core.
+    pub cpu_pct: BTreeMap<String, f64>,
+}
+
+/// A projection built from nothing while the streams hold every event of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUp {
+    /// Events in the three streams.
+    pub events: u64,
+    /// From starting the process to holding every event.
+    pub seconds_from_start: f64,
+    /// Events applied per second once the service was up (its start-up excluded).
+    pub events_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Aim {
+    pub name: String,
+    pub measured: f64,
+    pub target: f64,
+    /// `<=` or `>=`.
+    pub comparison: String,
+    pub met: bool,
+    /// The same ratio in each round of the reference rate, when it is measured there: how
+    /// far one round's figure can be trusted on this machine today.
+    pub rounds: Vec<f64>,
+}
