@@ -12,7 +12,8 @@ RUN --mount=type=cache,id=cargo-registry,target=/usr/local/cargo/registry \
     cargo build --release --workspace --bins \
  && mkdir /out \
  && cp target/release/users target/release/products target/release/orders \
-       target/release/purchases-sync target/release/purchases-async target/release/monolith \
+       target/release/purchases-sync target/release/purchases-bus target/release/purchases-async \
+       target/release/monolith \
        target/release/lab /out/
 
 FROM debian:bookworm-slim

@@ -1,19 +1,22 @@
 //! The purchases question answered by each mode, on identical data, in one run: a bare tonic
 //! round trip (grpc.health.v1 Check, no database: the floor), purchases-sync with the
-//! parallel and the sequential fan-out, purchases-async and the monolith, for users with 1,
+//! parallel and the sequential fan-out, purchases-bus (the owners asked over NATS),
+//! purchases-async and the monolith, for users with 1,
 //! 10 and 100 purchases. Everything runs in this process on loopback over SQLite.
 //!
 //! `async-sql` is purchases-async reading its projection through SQL (`--read-from
 //! database`) instead of its in-memory view: the view's gain, measured in the same run.
 //!
 //! `injected/<ms>` adds that much latency to every call the owning services answer (their
-//! fault layer), for the user with 10 purchases: purchases-sync pays it once per stage of its
-//! fan-out (twice in parallel, three times in sequence), purchases-async not at all.
+//! fault layer), for the user with 10 purchases: purchases-sync and purchases-bus pay it once
+//! per stage of their fan-out (twice in parallel, three times in sequence), purchases-async
+//! not at all.
 //!
 //! Run: `cargo bench -p benches --bench modes`; `-- --test` runs each case once.
 //! How to read it: compare each mode with `echo` in the same group. purchases-sync needs at
 //! least three sequential round trips (caller -> D, then users and orders together, then
-//! products); purchases-async and the monolith one plus a local read.
+//! products); purchases-bus the same, each call through the broker (two more hops);
+//! purchases-async and the monolith one plus a local read.
 
 use std::time::Duration;
 
@@ -101,6 +104,7 @@ async fn fixture() -> Fixture {
     let modes = vec![
         ("sync", lab.sync.clone()),
         ("sync-sequential", lab.sync_sequential.clone()),
+        ("bus", lab.bus.clone()),
         ("async", lab.asynchronous.clone()),
         ("async-sql", async_sql),
         ("monolith", monolith.purchases.clone()),
@@ -160,7 +164,7 @@ fn modes(c: &mut Criterion) {
         for (mode, client) in fixture
             .modes
             .iter()
-            .filter(|(mode, _)| ["sync", "sync-sequential", "async"].contains(mode))
+            .filter(|(mode, _)| ["sync", "sync-sequential", "bus", "async"].contains(mode))
         {
             bench_mode(
                 &mut group,

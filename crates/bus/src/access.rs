@@ -8,6 +8,9 @@
 //!   publish events or touch another service's durables.
 //! - Every service receives replies on inboxes of its own (`_INBOX.<service>.>`), so no
 //!   service can listen to another's replies.
+//! - An owner answers the questions asked of it on the bus (`ask.<owner>.>`, in its queue
+//!   group) and the services API's discovery requests for its name, and replies only to
+//!   what it was asked; only the service that asks (purchases-bus) and the lab may ask.
 //! - Deleting or purging a stream, or a message in one, is denied to every service outright:
 //!   only the lab's administrative identity, which has no restrictions, may do that.
 //!
@@ -39,9 +42,14 @@ pub struct Role {
     pub produces: Option<Stream>,
     /// The streams it reads, each through these durable consumers.
     pub consumes: Vec<(Stream, Vec<String>)>,
-    /// Subjects it answers requests on, as a member of a queue group (none yet).
+    /// Subjects it answers requests on, as a member of a queue group.
     pub answers: Vec<String>,
+    /// Subjects it asks questions on.
+    pub asks: Vec<String>,
 }
+
+/// The one service that asks the owners on the bus.
+pub const ASKER: &str = "purchases-bus";
 
 /// The lab's administrative identity: unrestricted, for the lab's own tooling (probes of
 /// the streams, republishing duplicates on purpose, creating scratch streams).
@@ -83,6 +91,30 @@ impl Role {
         self
     }
 
+    /// Answers the questions asked of it on the bus, and the discovery requests for its name.
+    #[must_use]
+    pub fn answering(mut self) -> Self {
+        let questions = crate::ask::answered_by(&self.service);
+        self.answers
+            .extend(questions.iter().map(crate::ask::Question::subject));
+        if !questions.is_empty() {
+            self.answers
+                .extend(crate::ask::discovery_subjects(&self.service));
+        }
+        self
+    }
+
+    /// Asks the owners every question on the bus.
+    #[must_use]
+    pub fn asking(mut self) -> Self {
+        self.asks.extend(
+            crate::ask::QUESTIONS
+                .iter()
+                .map(crate::ask::Question::subject),
+        );
+        self
+    }
+
     /// The least permissions that let it do what it does.
     pub fn permissions(&self) -> Permissions {
         let mut publish: Vec<String> = Vec::new();
@@ -108,6 +140,7 @@ impl Role {
                 ]);
             }
         }
+        publish.extend(self.asks.iter().cloned());
         publish.sort();
         publish.dedup();
         let mut subscribe = vec![format!("{}.>", crate::inbox_prefix(&self.service))];
@@ -137,13 +170,15 @@ pub fn system_roles(purchases_durables: &[&str]) -> Vec<Role> {
         purchases = purchases.consuming(stream, purchases_durables);
     }
     vec![
-        Role::new("users").producing(),
-        Role::new("products").producing(),
+        Role::new("users").producing().answering(),
+        Role::new("products").producing().answering(),
         Role::new("orders")
             .producing()
+            .answering()
             .consuming(crate::USERS, &[crate::ORDERS_DURABLE])
             .consuming(crate::PRODUCTS, &[crate::ORDERS_DURABLE]),
         purchases,
+        Role::new(ASKER).asking(),
     ]
 }
 
@@ -175,12 +210,66 @@ mod tests {
                 .iter()
                 .any(|s| s.contains("PRODUCTS") || s.contains("CONSUMER"))
         );
-        assert_eq!(users.subscribe_allow, ["_INBOX.users.>"]);
+        assert_eq!(
+            users
+                .subscribe_allow
+                .iter()
+                .filter(|s| s.starts_with("_INBOX"))
+                .collect::<Vec<_>>(),
+            ["_INBOX.users.>"],
+            "its own replies only"
+        );
         assert!(
             users
                 .publish_deny
                 .contains(&"$JS.API.STREAM.DELETE.>".to_owned())
         );
+    }
+
+    #[test]
+    fn only_the_asker_asks_and_only_the_owner_answers() {
+        let roles = system_roles(&["purchases"]);
+        let users = role(&roles, "users");
+        assert!(
+            users
+                .subscribe_allow
+                .contains(&"ask.users.GetUser".to_owned())
+        );
+        assert!(
+            users
+                .subscribe_allow
+                .contains(&"$SRV.PING.users".to_owned())
+        );
+        assert!(users.allow_responses);
+        assert!(
+            !users
+                .subscribe_allow
+                .iter()
+                .any(|s| s.starts_with("ask.orders")),
+            "users may not hear orders' questions"
+        );
+        assert!(!users.publish_allow.iter().any(|s| s.starts_with("ask.")));
+        let asker = role(&roles, ASKER);
+        assert_eq!(
+            asker.publish_allow,
+            [
+                "ask.orders.ListOrdersByUser",
+                "ask.products.BatchGetProducts",
+                "ask.products.GetProduct",
+                "ask.users.GetUser"
+            ]
+        );
+        assert_eq!(asker.subscribe_allow, ["_INBOX.purchases-bus.>"]);
+        assert!(!asker.allow_responses);
+        for reader in ["purchases-async", "orders"] {
+            assert!(
+                !role(&roles, reader)
+                    .publish_allow
+                    .iter()
+                    .any(|s| s.starts_with("ask.")),
+                "{reader} may not ask"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   system's three streams are constants ([`USERS`], [`PRODUCTS`], [`ORDERS`]).
 //! - Durable consumer names ([`ORDERS_DURABLE`], [`PURCHASES_DURABLE`]) and the inbox prefix
 //!   each service receives its replies on ([`inbox_prefix`]).
+//! - [`ask`]: the questions Service D may ask the owners on the bus (request/reply), and
+//!   the subjects they are asked on.
 //! - [`access`]: the NATS permissions each service's user gets, derived from what it
 //!   publishes and consumes, so a service can do its own work and nothing else.
 //!
@@ -14,6 +16,7 @@
 //! the services and the lab read the names. It deliberately holds no client code.
 
 pub mod access;
+pub mod ask;
 
 /// A JetStream stream and the service that owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -58,7 +58,15 @@ pub fn from_wire(fault: pb::Fault) -> Result<Fault, Status> {
         parsed = parsed.with_latency(Latency {
             fixed: Duration::from_millis(fault.latency_ms.into()),
             jitter: Duration::from_millis(fault.jitter_ms.into()),
+            fraction: fault.latency_fraction.unwrap_or(1.0),
         });
+    } else if fault.latency_fraction.is_some() {
+        return Err(Status::invalid_argument(
+            "latency_fraction needs a latency_ms or jitter_ms to apply",
+        ));
+    }
+    if let Some(seed) = fault.seed {
+        parsed = parsed.with_seed(seed);
     }
     if fault.failure_fraction != 0.0 || !fault.failure_code.is_empty() {
         let code = parse_code(&fault.failure_code).ok_or_else(|| {
@@ -93,6 +101,11 @@ pub fn to_wire(fault: &Fault) -> pb::Fault {
             .map(|failure| code_name(failure.code).to_owned())
             .unwrap_or_default(),
         blackhole: fault.blackhole,
+        latency_fraction: fault
+            .latency
+            .map(|latency| latency.fraction)
+            .filter(|fraction| *fraction < 1.0),
+        seed: fault.seed,
     }
 }
 
@@ -205,6 +218,8 @@ mod tests {
             failure_fraction: 0.2,
             failure_code: "unavailable".into(),
             blackhole: false,
+            latency_fraction: Some(0.01),
+            seed: Some(42),
         };
         let fault = from_wire(wire.clone()).expect("valid");
         assert_eq!(

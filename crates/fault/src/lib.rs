@@ -1,8 +1,10 @@
 //! Fault injection: a tower layer that every service's server stack carries, and the handle
 //! ([`Faults`]) that switches faults on and off while the service runs. A fault can delay
-//! requests (fixed plus uniform jitter), fail a fraction of them with a chosen gRPC status, or
-//! black-hole them (hold them until the caller or the server's request timeout gives up), for
-//! the whole service or for one gRPC service or method.
+//! requests (fixed plus uniform jitter, all of them or a fraction: "1% of calls +20 ms"), fail
+//! a fraction of them with a chosen gRPC status, or black-hole them (hold them until the
+//! caller or the server's request timeout gives up), for the whole service or for one gRPC
+//! service or method. A fault given a seed draws from a random source of its own, so the same
+//! sequence of requests meets the same delays and failures in every run.
 //!
 //! Health and reflection are never touched, so the lab can still see and drive a service
 //! that it is degrading. With no fault set a request pays one atomic load.
@@ -15,12 +17,13 @@ pub mod admin;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Either};
-use rand::Rng as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 
 /// Which requests a fault applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +59,14 @@ fn is_control_plane(path: &str) -> bool {
     path.starts_with("grpc.health.") || path.starts_with("grpc.reflection.")
 }
 
-/// Added latency: `fixed` plus a uniformly drawn part of up to `jitter`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Added latency: `fixed` plus a uniformly drawn part of up to `jitter`, to the share
+/// `fraction` of the requests in scope (each drawn on its own).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latency {
     pub fixed: Duration,
     pub jitter: Duration,
+    /// Between 0 and 1; 1 delays every request.
+    pub fraction: f64,
 }
 
 impl Latency {
@@ -68,15 +74,27 @@ impl Latency {
         Self {
             fixed,
             jitter: Duration::ZERO,
+            fraction: 1.0,
         }
     }
 
-    fn draw(&self) -> Duration {
+    /// The same latency for only `fraction` of the requests.
+    #[must_use]
+    pub fn for_fraction(mut self, fraction: f64) -> Self {
+        self.fraction = fraction;
+        self
+    }
+
+    /// The delay for one request: none for a request outside the fraction.
+    fn draw(&self, rng: &mut impl rand::Rng) -> Duration {
+        if self.fraction < 1.0 && !rng.random_bool(self.fraction) {
+            return Duration::ZERO;
+        }
         if self.jitter.is_zero() {
             return self.fixed;
         }
         let jitter_nanos = u64::try_from(self.jitter.as_nanos()).unwrap_or(u64::MAX);
-        self.fixed + Duration::from_nanos(rand::rng().random_range(0..=jitter_nanos))
+        self.fixed + Duration::from_nanos(rng.random_range(0..=jitter_nanos))
     }
 }
 
@@ -96,6 +114,9 @@ pub struct Fault {
     pub latency: Option<Latency>,
     pub failure: Option<Failure>,
     pub blackhole: bool,
+    /// Seeds this fault's draws (which requests are delayed or failed, and by how much);
+    /// from the operating system's entropy when None.
+    pub seed: Option<u64>,
 }
 
 /// Why a fault was refused.
@@ -121,7 +142,15 @@ impl Fault {
             latency: None,
             failure: None,
             blackhole: false,
+            seed: None,
         }
+    }
+
+    /// Draws from a random source seeded with `seed`, so a run can be repeated.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     #[must_use]
@@ -160,13 +189,19 @@ impl Fault {
             }
             Target::Service(_) | Target::Method(_) => {}
         }
-        if let Some(latency) = self.latency
-            && latency.fixed + latency.jitter > MAX_LATENCY
-        {
-            return invalid(format!(
-                "latency {:?} plus jitter {:?} is over the {MAX_LATENCY:?} limit",
-                latency.fixed, latency.jitter
-            ));
+        if let Some(latency) = self.latency {
+            if latency.fixed + latency.jitter > MAX_LATENCY {
+                return invalid(format!(
+                    "latency {:?} plus jitter {:?} is over the {MAX_LATENCY:?} limit",
+                    latency.fixed, latency.jitter
+                ));
+            }
+            if !(0.0..=1.0).contains(&latency.fraction) {
+                return invalid(format!(
+                    "latency fraction {} must be between 0 and 1",
+                    latency.fraction
+                ));
+            }
         }
         if let Some(failure) = self.failure {
             if !(0.0..=1.0).contains(&failure.fraction) {
@@ -197,7 +232,26 @@ pub struct Faults {
 struct Inner {
     /// Mirrors `!faults.is_empty()`, so the common path never takes the lock.
     armed: AtomicBool,
-    faults: RwLock<Vec<Fault>>,
+    faults: RwLock<Vec<Armed>>,
+}
+
+/// A fault in force, with the random source its draws come from.
+struct Armed {
+    fault: Fault,
+    rng: Mutex<StdRng>,
+}
+
+impl Armed {
+    fn new(fault: Fault) -> Self {
+        let rng = match fault.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            fault,
+            rng: Mutex::new(rng),
+        }
+    }
 }
 
 impl fmt::Debug for Faults {
@@ -213,7 +267,7 @@ impl Faults {
     pub fn add(&self, fault: Fault) -> Result<(), InvalidFault> {
         fault.validate()?;
         let mut faults = self.write();
-        faults.push(fault);
+        faults.push(Armed::new(fault));
         self.inner.armed.store(true, Ordering::Release);
         Ok(())
     }
@@ -225,7 +279,7 @@ impl Faults {
         }
         let mut current = self.write();
         let armed = !faults.is_empty();
-        *current = faults;
+        *current = faults.into_iter().map(Armed::new).collect();
         self.inner.armed.store(armed, Ordering::Release);
         Ok(())
     }
@@ -237,7 +291,10 @@ impl Faults {
     }
 
     pub fn list(&self) -> Vec<Fault> {
-        self.read().clone()
+        self.read()
+            .iter()
+            .map(|armed| armed.fault.clone())
+            .collect()
     }
 
     /// What to do to a request for `path`, or None to pass it straight through.
@@ -248,14 +305,22 @@ impl Faults {
         let faults = self.read();
         let mut plan = Plan::default();
         let mut any = false;
-        for fault in faults.iter().filter(|fault| fault.target.covers(path)) {
+        for armed in faults
+            .iter()
+            .filter(|armed| armed.fault.target.covers(path))
+        {
             any = true;
+            let fault = &armed.fault;
+            let mut rng = armed
+                .rng
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(latency) = fault.latency {
-                plan.delay += latency.draw();
+                plan.delay += latency.draw(&mut *rng);
             }
             if plan.fail.is_none()
                 && let Some(failure) = fault.failure
-                && rand::rng().random_bool(failure.fraction)
+                && rng.random_bool(failure.fraction)
             {
                 plan.fail = Some(failure.code);
             }
@@ -265,14 +330,14 @@ impl Faults {
     }
 
     // A poisoned lock means a panic while a Vec was swapped: the Vec itself is whole.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Fault>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Armed>> {
         self.inner
             .faults
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Fault>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Armed>> {
         self.inner
             .faults
             .write()
@@ -432,6 +497,7 @@ mod tests {
                     .with_latency(Latency {
                         fixed: Duration::from_millis(1),
                         jitter: Duration::from_millis(1),
+                        fraction: 1.0,
                     })
                     .with_failure(1.0, tonic::Code::Unavailable),
             )
@@ -464,6 +530,43 @@ mod tests {
             .count();
         // Binomial(10000, 0.2): mean 2000, sd 40; 10 sd either side never fails by chance.
         assert!((1_600..=2_400).contains(&failed), "{failed} of 10000");
+    }
+
+    #[test]
+    fn a_seeded_latency_fraction_delays_the_same_requests_every_time() {
+        let delayed = |seed: u64| -> Vec<bool> {
+            let faults = Faults::default();
+            faults
+                .add(
+                    Fault::new(Target::All)
+                        .with_latency(Latency::fixed(Duration::from_millis(20)).for_fraction(0.01))
+                        .with_seed(seed),
+                )
+                .expect("valid");
+            (0..100_000)
+                .map(|_| {
+                    faults
+                        .plan(GET_USER)
+                        .is_some_and(|plan| plan.delay == Duration::from_millis(20))
+                })
+                .collect()
+        };
+        let first = delayed(7);
+        assert_eq!(
+            first,
+            delayed(7),
+            "the same seed, the same requests delayed"
+        );
+        assert_ne!(first, delayed(8), "another seed, other requests");
+        let share = first.iter().filter(|delayed| **delayed).count();
+        // Binomial(100000, 0.01): mean 1000, sd 31.5; 8 sd either side.
+        assert!((750..=1_250).contains(&share), "{share} of 100000 delayed");
+        assert!(
+            Fault::new(Target::All)
+                .with_latency(Latency::fixed(Duration::from_millis(1)).for_fraction(1.5))
+                .validate()
+                .is_err()
+        );
     }
 
     async fn call(faults: &Faults, path: &str) -> http::Response<String> {

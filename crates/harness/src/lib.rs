@@ -1,5 +1,6 @@
 //! The whole system in the caller's runtime, for integration tests and benchmarks:
-//! nats-server, users, products, orders, purchases-sync and purchases-async ([`Lab`]), and
+//! nats-server, users, products, orders, purchases-sync, purchases-bus and purchases-async
+//! ([`Lab`]), and
 //! the monolith ([`Monolith`]), each on port 0 with a database of its own. Clients for the
 //! writes a workload makes ([`Writers`]) and for reading every page of an answer.
 //!
@@ -17,6 +18,7 @@ use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use outbox::RelayArgs;
 use platform::config::{CommonArgs, DatabaseArgs};
+use purchases::fanout::Order;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use testkit::{Backend, DelayProxy, RunningServer, SecureNats, TestDatabase};
@@ -164,6 +166,7 @@ pub struct Lab {
     pub orders_server: RunningServer,
     pub sync_server: RunningServer,
     pub _sequential_server: RunningServer,
+    pub bus_server: RunningServer,
     pub async_server: Option<RunningServer>,
     pub async_db: TestDatabase,
     /// The fault layers of users, products and orders, e.g. to add latency to every call.
@@ -178,6 +181,10 @@ pub struct Lab {
     pub sync: PurchaseServiceClient<Channel>,
     /// purchases-sync with the sequential fan-out.
     pub sync_sequential: PurchaseServiceClient<Channel>,
+    /// purchases-bus: the owners asked on NATS.
+    pub bus: PurchaseServiceClient<Channel>,
+    /// users, orders and products (through the proxy), as purchases-sync reaches them.
+    owner_urls: [String; 3],
     pub asynchronous: PurchaseServiceClient<Channel>,
 }
 
@@ -251,22 +258,38 @@ impl Lab {
             fanout,
             call_timeout_ms: 2_000,
             max_calls_per_dependency: 64,
+            hedge_after_ms: None,
             common: CommonArgs::default(),
         };
-        let sync_app =
-            purchases_sync::Application::build(sync_config(purchases_sync::Fanout::Parallel))
-                .await
-                .expect("purchases-sync starts");
+        let owner_urls = [
+            users_server.url(),
+            orders_server.url(),
+            products_proxy.url(),
+        ];
+        let sync_app = purchases_sync::Application::build(sync_config(Order::Parallel))
+            .await
+            .expect("purchases-sync starts");
         let sync_server = RunningServer::spawn(sync_app.local_addr(), |stop| {
             sync_app.run_until_stopped(stop)
         });
-        let sequential_app =
-            purchases_sync::Application::build(sync_config(purchases_sync::Fanout::Sequential))
-                .await
-                .expect("purchases-sync (sequential) starts");
+        let sequential_app = purchases_sync::Application::build(sync_config(Order::Sequential))
+            .await
+            .expect("purchases-sync (sequential) starts");
         let sequential_server = RunningServer::spawn(sequential_app.local_addr(), |stop| {
             sequential_app.run_until_stopped(stop)
         });
+        let bus_app = purchases_bus::Application::build(purchases_bus::Config {
+            listen: any_port(),
+            nats: nats.args(bus::access::ASKER),
+            fanout: Order::Parallel,
+            call_timeout_ms: 2_000,
+            max_calls_per_dependency: 64,
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("purchases-bus starts");
+        let bus_server =
+            RunningServer::spawn(bus_app.local_addr(), |stop| bus_app.run_until_stopped(stop));
 
         let async_db = TestDatabase::create(backend).await;
         let mut lab = Self {
@@ -276,8 +299,10 @@ impl Lab {
                 products_server.channel(),
                 orders_server.channel(),
             ),
+            owner_urls,
             sync: PurchaseServiceClient::new(sync_server.channel()),
             sync_sequential: PurchaseServiceClient::new(sequential_server.channel()),
+            bus: PurchaseServiceClient::new(bus_server.channel()),
             // Replaced by start_async below.
             asynchronous: PurchaseServiceClient::new(sync_server.channel()),
             nats,
@@ -287,6 +312,7 @@ impl Lab {
             orders_server,
             sync_server,
             _sequential_server: sequential_server,
+            bus_server,
             async_server: None,
             async_db,
             faults,
@@ -299,7 +325,58 @@ impl Lab {
             _dbs: vec![users_db, products_db, orders_db],
         };
         lab.start_async(false).await;
+        lab.owners_answer_on_the_bus().await;
         lab
+    }
+
+    /// Another purchases-sync on the same owners (products behind the same proxy), with the
+    /// fan-out and hedging given: the per-item fan-out, say.
+    pub async fn start_sync(
+        &self,
+        fanout: Order,
+        hedge_after_ms: Option<u64>,
+    ) -> (RunningServer, PurchaseServiceClient<Channel>) {
+        let [users_url, orders_url, products_url] = self.owner_urls.clone();
+        let app = purchases_sync::Application::build(purchases_sync::Config {
+            listen: any_port(),
+            users_url,
+            orders_url,
+            products_url,
+            fanout,
+            call_timeout_ms: 2_000,
+            max_calls_per_dependency: 256,
+            hedge_after_ms,
+            common: CommonArgs::default(),
+        })
+        .await
+        .expect("purchases-sync starts");
+        let server = RunningServer::spawn(app.local_addr(), |stop| app.run_until_stopped(stop));
+        let client = PurchaseServiceClient::new(server.channel());
+        (server, client)
+    }
+
+    /// Waits until every owner answers the services API's PING on the bus: its questions'
+    /// endpoints are registered with the same subscription batch.
+    pub async fn owners_answer_on_the_bus(&self) {
+        let admin = self.nats.client(bus::access::ADMIN).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for owner in ["users", "products", "orders"] {
+            loop {
+                let ping = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    admin.request(format!("$SRV.PING.{owner}"), "".into()),
+                )
+                .await;
+                if matches!(ping, Ok(Ok(_))) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{owner} never registered its endpoints on the bus"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Starts purchases-async on its database (again, after a stop).

@@ -314,3 +314,77 @@ async fn no_service_can_listen_to_another_services_replies() {
         "users saw a message on another service's inbox"
     );
 }
+
+#[tokio::test]
+async fn only_the_asker_asks_and_only_the_owner_answers() {
+    let secure = Secure::start().await;
+    let question = bus::ask::GET_USER.subject();
+    let (users, _) = secure.connect("users").await;
+    let mut asked = users
+        .queue_subscribe(question.clone(), bus::ask::QUEUE_GROUP.into())
+        .await
+        .expect("users listens for its own questions");
+    let answering = tokio::spawn({
+        let users = users.clone();
+        async move {
+            while let Some(message) = asked.next().await {
+                let reply = message.reply.expect("a question has a reply subject");
+                users
+                    .publish(reply, "an answer".into())
+                    .await
+                    .expect("users answers what it was asked");
+            }
+        }
+    });
+    users.flush().await.expect("subscribed");
+
+    let (asker, _) = secure.connect(bus::access::ASKER).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        asker.request(question.clone(), "who?".into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("purchases-bus may ask users");
+    assert_eq!(answer.payload, "an answer");
+
+    // A reader that does not ask may not: the question never reaches users.
+    let (reader, mut reader_errors) = secure.connect("purchases-async").await;
+    let not_asked =
+        tokio::time::timeout(REFUSED_WITHIN, reader.request(question.clone(), "x".into())).await;
+    assert!(
+        !matches!(not_asked, Ok(Ok(_))),
+        "purchases-async got an answer it may not ask for"
+    );
+    refused(&mut reader_errors, &question).await;
+
+    // Another owner may not listen in on users' questions, nor answer them.
+    let (products, mut products_errors) = secure.connect("products").await;
+    let mut eavesdropper = products
+        .queue_subscribe(question.clone(), bus::ask::QUEUE_GROUP.into())
+        .await
+        .expect("the subscription is sent");
+    refused(&mut products_errors, &question).await;
+    for _ in 0..5 {
+        asker
+            .request(question.clone(), "who?".into())
+            .await
+            .expect("users still answers every question");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), eavesdropper.next())
+            .await
+            .is_err(),
+        "products heard a question meant for users"
+    );
+
+    // And an owner answers only what it was asked: it cannot publish into the asker's inbox.
+    let (users_again, mut users_errors) = secure.connect("users").await;
+    let forged_reply = format!("{}.forged", bus::inbox_prefix(bus::access::ASKER));
+    users_again
+        .publish(forged_reply.clone(), "unasked".into())
+        .await
+        .expect("the publish is sent");
+    refused(&mut users_errors, &forged_reply).await;
+    answering.abort();
+}

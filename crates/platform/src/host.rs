@@ -72,6 +72,15 @@ impl ServiceHost {
         self.server.metrics_addr()
     }
 
+    /// Also answers the service's questions on the bus (`bus::ask`) while it serves, as the
+    /// NATS user `client` is connected as.
+    pub fn answer_on_bus(&mut self, client: async_nats::Client) {
+        self.server.answer_on_bus(crate::answers::BusAnswers {
+            client,
+            owner: self.name,
+        });
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }

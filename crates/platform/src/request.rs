@@ -39,6 +39,22 @@ pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     })
 }
 
+/// A deadline as a `grpc-timeout` value, as precise as eight digits allow: microseconds up
+/// to 100 s, then milliseconds, then seconds (a caller passing its deadline on, over gRPC or
+/// the bus).
+pub fn encode_grpc_timeout(timeout: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let micros = timeout.as_micros();
+    if micros <= MAX {
+        return format!("{micros}u");
+    }
+    let millis = timeout.as_millis();
+    if millis <= MAX {
+        return format!("{millis}m");
+    }
+    format!("{}S", timeout.as_secs().min(MAX as u64))
+}
+
 /// The layer: see the module documentation.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestLayer {
@@ -156,5 +172,22 @@ mod tests {
             assert_eq!(grpc_timeout(&headers), None, "{malformed}");
         }
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_deadline_passed_on_reads_back_as_itself() {
+        for timeout in [
+            Duration::from_micros(1),
+            Duration::from_millis(150),
+            Duration::from_secs(99),
+            Duration::from_secs(3600),
+        ] {
+            let encoded = encode_grpc_timeout(timeout);
+            assert_eq!(parse_grpc_timeout(&encoded), Some(timeout), "{encoded}");
+        }
+        assert_eq!(
+            encode_grpc_timeout(Duration::from_secs(u64::MAX)),
+            "99999999S"
+        );
     }
 }

@@ -4,8 +4,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
@@ -122,6 +124,7 @@ pub struct GrpcServer {
     admin: Option<(TcpIncoming, SocketAddr)>,
     metrics: Option<crate::telemetry::metrics::MetricsEndpoint>,
     settings: ServerSettings,
+    bus: Option<crate::answers::BusAnswers>,
 }
 
 /// How long to wait before accepting again after accept failed (out of file descriptors,
@@ -179,7 +182,14 @@ impl GrpcServer {
             admin,
             metrics,
             settings,
+            bus: None,
         })
+    }
+
+    /// Also answers the owner's questions on the bus (`bus::ask`), through the same layers
+    /// and handlers as its gRPC requests, while it serves.
+    pub fn answer_on_bus(&mut self, answers: crate::answers::BusAnswers) {
+        self.bus = Some(answers);
     }
 
     /// Where metrics are served (`/metrics`), when they were asked for.
@@ -242,6 +252,7 @@ impl GrpcServer {
             .add_service(reflection().build_v1alpha()?);
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop_answering = tokio_util::sync::CancellationToken::new();
         let admin_stop = tokio_util::sync::CancellationToken::new();
         if let Some(metrics) = self.metrics {
             let stop = admin_stop.clone();
@@ -267,8 +278,11 @@ impl GrpcServer {
         }
         // Stops the admin API with the service, however serving ends.
         let _admin_guard = admin_stop.drop_guard();
+        let signal_stop_answering = stop_answering.clone();
         let signal = async move {
             shutdown.await;
+            // The queue group hands new questions to the owner's other instances.
+            signal_stop_answering.cancel();
             for name in names.iter().copied().chain([""]) {
                 health_reporter
                     .set_service_status(name, ServingStatus::NotServing)
@@ -284,6 +298,59 @@ impl GrpcServer {
             settings.max_queue_delay,
             connections.clone(),
         );
+        let stack = ServiceBuilder::new()
+            // Outermost: every request gets its span (continuing the caller's trace),
+            // its log line and its metrics, whatever happened inside.
+            .layer(crate::telemetry::rpc::server_layer())
+            // Counts the request on its connection (so a busy one is never closed as
+            // idle), bounds it by the request timeout or the caller's deadline, and
+            // turns what the layers inside fail with into the status the caller
+            // reads, before the span outside records it.
+            .layer(RequestLayer {
+                timeout: settings.request_timeout,
+            })
+            .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
+            // Shedding sits outside both bounds: past either, a new request fails at
+            // once with RESOURCE_EXHAUSTED instead of queueing without bound.
+            .load_shed()
+            // Requests accepted and waiting for a worker thread count too (see
+            // `admission`); the limit inside counts only the ones running.
+            .layer(admission.layer())
+            // One limit for gRPC requests and questions on the bus together.
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
+                Semaphore::new(settings.max_concurrent_requests),
+            )))
+            // Innermost, so an injected delay holds a permit as a slow handler would,
+            // and an injected failure is shed and timed out like a real one.
+            .layer(fault::FaultLayer::new(settings.faults.clone()));
+        let routes = routes.routes();
+        let answering = match self.bus {
+            Some(answers) => {
+                let owner = answers.owner;
+                let stack = stack.clone().service(routes.clone());
+                let stop = stop_answering.clone();
+                let (registered_tx, registered) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(async move {
+                    if let Err(error) =
+                        crate::answers::answer(answers, stack, stop, registered_tx).await
+                    {
+                        tracing::error!(service = owner, %error, "not answering on the bus");
+                    }
+                });
+                // Health says SERVING once questions on the bus find the owner too, unless
+                // NATS is away: then the service serves gRPC and answers when it connects.
+                let in_time =
+                    tokio::time::timeout(crate::answers::REGISTERED_WITHIN, registered).await;
+                if !matches!(in_time, Ok(Ok(()))) {
+                    tracing::warn!(
+                        service = owner,
+                        "serving before NATS has the bus endpoints; they follow when it connects"
+                    );
+                }
+                Some(task)
+            }
+            None => None,
+        };
         let serving = Server::builder()
             // Dead peers are found by pings, and no connection lives forever: an old one is
             // asked to go away (GOAWAY) and given the request timeout and more to finish.
@@ -293,43 +360,34 @@ impl GrpcServer {
             .max_connection_age_grace(settings.request_timeout + Duration::from_secs(5))
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .layer(
-                ServiceBuilder::new()
-                    // Outermost: every request gets its span (continuing the caller's trace),
-                    // its log line and its metrics, whatever happened inside.
-                    .layer(crate::telemetry::rpc::server_layer())
-                    // Counts the request on its connection (so a busy one is never closed as
-                    // idle), bounds it by the request timeout or the caller's deadline, and
-                    // turns what the layers inside fail with into the status the caller
-                    // reads, before the span outside records it.
-                    .layer(RequestLayer {
-                        timeout: settings.request_timeout,
-                    })
-                    .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
-                    // Shedding sits outside both bounds: past either, a new request fails at
-                    // once with RESOURCE_EXHAUSTED instead of queueing without bound.
-                    .load_shed()
-                    // Requests accepted and waiting for a worker thread count too (see
-                    // `admission`); the limit inside counts only the ones running.
-                    .layer(admission.layer())
-                    .layer(GlobalConcurrencyLimitLayer::new(
-                        settings.max_concurrent_requests,
-                    ))
-                    // Innermost, so an injected delay holds a permit as a slow handler would,
-                    // and an injected failure is shed and timed out like a real one.
-                    .layer(fault::FaultLayer::new(settings.faults.clone())),
-            )
-            .add_routes(routes.routes())
+            .layer(stack)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(admitted(self.incoming, connections), signal);
+        let served = Self::until_stopped(serving, stopping_rx, settings.shutdown_grace).await;
+        // However serving ended, no more questions are taken.
+        stop_answering.cancel();
+        if let Some(answering) = answering {
+            // Questions in hand finish within the same grace as requests in flight.
+            let _ = tokio::time::timeout(settings.shutdown_grace, answering).await;
+        }
+        served
+    }
 
+    /// Waits for the server to stop: until it fails, or until shutdown is asked for and the
+    /// requests in flight finish within the grace period.
+    async fn until_stopped(
+        serving: impl Future<Output = Result<(), tonic::transport::Error>>,
+        stopping: tokio::sync::oneshot::Receiver<()>,
+        grace: Duration,
+    ) -> Result<(), ServeError> {
         tokio::pin!(serving);
         tokio::select! {
             result = &mut serving => return result.map_err(ServeError::from),
-            Ok(()) = stopping_rx => {}
+            Ok(()) = stopping => {}
         }
-        match tokio::time::timeout(settings.shutdown_grace, serving).await {
+        match tokio::time::timeout(grace, serving).await {
             Ok(result) => result.map_err(ServeError::from),
-            Err(_) => Err(ServeError::GraceExpired(settings.shutdown_grace)),
+            Err(_) => Err(ServeError::GraceExpired(grace)),
         }
     }
 }

@@ -1,12 +1,14 @@
-//! Service D's edge, shared by the three ways of answering it (purchases-sync,
-//! purchases-async, the monolith): parsing a `ListUserPurchases` request into a [`Query`],
+//! Service D's edge, shared by the four ways of answering it (purchases-sync,
+//! purchases-bus, purchases-async, the monolith): parsing a `ListUserPurchases` request into a [`Query`],
 //! the answer's shape ([`Page`]), the errors a mode may fail with and their one mapping to
-//! gRPC statuses, and the tonic service that ties them to a [`PurchaseSource`].
+//! gRPC statuses, and the tonic service that ties them to a [`PurchaseSource`]; and
+//! [`fanout`], the asking of the owners at request time that the sync and bus ways share.
 //!
 //! What it deliberately does not own: where the data comes from. Each mode implements
 //! [`PurchaseSource`]; this crate makes sure they are indistinguishable from outside except
 //! where the difference is the point (mode, freshness, failures of dependencies).
 
+pub mod fanout;
 pub mod rows;
 
 use std::future::Future;
@@ -104,6 +106,7 @@ pub enum Mode {
     Sync,
     Async,
     Monolith,
+    Bus,
 }
 
 /// One page of the answer.
@@ -173,12 +176,14 @@ pub enum PurchasesError {
         detail: String,
     },
     #[error(
-        "purchases-sync already has {limit} calls in flight to the {dependency} service; retry later"
+        "this service already has {limit} calls in flight to the {dependency} service; retry later"
     )]
     DependencyOverloaded {
         dependency: Dependency,
         limit: usize,
     },
+    #[error("the NATS bus is unreachable, so no owner can be asked: {detail}")]
+    BusUnavailable { detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -192,7 +197,8 @@ impl From<PurchasesError> for Status {
             }
             PurchasesError::UserNotFound(_) => Status::not_found(message),
             PurchasesError::DependencyUnavailable { .. }
-            | PurchasesError::DependencyOverloaded { .. } => Status::unavailable(message),
+            | PurchasesError::DependencyOverloaded { .. }
+            | PurchasesError::BusUnavailable { .. } => Status::unavailable(message),
             PurchasesError::DependencyTimedOut { .. } => Status::deadline_exceeded(message),
             PurchasesError::Store(error) => platform::status::from_store_error(&error),
         }
@@ -236,6 +242,29 @@ impl<S: PurchaseSource> PurchaseService for PurchaseApi<S> {
     }
 }
 
+/// Serves the purchases API from `source` on `server` until `shutdown`, with no admin
+/// services of its own: the ways that keep no state (sync, bus).
+pub async fn serve_without_state<S: PurchaseSource>(
+    server: platform::server::GrpcServer,
+    source: S,
+    mode: Mode,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), platform::server::ServeError> {
+    use contracts::purchases::v1::purchase_service_server::PurchaseServiceServer;
+    use platform::server::{MAX_REQUEST_BYTES, ServiceSet};
+    let api = PurchaseApi::new(source, mode);
+    let services = ServiceSet::new()
+        .with(PurchaseServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
+    server
+        .serve(
+            services,
+            ServiceSet::new(),
+            contracts::FILE_DESCRIPTOR_SET,
+            shutdown,
+        )
+        .await
+}
+
 /// The caller's deadline, from the `grpc-timeout` header, read as the gRPC spec says
 /// (`platform::request`, which also holds the server to it): a malformed one is ignored.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
@@ -277,6 +306,7 @@ fn to_pb(page: Page, mode: Mode) -> pb::ListUserPurchasesResponse {
             Mode::Sync => pb::Mode::Sync,
             Mode::Async => pb::Mode::Async,
             Mode::Monolith => pb::Mode::Monolith,
+            Mode::Bus => pb::Mode::Bus,
         } as i32,
         freshness: Some(match page.freshness {
             Freshness::Live => pb::Freshness {

@@ -40,6 +40,7 @@ pub fn clients(endpoints: &Endpoints) -> Clients {
         sync_sequential: PurchaseServiceClient::new(
             endpoints.channel(Service::PurchasesSyncSequential),
         ),
+        bus: PurchaseServiceClient::new(endpoints.channel(Service::PurchasesBus)),
         asynchronous: PurchaseServiceClient::new(endpoints.channel(Service::PurchasesAsync)),
         monolith: PurchaseServiceClient::new(endpoints.channel(Service::Monolith)),
     }
@@ -73,7 +74,7 @@ pub async fn run(
 
     let (seeded, data) = seed_and_wait(lab, seed_args).await?;
     let mut latency = BTreeMap::new();
-    for mode in [Mode::Echo, Mode::Sync, Mode::Async, Mode::Monolith] {
+    for mode in std::iter::once(Mode::Echo).chain(Mode::COMPARED) {
         println!("Measuring {} ({} requests)...", mode.name(), args.requests);
         latency.insert(
             mode,

@@ -71,6 +71,7 @@ enum Command {
     },
     /// On an empty data dir: up, seed, then load every mode at a series of rates up to
     /// saturation, time the projection's freshness, and write bench.json and bench.html.
+    /// `lab bench fanout` measures instead the tail a wider fan-out pays (fanout.json).
     Bench {
         #[command(flatten)]
         up: UpArgs,
@@ -78,6 +79,8 @@ enum Command {
         seed: SeedArgs,
         #[command(flatten)]
         bench: BenchArgs,
+        #[command(subcommand)]
+        experiment: Option<BenchExperiment>,
     },
     /// On an empty data dir: up, seed, then run fault scenarios under steady load (kill,
     /// slow, fail, partition) and check the projection against the owners after each;
@@ -109,6 +112,14 @@ enum Command {
         #[arg(long, default_value_t = 2_000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchExperiment {
+    /// On a fresh lab, products slowed on a seeded fraction p of its calls: the share of
+    /// slow requests against the fan-out's width k, beside 1-(1-p)^k, with hedging, the
+    /// batch fan-out and purchases-async; writes fanout.json and fanout.html.
+    Fanout(bench::fanout::FanoutArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -331,7 +342,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { up, seed, bench } => {
+        Command::Bench {
+            up,
+            experiment: Some(BenchExperiment::Fanout(fanout)),
+            ..
+        } => {
+            let storage = storage(&up, cli.endpoints.as_deref());
+            let outcome = on_lab(&cli.data_dir, &up, cli.endpoints.as_deref(), async |lab| {
+                bench::fanout::run(lab, &fanout, &storage).await
+            })
+            .await?;
+            let Some((report, took)) = outcome else {
+                return Ok(ExitCode::from(INTERRUPTED));
+            };
+            print!("{}", bench::fanout::terminal(&report));
+            let (json, html) =
+                bench::fanout::write(&report, &cli.data_dir, fanout.fanout_json.as_deref())?;
+            println!(
+                "\nResults: {} and {}. Took {:.0} s.",
+                json.display(),
+                html.display(),
+                took.as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            up, seed, bench, ..
+        } => {
             let storage = storage(&up, cli.endpoints.as_deref());
             let fsync = up.nats_fsync_name();
             let settings = bench.settings();

@@ -24,18 +24,21 @@ pub enum Mode {
     Sync,
     /// purchases-sync calling its dependencies one after another.
     SyncSequential,
+    /// purchases-bus: the owners asked on the bus (NATS request/reply).
+    Bus,
     Async,
     Monolith,
 }
 
 impl Mode {
-    pub const COMPARED: [Self; 3] = [Self::Sync, Self::Async, Self::Monolith];
+    pub const COMPARED: [Self; 4] = [Self::Sync, Self::Bus, Self::Async, Self::Monolith];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Echo => "echo",
             Self::Sync => "sync",
             Self::SyncSequential => "sync-sequential",
+            Self::Bus => "bus",
             Self::Async => "async",
             Self::Monolith => "monolith",
         }
@@ -48,6 +51,7 @@ pub struct Clients {
     pub echo: HealthClient<Channel>,
     pub sync: PurchaseServiceClient<Channel>,
     pub sync_sequential: PurchaseServiceClient<Channel>,
+    pub bus: PurchaseServiceClient<Channel>,
     pub asynchronous: PurchaseServiceClient<Channel>,
     pub monolith: PurchaseServiceClient<Channel>,
 }
@@ -78,6 +82,7 @@ impl Clients {
                 .map(drop),
             Mode::Sync => purchases(&self.sync, &user.microservices).await,
             Mode::SyncSequential => purchases(&self.sync_sequential, &user.microservices).await,
+            Mode::Bus => purchases(&self.bus, &user.microservices).await,
             Mode::Async => purchases(&self.asynchronous, &user.microservices).await,
             Mode::Monolith => purchases(&self.monolith, &user.monolith).await,
         };

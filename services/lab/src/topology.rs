@@ -17,17 +17,20 @@ pub enum Service {
     PurchasesSync,
     /// purchases-sync again, with `--fanout sequential`: the cost of not overlapping calls.
     PurchasesSyncSequential,
+    /// Service D asking the owners on the bus (NATS request/reply).
+    PurchasesBus,
     PurchasesAsync,
     Monolith,
 }
 
 impl Service {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Users,
         Self::Products,
         Self::Orders,
         Self::PurchasesSync,
         Self::PurchasesSyncSequential,
+        Self::PurchasesBus,
         Self::PurchasesAsync,
         Self::Monolith,
     ];
@@ -47,6 +50,7 @@ impl Service {
             Self::Products => "products",
             Self::Orders => "orders",
             Self::PurchasesSync | Self::PurchasesSyncSequential => "purchases-sync",
+            Self::PurchasesBus => "purchases-bus",
             Self::PurchasesAsync => "purchases-async",
             Self::Monolith => "monolith",
         }
@@ -63,6 +67,7 @@ impl Service {
             Self::PurchasesSync => 50061,
             Self::PurchasesAsync => 50062,
             Self::PurchasesSyncSequential => 50063,
+            Self::PurchasesBus => 50064,
         }
     }
 
@@ -83,7 +88,7 @@ impl Service {
             Self::Users => Some("users"),
             Self::Products => Some("products"),
             Self::Orders => Some("orders"),
-            Self::PurchasesSync | Self::PurchasesSyncSequential => None,
+            Self::PurchasesSync | Self::PurchasesSyncSequential | Self::PurchasesBus => None,
             Self::PurchasesAsync => Some("purchases_async"),
             Self::Monolith => Some("monolith"),
         }
@@ -117,6 +122,7 @@ impl Service {
             Self::Orders => format!("grpcurl -plaintext {addr} describe orders.v1.OrderService"),
             Self::PurchasesSync
             | Self::PurchasesSyncSequential
+            | Self::PurchasesBus
             | Self::PurchasesAsync
             | Self::Monolith => call(
                 "purchases.v1.PurchaseService/ListUserPurchases",

@@ -131,7 +131,7 @@ impl RunningLab {
     }
 
     /// Refuses `what` on a system the lab did not start.
-    fn require_processes(&self, what: &str) -> anyhow::Result<()> {
+    pub fn require_processes(&self, what: &str) -> anyhow::Result<()> {
         match &self.attached {
             Some(file) => anyhow::bail!(
                 "{what} needs a lab that started the services itself; this one runs on the system {} lists",
@@ -289,6 +289,24 @@ impl RunningLab {
                 // Empties what an earlier run left and resets the consumers to the first event.
                 "--rebuild".into(),
             ]);
+            args.extend(extra.iter().map(Into::into));
+            Ok(args)
+        })
+        .await
+    }
+
+    /// Starts one more purchases-sync beside the lab's, on the same owners, with `extra`
+    /// flags (another fan-out, hedging), and waits until it serves. The caller stops it.
+    pub async fn start_sync_beside(
+        &self,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(ServiceProcess, std::net::SocketAddr)> {
+        self.require_processes("starting another purchases-sync")?;
+        self.start_beside(Service::PurchasesSync, name, |addr| {
+            let mut args =
+                self.endpoints
+                    .args_at(Service::PurchasesSync, addr, None, &self.storage)?;
             args.extend(extra.iter().map(Into::into));
             Ok(args)
         })

@@ -46,6 +46,12 @@ fn compose_names_every_service_on_its_default_port() {
             "PURCHASES_SYNC_LISTEN",
         ),
         (
+            "purchases-bus",
+            "purchases-bus",
+            50064,
+            "PURCHASES_BUS_LISTEN",
+        ),
+        (
             "purchases-async",
             "purchases-async",
             50062,
@@ -204,7 +210,13 @@ fn nats_admits_each_service_with_a_key_only_that_service_mounts() {
         .filter_map(Value::as_str)
         .collect();
     let mut seen_volumes = std::collections::HashSet::new();
-    for name in ["users", "products", "orders", "purchases-async"] {
+    for name in [
+        "users",
+        "products",
+        "orders",
+        "purchases-bus",
+        "purchases-async",
+    ] {
         let service = &compose["services"][name];
         assert_eq!(
             env(service, "NATS_NKEY"),
@@ -342,6 +354,7 @@ fn every_service_sends_its_spans_to_jaeger_and_is_scraped_by_prometheus() {
         "orders",
         "purchases-sync",
         "purchases-sync-sequential",
+        "purchases-bus",
         "purchases-async",
         "monolith",
     ] {
@@ -381,7 +394,7 @@ fn the_endpoints_file_lists_every_port_compose_publishes() {
             "{name} is published where the endpoints file says"
         );
     }
-    assert_eq!(services.len(), 7, "every service the lab compares");
+    assert_eq!(services.len(), 8, "every service the lab compares");
     let nats_port = endpoints["nats_url"]
         .as_str()
         .and_then(|url| url.rsplit_once(':'))

@@ -55,8 +55,8 @@ async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
     let pids = pids(&state);
     assert_eq!(
         pids.len(),
-        8,
-        "seven services (purchases-sync twice) and nats-server: {pids:?}"
+        9,
+        "eight services (purchases-sync twice) and nats-server: {pids:?}"
     );
     let addr = |service: &str| {
         state["endpoints"]["services"][service]
@@ -187,7 +187,7 @@ async fn lab_demo_reports_a_figure_for_every_mode() {
         &std::fs::read_to_string(data_dir.join("report.json")).expect("report.json"),
     )
     .expect("the report is JSON");
-    for mode in ["echo", "sync", "async", "monolith"] {
+    for mode in ["echo", "sync", "bus", "async", "monolith"] {
         let latency = &report["latency"][mode];
         assert_eq!(
             latency["ok"], 100,
@@ -209,9 +209,23 @@ async fn lab_demo_reports_a_figure_for_every_mode() {
             .is_some_and(|message| message.contains("users")),
         "sync names the users service: {during}"
     );
+    assert_eq!(
+        during["bus"]["ok"], 0,
+        "the bus way fails without users too"
+    );
+    assert!(
+        during["bus"]["example_errors"]["Unavailable"]
+            .as_str()
+            .is_some_and(|message| message.contains("users")),
+        "the bus way names the users service: {during}"
+    );
     assert_eq!(during["async"]["ok"], 10, "async answers without users");
     assert_eq!(during["monolith"]["ok"], 10);
     assert_eq!(report["fault"]["after"]["sync"]["ok"], 10, "sync recovers");
+    assert_eq!(
+        report["fault"]["after"]["bus"]["ok"], 10,
+        "the bus way recovers"
+    );
     for file in ["report.md", "report.html"] {
         let text = std::fs::read_to_string(data_dir.join(file)).expect("the report file");
         assert!(
@@ -297,7 +311,14 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file"))
             .expect("the results are JSON");
-    for mode in ["echo", "sync", "sync-sequential", "async", "monolith"] {
+    for mode in [
+        "echo",
+        "sync",
+        "sync-sequential",
+        "bus",
+        "async",
+        "monolith",
+    ] {
         let summary = &report["summary"][mode];
         let number = |name: &str| {
             summary[name]
@@ -429,6 +450,68 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
     assert!(markdown.contains("| mode |"), "{markdown}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_bench_fanout_shows_the_wider_fan_out_paying_the_tail_and_async_flat() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let output = lab(dir.path())
+        .args(["bench", "--ephemeral-ports", "fanout"])
+        .args([
+            "--slow-fraction",
+            "0.2",
+            "--delay-ms",
+            "100",
+            "--hedge-after-ms",
+            "30",
+        ])
+        .args(["--requests", "100", "--rate", "100", "--widths", "1,10"])
+        .args(["--fanout-users", "3"])
+        .output()
+        .await
+        .expect("lab bench fanout runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "lab bench fanout: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("fanout.json")).expect("fanout.json"),
+    )
+    .expect("JSON");
+    let widths = report["widths"].as_array().expect("widths");
+    assert_eq!(
+        widths.iter().map(|w| w["k"].as_u64()).collect::<Vec<_>>(),
+        [Some(1), Some(10)]
+    );
+    let slow = |k: usize, way: &str| {
+        widths[k]["ways"][way]["slow_fraction"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{way} at width {k}: {}", widths[k]))
+    };
+    // p = 0.2 and k = 10: the law says 89% of per-item requests wait on a slowed call, and
+    // the batch fan-out's 20% does not move with k; async never asks products.
+    assert!(
+        slow(1, "per-item") > slow(1, "batch") + 0.3,
+        "the wider fan-out pays the tail: {}",
+        widths[1]
+    );
+    assert!(
+        slow(0, "async") <= 0.05 && slow(1, "async") <= 0.05,
+        "{report}"
+    );
+    let predicted = widths[1]["ways"]["per-item"]["predicted"]
+        .as_f64()
+        .expect("a prediction");
+    assert!((predicted - (1.0 - 0.8_f64.powi(10))).abs() < 1e-9);
+    let hedging = &widths[1]["hedging"];
+    assert!(
+        hedging["calls_served"].as_u64() > hedging["calls_needed"].as_u64(),
+        "hedges are counted where products received them: {hedging}"
+    );
+    let html = std::fs::read_to_string(dir.path().join("fanout.html")).expect("fanout.html");
+    assert!(html.contains("1-(1-p)^k") && html.contains("<polyline"));
+}
+
 #[tokio::test]
 async fn a_data_dir_with_foreign_files_is_refused_not_emptied() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -503,7 +586,14 @@ async fn the_tools_work_on_a_system_the_lab_did_not_start() {
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("bench.json")).expect("JSON");
-    for mode in ["echo", "sync", "sync-sequential", "async", "monolith"] {
+    for mode in [
+        "echo",
+        "sync",
+        "sync-sequential",
+        "bus",
+        "async",
+        "monolith",
+    ] {
         assert_eq!(
             report["summary"][mode]["error_rate"].as_f64(),
             Some(0.0),

@@ -31,7 +31,7 @@ impl Application {
             outbox::migrations(),
             consumer::migrations(),
         ];
-        let host = ServiceHost::build(
+        let mut host = ServiceHost::build(
             "orders",
             config.listen,
             &config.database_url,
@@ -41,6 +41,7 @@ impl Application {
         )
         .await?;
         let nats = platform::nats::connect(&config.nats, "orders").await?;
+        host.answer_on_bus(nats.clone());
         let wakeup = outbox::spawn_relay(&host, nats.clone(), "orders", &config.relay);
         let db = host.database().clone();
         let users = Consumer::new(

@@ -23,7 +23,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let migrations = [crate::migrations(), outbox::migrations()];
-        let host = ServiceHost::build(
+        let mut host = ServiceHost::build(
             "products",
             config.listen,
             &config.database_url,
@@ -33,6 +33,7 @@ impl Application {
         )
         .await?;
         let nats = platform::nats::connect(&config.nats, "products").await?;
+        host.answer_on_bus(nats.clone());
         let wakeup = outbox::spawn_relay(&host, nats, "products", &config.relay);
         Ok(Self {
             host,

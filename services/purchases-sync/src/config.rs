@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use platform::config::CommonArgs;
+use purchases::fanout::Order;
 
 /// purchases-sync: Service D by calling users, orders and products at request time.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,14 +26,21 @@ pub struct Config {
     pub products_url: String,
 
     /// `parallel`: user and orders at once, then one batch for the products; `sequential`:
-    /// the three calls one after another.
-    #[arg(long, env = "FANOUT", value_enum, default_value_t = Fanout::Parallel)]
-    pub fanout: Fanout,
+    /// the three calls one after another; `per-item`: user and orders at once, then one
+    /// GetProduct per product of the page, concurrently (the naive wide fan-out).
+    #[arg(long, env = "FANOUT", value_enum, default_value_t = Order::Parallel)]
+    pub fanout: Order,
 
     /// Longest a single call to a dependency may take, in milliseconds (the caller's
     /// deadline, when shorter, wins).
     #[arg(long, env = "CALL_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub call_timeout_ms: u64,
+
+    /// Sends a call to a dependency again when it has not answered within this many
+    /// milliseconds, and takes whichever answer comes first (a hedged request); off when
+    /// absent. Each hedge is one more call the dependency serves.
+    #[arg(long, env = "HEDGE_AFTER_MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub hedge_after_ms: Option<u64>,
 
     /// Most calls in flight to each dependency; past it, requests fail at once with UNAVAILABLE.
     #[arg(long, env = "MAX_CALLS_PER_DEPENDENCY", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
@@ -40,12 +48,6 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Fanout {
-    Parallel,
-    Sequential,
 }
 
 fn parse_url(raw: &str) -> Result<String, String> {

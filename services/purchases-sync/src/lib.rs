@@ -4,8 +4,8 @@
 //! its slowest dependency and fails when any of them fails, and it says which.
 
 pub mod config;
-pub mod fanout;
+pub mod owners;
 pub mod startup;
 
-pub use config::{Config, Fanout};
+pub use config::Config;
 pub use startup::Application;

@@ -5,38 +5,43 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use contracts::purchases::v1::purchase_service_server::PurchaseServiceServer;
-use platform::server::{GrpcServer, MAX_REQUEST_BYTES, ServiceSet};
-use purchases::{Mode, PurchaseApi};
+use platform::server::GrpcServer;
+use purchases::Mode;
+use purchases::fanout::FanOut;
 
 use crate::config::Config;
-use crate::fanout::{Dependencies, FanoutSource};
+use crate::owners::{Dependencies, GrpcOwners};
 
 /// purchases-sync with its port bound and its dependency channels ready to connect.
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
-    source: FanoutSource,
+    source: FanOut<GrpcOwners>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let source = FanoutSource::new(&Dependencies {
+        let owners = GrpcOwners::new(&Dependencies {
             users_url: config.users_url.clone(),
             orders_url: config.orders_url.clone(),
             products_url: config.products_url.clone(),
-            fanout: config.fanout,
-            call_timeout: Duration::from_millis(config.call_timeout_ms),
             max_calls_per_dependency: usize::try_from(config.max_calls_per_dependency)
                 .unwrap_or(usize::MAX),
+            hedge_after: config.hedge_after_ms.map(Duration::from_millis),
         })
         .context("set up the dependency channels")?;
+        let source = FanOut::new(
+            owners,
+            config.fanout,
+            Duration::from_millis(config.call_timeout_ms),
+        );
         let server = GrpcServer::bind(config.listen, config.common.server_settings())
             .with_context(|| format!("bind {}", config.listen))?;
         tracing::info!(
             service = "purchases-sync",
             addr = %server.local_addr(),
             fanout = ?config.fanout,
+            hedge_after_ms = ?config.hedge_after_ms,
             users = %config.users_url,
             orders = %config.orders_url,
             products = %config.products_url,
@@ -53,16 +58,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let api = PurchaseApi::new(self.source, Mode::Sync);
-        let services = ServiceSet::new()
-            .with(PurchaseServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
-        self.server
-            .serve(
-                services,
-                ServiceSet::new(),
-                contracts::FILE_DESCRIPTOR_SET,
-                shutdown,
-            )
+        purchases::serve_without_state(self.server, self.source, Mode::Sync, shutdown)
             .await
             .context("serve purchases-sync over gRPC")
     }

@@ -23,7 +23,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let migrations = [crate::migrations(), outbox::migrations()];
-        let host = ServiceHost::build(
+        let mut host = ServiceHost::build(
             "users",
             config.listen,
             &config.database_url,
@@ -33,6 +33,7 @@ impl Application {
         )
         .await?;
         let nats = platform::nats::connect(&config.nats, "users").await?;
+        host.answer_on_bus(nats.clone());
         let wakeup = outbox::spawn_relay(&host, nats, "users", &config.relay);
         Ok(Self {
             host,

@@ -13,6 +13,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests a server answered, by `rpc_method` and `grpc_code` (counter).
 pub const SERVER_REQUESTS: &str = "rpc_server_requests_total";
+/// Requests a server received, by `rpc_method`, answered or not: a call its caller cancelled
+/// (a hedge's loser) counts here and never in the answered ones (counter).
+pub const SERVER_RECEIVED: &str = "rpc_server_received_total";
 /// Time from a request's arrival to its answer, by `rpc_method` (histogram, seconds).
 pub const SERVER_DURATION: &str = "rpc_server_duration_seconds";
 /// Requests shed before they ran, by `reason` (`requests`, `queue_delay`) (counter).
@@ -21,6 +24,9 @@ pub const SERVER_SHED: &str = "rpc_server_shed_total";
 pub const CLIENT_CALLS: &str = "rpc_client_calls_total";
 /// How long those calls took, by `dependency` (histogram, seconds).
 pub const CLIENT_DURATION: &str = "rpc_client_duration_seconds";
+/// Calls sent a second time because the first had not answered in time, by `dependency` and
+/// which attempt answered first (`won`: `first`, `second`) (counter).
+pub const CLIENT_HEDGES: &str = "rpc_client_hedges_total";
 /// Outbox rows not yet acknowledged by JetStream (gauge).
 pub const OUTBOX_PENDING: &str = "outbox_pending_rows";
 /// Age of the oldest of them (gauge, seconds; 0 when none).
@@ -106,6 +112,10 @@ fn describe() {
         SERVER_REQUESTS,
         "Requests the server answered, by method and gRPC status code."
     );
+    describe_counter!(
+        SERVER_RECEIVED,
+        "Requests the server received, by method, whether answered or cancelled by their caller."
+    );
     describe_histogram!(
         SERVER_DURATION,
         Unit::Seconds,
@@ -123,6 +133,10 @@ fn describe() {
         CLIENT_DURATION,
         Unit::Seconds,
         "How long calls to a dependency took, by dependency."
+    );
+    describe_counter!(
+        CLIENT_HEDGES,
+        "Calls sent again because the first attempt had not answered in time, by dependency and the attempt that answered first."
     );
     describe_gauge!(
         OUTBOX_PENDING,

@@ -56,6 +56,19 @@ pub fn into_metadata(span: &Span, metadata: &mut tonic::metadata::MetadataMap) {
     *metadata = tonic::metadata::MetadataMap::from_headers(headers);
 }
 
+struct NatsHeadersMut<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// Puts `span`'s context into an outgoing NATS message's headers.
+pub fn into_nats_headers(span: &Span, headers: &mut async_nats::HeaderMap) {
+    propagator().inject_context(&span.context(), &mut NatsHeadersMut(headers));
+}
+
 /// The current span's context as a string map (`traceparent`, and `tracestate` when set), to
 /// keep with something that outlives the request, such as an event in the outbox. Empty
 /// when the current span is not being recorded for export: nothing to continue.

@@ -3,6 +3,10 @@
 //! `rpc.method` and `rpc.grpc.status_code`; a server span continues the caller's trace (W3C
 //! `traceparent`), a client span passes its own on.
 //!
+//! A question asked on the bus (`crate::answers`) goes through the same server layer and
+//! its span also carries `messaging.system = nats` and the subject it was asked on; the
+//! asker's client span likewise.
+//!
 //! The server side is tower-http's `TraceLayer` with its gRPC classifier, given the span to
 //! make and what to do when the answer comes: the log line (at info; health checks at debug)
 //! and the request metrics.
@@ -47,9 +51,15 @@ fn server_span<B>(request: &http::Request<B>) -> Span {
         rpc.service = %service,
         rpc.method = %method,
         rpc.grpc.status_code = tracing::field::Empty,
+        messaging.system = tracing::field::Empty,
+        messaging.destination.name = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
+    if let Some(crate::answers::AskedOnBus(subject)) = request.extensions().get() {
+        span.record("messaging.system", "nats");
+        span.record("messaging.destination.name", subject.as_str());
+    }
     let _ = span.set_parent(super::propagation::from_headers(request.headers()));
     super::record_ids(&span);
     span
@@ -109,9 +119,17 @@ fn answered(span: &Span, method: &str, code: i32, latency: Duration) {
 pub struct RpcMethod(pub String);
 
 /// The server's tracing layer, as [`server_layer`] builds it.
-pub type ServerTraceLayer =
-    TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeSpan, (), OnResponse, (), OnEos, ()>;
+pub type ServerTraceLayer = TraceLayer<
+    SharedClassifier<GrpcErrorsAsFailures>,
+    MakeSpan,
+    OnRequest,
+    OnResponse,
+    (),
+    OnEos,
+    (),
+>;
 type MakeSpan = fn(&http::Request<tonic::body::Body>) -> Span;
+type OnRequest = fn(&http::Request<tonic::body::Body>, &Span);
 type OnResponse = fn(&http::Response<tonic::body::Body>, Duration, &Span);
 type OnEos = fn(Option<&http::HeaderMap>, Duration, &Span);
 
@@ -120,11 +138,20 @@ type OnEos = fn(Option<&http::HeaderMap>, Duration, &Span);
 pub fn server_layer() -> ServerTraceLayer {
     TraceLayer::new_for_grpc()
         .make_span_with(server_span::<tonic::body::Body> as MakeSpan)
-        .on_request(())
+        .on_request(on_request as OnRequest)
         .on_response(on_response as OnResponse)
         .on_body_chunk(())
         .on_eos(on_eos as OnEos)
         .on_failure(())
+}
+
+/// Counts the request as received: one its caller gives up on is never answered, and this is
+/// where it still shows (how many calls a hedging client really makes).
+fn on_request(request: &http::Request<tonic::body::Body>, _span: &Span) {
+    let method = method_of(request.uri().path());
+    if !is_plumbing(&method) {
+        metrics::counter!(names::SERVER_RECEIVED, "rpc_method" => method).increment(1);
+    }
 }
 
 fn on_response(response: &http::Response<tonic::body::Body>, latency: Duration, span: &Span) {
@@ -175,6 +202,36 @@ impl ClientCall {
             server.address = dependency,
         );
         super::propagation::into_metadata(&span, request.metadata_mut());
+        Self {
+            span,
+            dependency,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Starts the span of a question to `dependency` asked on the bus on `subject`, a child
+    /// of the current span, and puts its context into the message's `headers`.
+    pub fn start_on_bus(
+        dependency: &'static str,
+        question: &bus::ask::Question,
+        subject: &str,
+        headers: &mut async_nats::HeaderMap,
+    ) -> Self {
+        let span = tracing::info_span!(
+            target: "rpc",
+            "rpc.client",
+            otel.name = %format!("{}/{}", question.service, question.method),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = question.service,
+            rpc.method = question.method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            messaging.system = "nats",
+            messaging.destination.name = subject,
+            server.address = dependency,
+        );
+        super::propagation::into_nats_headers(&span, headers);
         Self {
             span,
             dependency,

@@ -14,6 +14,7 @@
 
 mod aims;
 mod catch_up;
+pub mod fanout;
 mod freshness;
 mod jetstream_alone;
 mod load;
@@ -37,7 +38,7 @@ use crate::up::RunningLab;
 use crate::writer::{PacedWriter, WriteTarget};
 pub use report::terminal;
 pub use results::BenchReport;
-use results::{BenchData, ModeResult, Step, Summary};
+use results::{BenchData, BusPrice, ModeResult, Step, Summary};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -158,10 +159,11 @@ impl BenchArgs {
 }
 
 /// The modes the bench compares, in the order they run.
-pub const MODES: [Mode; 5] = [
+pub const MODES: [Mode; 6] = [
     Mode::Echo,
     Mode::Sync,
     Mode::SyncSequential,
+    Mode::Bus,
     Mode::Async,
     Mode::Monolith,
 ];
@@ -220,6 +222,7 @@ pub async fn run(
     let storage_bytes = crate::footprint::measure(lab).await;
 
     let summary = summary(at_reference, &series);
+    let bus_price = BusPrice::from_summary(&summary);
     let aims = aims::aims(&summary, &reference, &freshness, catch_up.as_ref());
     Ok(BenchReport {
         generated_at: crate::report::now_rfc3339(),
@@ -233,6 +236,7 @@ pub async fn run(
         },
         settings: settings.clone(),
         summary,
+        bus_price,
         reference,
         freshness,
         catch_up,

@@ -9,8 +9,14 @@ use crate::report::{
     Chart, bar_chart, escape, html_table, line_chart, markdown_table, percentile_chart, table,
 };
 
-fn summary_rows(report: &BenchReport) -> Vec<[String; 7]> {
+fn summary_rows(report: &BenchReport) -> Vec<[String; 9]> {
     let echo = report.summary.get("echo").map(|echo| echo.p50_us.max(1));
+    let sync = report.summary.get("sync");
+    let versus = |of: u64, base: Option<u64>| {
+        base.map_or("-".to_owned(), |base| {
+            format!("{:.2}x", of as f64 / base.max(1) as f64)
+        })
+    };
     MODES
         .iter()
         .filter_map(|mode| {
@@ -24,9 +30,9 @@ fn summary_rows(report: &BenchReport) -> Vec<[String; 7]> {
                 name.to_owned(),
                 summary.p50_us.to_string(),
                 summary.p99_us.to_string(),
-                echo.map_or("-".to_owned(), |echo| {
-                    format!("{:.2}x", summary.p50_us as f64 / echo as f64)
-                }),
+                versus(summary.p50_us, echo),
+                versus(summary.p50_us, sync.map(|sync| sync.p50_us)),
+                versus(summary.p99_us, sync.map(|sync| sync.p99_us)),
                 format!("{:.0}", summary.throughput_rps),
                 format!("{:.2}%", summary.error_rate * 100.0),
                 format!(
@@ -39,11 +45,13 @@ fn summary_rows(report: &BenchReport) -> Vec<[String; 7]> {
         .collect()
 }
 
-const SUMMARY_HEADERS: [&str; 7] = [
+const SUMMARY_HEADERS: [&str; 9] = [
     "mode",
     "p50 us",
     "p99 us",
     "p50 vs echo",
+    "p50 vs sync",
+    "p99 vs sync",
     "answered/s",
     "errors",
     "saturation/s",
@@ -308,6 +316,21 @@ fn slowest_rows(report: &BenchReport) -> Vec<[String; 5]> {
         .collect()
 }
 
+/// The bus way's price beside the direct calls.
+fn bus_price_line(report: &BenchReport) -> String {
+    let Some(price) = &report.bus_price else {
+        return "The bus way: not measured beside sync in this run.".to_owned();
+    };
+    format!(
+        "The bus way (purchases-bus) against the direct calls (purchases-sync), same rounds: p50 {:.2}x and p99 {:.2}x sync's, p50 {:.2}x echo's, saturation {:.2}x sync's; the broker adds about {:.0} us to each call on the critical path.",
+        price.p50_vs_sync,
+        price.p99_vs_sync,
+        price.p50_vs_echo,
+        price.saturation_vs_sync,
+        price.broker_hop_us
+    )
+}
+
 fn catch_up_line(report: &BenchReport) -> String {
     let Some(catch_up) = &report.catch_up else {
         return "Catch-up: not timed (the system was not started by the lab).".to_owned();
@@ -326,7 +349,8 @@ pub fn terminal(report: &BenchReport) -> String {
         reference_heading(report)
     );
     text.push_str(&table(&SUMMARY_HEADERS, &summary_rows(report)));
-    let _ = writeln!(text, "\n{}", freshness_line(report));
+    let _ = writeln!(text, "\n{}", bus_price_line(report));
+    let _ = writeln!(text, "{}", freshness_line(report));
     if let Some(line) = stages_line(report) {
         let _ = writeln!(text, "{line}");
     }
@@ -366,6 +390,7 @@ pub fn markdown(report: &BenchReport) -> String {
     let _ = writeln!(text, "{}\n", measured_line(report));
     let _ = writeln!(text, "{}:\n", reference_heading(report));
     text.push_str(&markdown_table(&SUMMARY_HEADERS, &summary_rows(report)));
+    let _ = writeln!(text, "\n{}", bus_price_line(report));
     let _ = writeln!(
         text,
         "\n{}\n\n{}\n\n{}\n",
@@ -464,13 +489,14 @@ pub fn html(report: &BenchReport) -> String {
         String::new()
     };
     let body = format!(
-        r#"<h1>Load: sync vs async vs monolith</h1>
+        r#"<h1>Load: sync vs bus vs async vs monolith</h1>
 <p>{measured}</p>
 <p>Open-loop load at a constant rate per step; latency is counted from when each request was
 due, so a mode that falls behind is charged for the wait. Absolute figures vary by machine;
 compare each mode with <code>echo</code> (one bare gRPC round trip) from the same run.</p>
 <h2 id="summary">At {reference_rate} requests/s, over {rounds} rounds with the modes taking turns</h2>
 {summary}
+<p>{bus_price}</p>
 <h3>The latency distribution of each mode at {reference_rate} requests/s</h3>
 <p>The latency under which that share of the calls answered, from the median out to one call
 in a thousand (both axes widen to the tail).</p>
@@ -498,6 +524,7 @@ falls behind.</p>
         measured = escape(&measured_line(report)),
         rounds = report.reference.rounds,
         summary = html_table(&SUMMARY_HEADERS, &summary_rows(report)),
+        bus_price = escape(&bus_price_line(report)),
         distributions = percentile_chart(&distributions, "us"),
         aims = html_table(&AIM_HEADERS, &aim_rows(report)),
         p99 = line_chart(&p99, &Chart::log_log("offered requests/s", "p99 us")),

@@ -1,6 +1,7 @@
 //! What a bench run measured, as `bench.json` holds it. The names are stable for scripts:
-//! `summary.<mode>` for `echo`, `sync`, `sync-sequential`, `async` and `monolith`, each at
-//! one reference rate offered to every mode alike; `reference` (how the summary was measured,
+//! `summary.<mode>` for `echo`, `sync`, `sync-sequential`, `bus`, `async` and `monolith`,
+//! each at one reference rate offered to every mode alike; `bus_price` (the bus way against
+//! the direct calls); `reference` (how the summary was measured,
 //! round by round, and what tracing costs); `freshness` (with its split into stages, by the
 //! probe and by the spans); `series.<mode>.steps`; `catch_up`; `storage_bytes`; `aims`.
 
@@ -22,9 +23,12 @@ pub struct BenchReport {
     pub nats_fsync: String,
     pub data: BenchData,
     pub settings: Settings,
-    /// `summary.<mode>` at the reference rate, for `echo`, `sync`, `sync-sequential`,
+    /// `summary.<mode>` at the reference rate, for `echo`, `sync`, `sync-sequential`, `bus`,
     /// `async`, `monolith`.
     pub summary: BTreeMap<String, Summary>,
+    /// What asking the owners over the bus costs beside calling them, from the summary;
+    /// none unless both ways ran.
+    pub bus_price: Option<BusPrice>,
     /// How the summary was measured, round by round.
     pub reference: Reference,
     pub freshness: FreshnessResult,
@@ -57,6 +61,48 @@ pub struct Summary {
     pub throughput_rps: f64,
     pub error_rate: f64,
     pub saturation_rps: f64,
+}
+
+/// The bus way (purchases-bus) beside the direct calls (purchases-sync), both measured at
+/// the reference rate in the same rounds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BusPrice {
+    pub p50_vs_sync: f64,
+    pub p99_vs_sync: f64,
+    pub p50_vs_echo: f64,
+    pub p99_vs_echo: f64,
+    pub saturation_vs_sync: f64,
+    /// The bus way's extra median per call on the critical path (two in the parallel
+    /// fan-out: users with orders, then products): what routing a call through the broker
+    /// adds to calling the owner directly, in microseconds.
+    pub broker_hop_us: f64,
+}
+
+/// Calls one after another on a request's critical path in the parallel fan-out.
+const CALLS_ON_THE_CRITICAL_PATH: f64 = 2.0;
+
+impl BusPrice {
+    pub fn from_summary(summary: &BTreeMap<String, Summary>) -> Option<Self> {
+        let (bus, sync, echo) = (
+            summary.get("bus")?,
+            summary.get("sync")?,
+            summary.get("echo")?,
+        );
+        let ratio = |a: u64, b: u64| hundredths(a as f64 / b.max(1) as f64);
+        Some(Self {
+            p50_vs_sync: ratio(bus.p50_us, sync.p50_us),
+            p99_vs_sync: ratio(bus.p99_us, sync.p99_us),
+            p50_vs_echo: ratio(bus.p50_us, echo.p50_us),
+            p99_vs_echo: ratio(bus.p99_us, echo.p99_us),
+            saturation_vs_sync: hundredths(bus.saturation_rps / sync.saturation_rps.max(1.0)),
+            broker_hop_us: ((bus.p50_us as f64 - sync.p50_us as f64) / CALLS_ON_THE_CRITICAL_PATH)
+                .round(),
+        })
+    }
+}
+
+fn hundredths(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
 }
 
 /// The reference rate, offered to every mode in turn, round after round.

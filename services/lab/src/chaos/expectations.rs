@@ -58,6 +58,7 @@ pub(super) fn expectations(
     };
     for series in [
         Series::Sync,
+        Series::Bus,
         Series::Async,
         Series::Monolith,
         Series::Writes,
@@ -68,9 +69,8 @@ pub(super) fn expectations(
     for (series, at_least, at_most, why) in during {
         success("during", series, at_least, at_most, why);
     }
-    let recovered = scenario.recovers();
-    if let Some(series) = recovered {
-        success("after", series, 90.0, 100.0, "recovered");
+    for series in scenario.recovers() {
+        success("after", *series, 90.0, 100.0, "recovered");
     }
     expected.extend(super::scenarios::latency_claims(scenario, &stat));
     expected.push(Expectation {
@@ -81,8 +81,9 @@ pub(super) fn expectations(
     expected
 }
 
-/// What a fault of the bus alone leaves standing: writes (their events wait in the outbox),
-/// async (it answers from its projection), and sync and the monolith, which use no NATS.
+/// What a fault of the event streams leaves standing: writes (their events wait in the
+/// outbox), async (it answers from its projection), and sync and the monolith, which use no
+/// NATS. The bus way is claimed by each scenario: it needs NATS, not the streams.
 pub(super) fn bus_fault(writes_why: &'static str) -> Vec<Claim> {
     [
         (Series::Writes, writes_why),
@@ -143,8 +144,8 @@ pub(super) fn consistency_line(consistency: &Consistency) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chaos::phases::phases;
     use crate::chaos::load::Sample;
+    use crate::chaos::phases::phases;
     use crate::chaos::phases::tests::sample;
 
     #[test]
@@ -157,12 +158,9 @@ mod tests {
             for series in [Series::Async, Series::Monolith, Series::Writes] {
                 samples.push(sample(series, at, 500, None));
             }
-            samples.push(sample(
-                Series::Sync,
-                at,
-                900,
-                during.then_some("Unavailable"),
-            ));
+            for series in [Series::Sync, Series::Bus] {
+                samples.push(sample(series, at, 900, during.then_some("Unavailable")));
+            }
         }
         let consistent = Consistency {
             ok: true,
@@ -187,7 +185,7 @@ mod tests {
             sample.error = Some("Unavailable".to_owned());
         }
         assert!(!met(&broken, &consistent));
-        // So does sync answering while its dependency is dead.
+        // So does sync (and the bus way) answering while its dependency is dead.
         let mut answering = samples;
         for sample in answering.iter_mut() {
             sample.error = None;

@@ -23,6 +23,8 @@ use crate::writer::{AfterWrite, PacedWriter, WriteTarget, lock};
 #[serde(rename_all = "kebab-case")]
 pub enum Series {
     Sync,
+    /// purchases-bus: the owners asked on the bus.
+    Bus,
     Async,
     Monolith,
     /// Orders placed into the microservices (orders service).
@@ -34,8 +36,9 @@ pub enum Series {
 }
 
 impl Series {
-    pub(super) const ALL: [Self; 6] = [
+    pub(super) const ALL: [Self; 7] = [
         Self::Sync,
+        Self::Bus,
         Self::Async,
         Self::Monolith,
         Self::Writes,
@@ -46,6 +49,7 @@ impl Series {
     pub(super) fn name(self) -> &'static str {
         match self {
             Self::Sync => "sync",
+            Self::Bus => "bus",
             Self::Async => "async",
             Self::Monolith => "monolith",
             Self::Writes => "writes",
@@ -57,6 +61,7 @@ impl Series {
     pub(super) fn of(mode: Mode) -> Self {
         match mode {
             Mode::Async => Self::Async,
+            Mode::Bus => Self::Bus,
             Mode::Monolith => Self::Monolith,
             Mode::Echo | Mode::Sync | Mode::SyncSequential => Self::Sync,
         }

@@ -182,6 +182,7 @@ fn html(report: &ChaosReport) -> String {
         };
         let reads_and_writes = [
             Series::Sync,
+            Series::Bus,
             Series::Async,
             Series::Monolith,
             Series::Writes,
@@ -203,6 +204,7 @@ fn html(report: &ChaosReport) -> String {
             },
             &[
                 Series::Sync,
+                Series::Bus,
                 Series::Async,
                 Series::Monolith,
                 Series::Freshness,

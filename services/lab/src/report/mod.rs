@@ -148,7 +148,7 @@ impl Report {
         ));
         let _ = writeln!(
             text,
-            "\nFreshness: a new order appears in purchases-async {} us (p50) / {} us (p99) after PlaceOrder returns ({} samples, {} never seen); sync and monolith read live data.\n",
+            "\nFreshness: a new order appears in purchases-async {} us (p50) / {} us (p99) after PlaceOrder returns ({} samples, {} never seen); sync, bus and monolith read live data.\n",
             self.freshness.p50_us,
             self.freshness.p99_us,
             self.freshness.samples,
@@ -189,7 +189,7 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
-        let mut text = String::from("# Lab report: sync vs async vs monolith\n\n");
+        let mut text = String::from("# Lab report: sync vs bus vs async vs monolith\n\n");
         let _ = writeln!(
             text,
             "Generated {} on {}. Storage: {}.\n\nData: {} users, {} products, {} orders ({} cancelled), seeded in {:.1} s; the projection caught up {:.2} s later.\n",
@@ -210,7 +210,7 @@ impl Report {
         ));
         let _ = writeln!(
             text,
-            "\n## Freshness\n\nFrom PlaceOrder's answer to the order's first appearance in purchases-async: p50 {} us, p99 {} us, max {} us over {} orders ({} never seen). purchases-sync and the monolith read live data.\n",
+            "\n## Freshness\n\nFrom PlaceOrder's answer to the order's first appearance in purchases-async: p50 {} us, p99 {} us, max {} us over {} orders ({} never seen). purchases-sync, purchases-bus and the monolith read live data.\n",
             self.freshness.p50_us,
             self.freshness.p99_us,
             self.freshness.max_us,
@@ -315,7 +315,7 @@ impl Report {
         page(
             "Lab report",
             &format!(
-                r#"<h1>Sync vs async vs monolith</h1>
+                r#"<h1>Sync vs bus vs async vs monolith</h1>
 <p>Generated {generated} on {machine}. Storage: {storage}. Data: {users} users, {products} products, {orders} orders ({cancelled} cancelled), seeded in {seed_s:.1} s; the projection caught up {caught_s:.2} s later.</p>
 <h2 id="latency">Latency, one request in flight</h2>
 <p>Each line is one mode's distribution: the latency under which that share of the calls
@@ -325,7 +325,7 @@ the same machine, the floor: read each mode as a multiple of it.</p>
 {latency_table}
 <h2 id="freshness">Freshness of purchases-async</h2>
 <p>From PlaceOrder's answer to the order's first appearance in purchases-async, over
-{samples} orders ({never_seen} never seen). purchases-sync and the monolith read live data.</p>
+{samples} orders ({never_seen} never seen). purchases-sync, purchases-bus and the monolith read live data.</p>
 {freshness}
 <h2 id="fault">{what}</h2>
 <p>Share of calls answered during the fault and after it.</p>

@@ -106,12 +106,13 @@ fn order_paths(spans: &Spans, timed: &[String]) -> Vec<(String, u64, Vec<Row>)> 
     paths
 }
 
-/// The demo's traces: sync, async and monolith requests, and orders to the projection (the
-/// `timed` ones, when given).
+/// The demo's traces: sync, bus, async and monolith requests, and orders to the projection
+/// (the `timed` ones, when given).
 pub fn demo_views(spans: &Spans, timed: &[String]) -> Vec<TraceView> {
     let mut views = Vec::new();
     for (mode, service) in [
         ("sync", "purchases-sync"),
+        ("bus", "purchases-bus"),
         ("async", "purchases-async"),
         ("monolith", "monolith"),
     ] {
@@ -122,8 +123,8 @@ pub fn demo_views(spans: &Spans, timed: &[String]) -> Vec<TraceView> {
         );
         for (which, (root, took)) in typical_and_slowest(&sorted) {
             // The async and monolith answers are a single span each: their slowest says
-            // little more than their typical, so only sync shows both.
-            if mode != "sync" && which == "slowest" {
+            // little more than their typical, so only the fan-outs show both.
+            if !matches!(mode, "sync" | "bus") && which == "slowest" {
                 continue;
             }
             let rows = waterfall::rows(&spans.trace(&root.trace_id), &[]);

@@ -1,4 +1,5 @@
-//! The same question, two answers: they agree once the projection has caught up, and the
+//! The same question, three answers (the owners called, the owners asked on the bus, the
+//! projection): they agree once the projection has caught up, and the
 //! projection converges after its own downtime and after a rebuild. (How purchases-sync
 //! fails with its dependencies is tested with purchases-sync; the monolith's answer with
 //! the monolith.)
@@ -12,7 +13,7 @@ use tonic::Code;
 use harness::{Lab, all_pages, list, random_workload};
 
 backend_tests!(
-    sync_and_async_answer_a_random_workload_identically_once_caught_up,
+    sync_bus_and_async_answer_a_random_workload_identically_once_caught_up,
     after_downtime_and_after_a_rebuild_the_projection_converges_with_nothing_lost,
 );
 
@@ -26,12 +27,14 @@ async fn assert_modes_agree(lab: &Lab, users: &[String], deleted: &str) {
             sync, asynchronous,
             "user {user}: the same user, purchases and page tokens"
         );
+        let bus = all_pages(&lab.bus, user, 4).await.expect("bus answers");
+        assert_eq!(sync, bus, "user {user}: asked on the bus, the same answer");
         assert!(
             sync.1.iter().all(|purchase| purchase.product.is_some()),
             "every product is known"
         );
     }
-    for client in [&lab.sync, &lab.asynchronous] {
+    for client in [&lab.sync, &lab.bus, &lab.asynchronous] {
         assert_status(
             client
                 .clone()
@@ -43,7 +46,7 @@ async fn assert_modes_agree(lab: &Lab, users: &[String], deleted: &str) {
     }
 }
 
-async fn sync_and_async_answer_a_random_workload_identically_once_caught_up(backend: Backend) {
+async fn sync_bus_and_async_answer_a_random_workload_identically_once_caught_up(backend: Backend) {
     let lab = Lab::start(backend).await;
     let (users, deleted) = random_workload(&lab.writers, 7).await;
     lab.caught_up().await;
@@ -79,6 +82,16 @@ async fn sync_and_async_answer_a_random_workload_identically_once_caught_up(back
         .await
         .expect("async")
         .into_inner();
+    let bus = lab
+        .bus
+        .clone()
+        .list_user_purchases(list(&users[0], 0, ""))
+        .await
+        .expect("bus")
+        .into_inner();
+    assert_eq!(bus.mode(), pb::Mode::Bus);
+    assert!(bus.freshness.expect("freshness").live);
+    assert_eq!(bus.purchases, sync.purchases);
     assert_eq!(sync.mode(), pb::Mode::Sync);
     assert_eq!(asynchronous.mode(), pb::Mode::Async);
     assert!(sync.freshness.expect("freshness").live);

@@ -4,7 +4,8 @@
 use contracts::purchases::v1 as pb;
 use platform::config::CommonArgs;
 use prost::Message as _;
-use purchases_sync::{Application, Config, Fanout};
+use purchases::fanout::Order;
+use purchases_sync::{Application, Config};
 use testkit::RunningServer;
 use testkit::raw::grpc_call;
 
@@ -20,9 +21,10 @@ async fn alone() -> RunningServer {
         users_url: nowhere.clone(),
         orders_url: nowhere.clone(),
         products_url: nowhere,
-        fanout: Fanout::Parallel,
+        fanout: Order::Parallel,
         call_timeout_ms: 500,
         max_calls_per_dependency: 8,
+        hedge_after_ms: None,
         common: CommonArgs::default(),
     })
     .await

@@ -2,4 +2,5 @@
 //! with its real dependencies failing under it.
 
 mod dependencies;
+mod fanout;
 mod hostile;

@@ -30,6 +30,7 @@ pub(super) fn during() -> Vec<Claim> {
     vec![
         (Series::Async, 0.0, 10.0, "async is down"),
         unaffected(Series::Sync, "sync does not need async"),
+        unaffected(Series::Bus, "the bus way does not need async"),
         unaffected(Series::Writes, "the owners do not need async"),
         unaffected(Series::Monolith, "the monolith does not need async"),
     ]

@@ -85,6 +85,12 @@ pub(super) fn during() -> Vec<Claim> {
         ),
         unaffected(Series::Async, "async answers from its projection"),
         unaffected(Series::Sync, "sync does not use NATS"),
+        (
+            Series::Bus,
+            80.0,
+            100.0,
+            "the bus way loses only the questions in flight on the killed server, then asks through another",
+        ),
         unaffected(
             Series::Freshness,
             "every timed order reaches the projection",

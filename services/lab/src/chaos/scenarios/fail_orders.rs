@@ -31,6 +31,12 @@ pub(super) async fn lift(lab: &mut RunningLab) -> anyhow::Result<Lifted> {
 pub(super) fn during() -> Vec<Claim> {
     vec![
         (Series::Sync, 50.0, 95.0, "sync fails with orders"),
+        (
+            Series::Bus,
+            50.0,
+            95.0,
+            "the bus way fails with orders (the fault is in orders' one stack)",
+        ),
         (Series::Writes, 50.0, 95.0, "writes fail with orders"),
         unaffected(Series::Async, "async calls no one"),
         unaffected(Series::Monolith, "the monolith calls no one"),

@@ -35,6 +35,7 @@ pub(super) fn lift(sockets: Vec<TcpStream>) -> Lifted {
 pub(super) fn during() -> Vec<Claim> {
     [
         Series::Sync,
+        Series::Bus,
         Series::Async,
         Series::Monolith,
         Series::Writes,

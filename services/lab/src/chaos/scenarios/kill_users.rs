@@ -20,6 +20,12 @@ pub(super) async fn lift(lab: &mut RunningLab) -> anyhow::Result<Lifted> {
 pub(super) fn during() -> Vec<Claim> {
     vec![
         (Series::Sync, 0.0, 10.0, "sync needs users"),
+        (
+            Series::Bus,
+            0.0,
+            10.0,
+            "the bus way needs users too: no one answers its question",
+        ),
         unaffected(Series::Async, "async calls no one"),
         unaffected(Series::Monolith, "the monolith calls no one"),
         unaffected(Series::Writes, "orders checks users in its own replica"),

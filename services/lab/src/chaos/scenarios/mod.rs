@@ -161,21 +161,21 @@ impl Scenario {
         }
     }
 
-    /// The series that must be back once the fault is lifted, when the fault stopped one.
-    pub(in crate::chaos) fn recovers(self) -> Option<Series> {
+    /// The series that must be back once the fault is lifted, when the fault stopped some.
+    pub(in crate::chaos) fn recovers(self) -> &'static [Series] {
         match self {
-            Self::KillUsers => Some(Series::Sync),
-            Self::FailOrders => Some(Series::Writes),
-            Self::CatchUp => Some(Series::Async),
+            Self::KillUsers => &[Series::Sync, Series::Bus],
+            Self::FailOrders => &[Series::Writes],
+            Self::CatchUp => &[Series::Async],
+            Self::NatsOutage => &[Series::Bus],
             Self::SlowProducts
-            | Self::NatsOutage
             | Self::Duplicates
             | Self::ClusterFailover
             | Self::SchemaEvolution
             | Self::ForgedEvent
             | Self::IdleConnections
             | Self::StreamLost
-            | Self::Retention => None,
+            | Self::Retention => &[],
         }
     }
 }

@@ -12,7 +12,8 @@ use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
 
 use super::{Checked, Injected, Left, Lifted, STREAMS, Window};
 use crate::chaos::consistency::CONVERGE_WITHIN;
-use crate::chaos::expectations::{Claim, Expectation, bus_fault};
+use crate::chaos::expectations::{Claim, Expectation, bus_fault, unaffected};
+use crate::chaos::load::Series;
 use crate::children::ServiceProcess;
 use crate::topology::Service;
 use crate::up::RunningLab;
@@ -48,7 +49,12 @@ pub(super) fn lift(rebuilt: Box<Rebuilt>) -> Lifted {
 }
 
 pub(super) fn during() -> Vec<Claim> {
-    bus_fault("writes commit with their events in the outbox")
+    let mut claims = bus_fault("writes commit with their events in the outbox");
+    claims.push(unaffected(
+        Series::Bus,
+        "the bus way asks over NATS's request/reply, not the streams",
+    ));
+    claims
 }
 
 /// The rebuilt projection answers every seeded user as the original does; it is stopped

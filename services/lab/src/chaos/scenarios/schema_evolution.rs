@@ -98,6 +98,12 @@ pub(super) fn during() -> Vec<Claim> {
             100.0,
             "sync misses users and products only while each restarts",
         ),
+        (
+            Series::Bus,
+            80.0,
+            100.0,
+            "the bus way misses users and products only while each restarts",
+        ),
     ]
 }
 

@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 
 use super::{Checked, Injected, Left, Lifted};
-use crate::chaos::expectations::{Claim, Expectation, bus_fault};
+use crate::chaos::expectations::{Claim, Expectation, bus_fault, unaffected};
+use crate::chaos::load::Series;
 use crate::topology::Endpoints;
 
 /// A watch for the deleted stream to be back: the seconds it took, or None within a minute.
@@ -35,7 +36,12 @@ pub(super) async fn lift(watch: Watch) -> Lifted {
 }
 
 pub(super) fn during() -> Vec<Claim> {
-    bus_fault("writes commit with their events in the outbox")
+    let mut claims = bus_fault("writes commit with their events in the outbox");
+    claims.push(unaffected(
+        Series::Bus,
+        "the bus way asks over NATS's request/reply, not the streams",
+    ));
+    claims
 }
 
 pub(super) fn check(back: Option<f64>) -> Checked {
