@@ -4,6 +4,7 @@ Chromium (Debian's `chromium` package: `apt-get install chromium`).
 
     cargo run --release -p lab -- demo           # writes data/lab/report.html
     cargo run --release -p lab -- bench --quick  # writes data/lab/bench.html
+    cargo run --release -p lab -- bench fanout   # writes data/lab/fanout.html
     python3 scripts/screenshots.py [DATA_DIR]    # default data/lab
 
 A picture of one section of a page is taken from a page holding only that section (the
@@ -71,7 +72,7 @@ def section(report: pathlib.Path, section_id: str, work: pathlib.Path) -> tuple[
     window height it needs."""
     text = report.read_text(encoding="utf-8")
     head = text[: text.index("<body>") + len("<body>")]
-    match = re.search(rf'<h2 id="{section_id}">.*?(?=<h2)', text, re.S)
+    match = re.search(rf'<h2 id="{section_id}">.*?(?=<h2|</body>)', text, re.S)
     if not match:
         sys.exit(f"{report} has no section {section_id!r}: regenerate it with this version of the lab")
     body = match.group(0)
@@ -88,8 +89,9 @@ def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     demo = data_dir / "report.html"
     bench = data_dir / "bench.html"
-    if not demo.exists() and not bench.exists():
-        sys.exit(f"no report.html or bench.html in {data_dir}: run `lab demo` or `lab bench` first")
+    fanout = data_dir / "fanout.html"
+    if not demo.exists() and not bench.exists() and not fanout.exists():
+        sys.exit(f"no report.html, bench.html or fanout.html in {data_dir}: run `lab demo` or `lab bench` first")
     with tempfile.TemporaryDirectory() as work:
         work = pathlib.Path(work)
         if demo.exists():
@@ -98,6 +100,8 @@ def main() -> None:
             shoot(page, IMAGES / "demo-traces.png", height)
         if bench.exists():
             shoot(bench, IMAGES / "bench-report.png", 1500)
+        if fanout.exists():
+            shoot(fanout, IMAGES / "fanout.png", 1150)
 
 
 if __name__ == "__main__":

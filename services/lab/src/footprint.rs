@@ -1,6 +1,7 @@
 //! Bytes each store holds on disk: the owners' databases, the projection that duplicates
 //! part of them, the monolith's single database, and JetStream's copy of the events. The
-//! price of the async design in storage, read off the same run.
+//! price of the async design in storage, read off the same run. And each process's memory:
+//! its peak resident set over a window of the run, from /proc.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,4 +79,73 @@ fn directory_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Starts a new window for [`peak_rss_kib`]: resets each process's peak resident set
+/// (`/proc/<pid>/clear_refs`, value 5). A process that cannot be reset keeps its peak since
+/// start, which only overstates it.
+pub fn reset_peak_rss(pids: &BTreeMap<String, u32>) {
+    for pid in pids.values() {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
+}
+
+/// Each process's peak resident set since [`reset_peak_rss`] (VmHWM), in KiB.
+pub fn peak_rss_kib(pids: &BTreeMap<String, u32>) -> BTreeMap<String, u64> {
+    pids.iter()
+        .filter_map(|(name, pid)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            Some((name.clone(), vm_hwm_kib(&status)?))
+        })
+        .collect()
+}
+
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Orders in orders' database: the purchases a caught-up projection holds.
+pub async fn orders_held(lab: &RunningLab) -> Option<u64> {
+    use sqlx::Connection as _;
+    let url = lab.storage.database_url("orders").ok()?;
+    let count: i64 = match &lab.storage {
+        Storage::Sqlite(_) => {
+            let mut conn = sqlx::sqlite::SqliteConnection::connect(&url).await.ok()?;
+            sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+                .fetch_one(&mut conn)
+                .await
+                .ok()?
+        }
+        Storage::Postgres(_) => {
+            let mut conn = sqlx::postgres::PgConnection::connect(&url).await.ok()?;
+            sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+                .fetch_one(&mut conn)
+                .await
+                .ok()?
+        }
+        Storage::Elsewhere => return None,
+    };
+    u64::try_from(count).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_resident_set_is_read_from_proc_status() {
+        let status =
+            "Name:\tusers\nVmPeak:\t  812340 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   20000 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(23_456));
+        assert_eq!(vm_hwm_kib("Name:\tx\n"), None);
+        let own = BTreeMap::from([("lab".to_owned(), std::process::id())]);
+        assert!(peak_rss_kib(&own).get("lab").is_some_and(|kib| *kib > 0));
+    }
 }

@@ -440,6 +440,20 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
         );
     }
     assert_eq!(aim("freshness p99 (ms)")["rounds"], serde_json::json!([]));
+    let memory = &report["memory"];
+    for process in ["users", "purchases-async", "purchases-bus", "nats-server"] {
+        assert!(
+            memory["peak_rss_kib"][process]
+                .as_u64()
+                .is_some_and(|kib| kib > 1_024),
+            "{process}'s peak memory: {memory}"
+        );
+    }
+    assert!(
+        memory["purchases_held"].as_u64() >= Some(100),
+        "the seeded orders at least: {memory}"
+    );
+    assert!(memory["projection_kib_per_1000_purchases"].is_number());
     let html = std::fs::read_to_string(data_dir.join("bench.html")).expect("bench.html");
     assert!(html.contains("<polyline") && html.contains("sync-sequential"));
     assert!(

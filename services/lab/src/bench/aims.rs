@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use super::results::{Aim, CatchUp, FreshnessResult, Reference, RoundFigures, Summary};
+use super::results::{Aim, CatchUp, FreshnessResult, Memory, Reference, RoundFigures, Summary};
 
 pub(super) fn aims(
     summary: &BTreeMap<String, Summary>,
     reference: &Reference,
     freshness: &FreshnessResult,
     catch_up: Option<&CatchUp>,
+    memory: &Memory,
 ) -> Vec<Aim> {
     let get = |mode: &str| summary.get(mode);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
@@ -90,6 +91,21 @@ pub(super) fn aims(
         5.0,
         Vec::new(),
     );
+    // Every service of ours but purchases-async, whose view holds the data by design.
+    let largest = memory
+        .peak_rss_kib
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "purchases-async" | "nats-server"))
+        .max_by_key(|(_, kib)| **kib);
+    if let Some((_, kib)) = largest {
+        aim(
+            "largest peak RSS over the reference rounds but purchases-async's (MiB)",
+            *kib as f64 / 1_024.0,
+            "<=",
+            30.0,
+            Vec::new(),
+        );
+    }
     if let Some(catch_up) = catch_up {
         aim(
             "catch-up (events/s)",
@@ -166,7 +182,14 @@ mod tests {
             ]),
             tracing: None,
         };
-        let aims = aims(&modes, &reference, &freshness, Some(&catch_up));
+        let memory = Memory::new(
+            BTreeMap::from([
+                ("users".to_owned(), 20_480),
+                ("purchases-async".to_owned(), 61_440),
+            ]),
+            Some(2_000),
+        );
+        let aims = aims(&modes, &reference, &freshness, Some(&catch_up), &memory);
         let find = |name: &str| {
             aims.iter()
                 .find(|aim| aim.name.starts_with(name))
@@ -191,5 +214,15 @@ mod tests {
         );
         assert_eq!(met("freshness"), Some(false), "6 ms");
         assert_eq!(met("catch-up"), Some(true), "25k events/s");
+        let largest = find("largest peak RSS");
+        assert_eq!(
+            (largest.measured, largest.met),
+            (20.0, true),
+            "users' 20 MiB; purchases-async's 60 MiB is not held to it"
+        );
+        assert_eq!(
+            memory.projection_kib_per_1000_purchases, None,
+            "no purchases-sync to subtract"
+        );
     }
 }

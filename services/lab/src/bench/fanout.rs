@@ -41,8 +41,9 @@ pub struct FanoutArgs {
     /// The share p of products' calls that are slowed, between 0 and 1.
     #[arg(long, default_value_t = 0.02, value_parser = fraction)]
     pub slow_fraction: f64,
-    /// How much a slowed call is slowed, in milliseconds.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=5_000))]
+    /// How much a slowed call is slowed, in milliseconds: well above a request's own
+    /// latency at the widest page, so that "slow" means "met a slowed call".
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=5_000))]
     pub delay_ms: u32,
     /// Requests per second offered to each way at each width.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=2_000))]

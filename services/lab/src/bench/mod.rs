@@ -38,7 +38,7 @@ use crate::up::RunningLab;
 use crate::writer::{PacedWriter, WriteTarget};
 pub use report::terminal;
 pub use results::BenchReport;
-use results::{BenchData, BusPrice, ModeResult, Step, Summary};
+use results::{BenchData, BusPrice, Memory, ModeResult, Step, Summary};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -206,8 +206,15 @@ pub async fn run(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let series = load::series(lab, &clients, &users, settings, &progress).await;
+    // Memory is read over the reference rounds alone, not the steps up to saturation.
+    let pids = lab.pids();
+    crate::footprint::reset_peak_rss(&pids);
     let (reference, at_reference) =
         load::reference_rounds(&endpoints, &clients, &users, settings, tracing, &progress).await?;
+    let memory = Memory::new(
+        crate::footprint::peak_rss_kib(&pids),
+        crate::footprint::orders_held(lab).await,
+    );
     progress.finish_and_clear();
     let (background_writes, _) = writer.stop().await;
 
@@ -223,7 +230,7 @@ pub async fn run(
 
     let summary = summary(at_reference, &series);
     let bus_price = BusPrice::from_summary(&summary);
-    let aims = aims::aims(&summary, &reference, &freshness, catch_up.as_ref());
+    let aims = aims::aims(&summary, &reference, &freshness, catch_up.as_ref(), &memory);
     Ok(BenchReport {
         generated_at: crate::report::now_rfc3339(),
         machine: crate::report::machine(),
@@ -243,6 +250,7 @@ pub async fn run(
         series,
         background_writes,
         storage_bytes,
+        memory,
         aims,
     })
 }

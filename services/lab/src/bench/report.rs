@@ -147,6 +147,30 @@ fn reference_heading(report: &BenchReport) -> String {
     )
 }
 
+/// Each process's peak memory over the reference rounds.
+fn memory_line(report: &BenchReport) -> String {
+    let memory = &report.memory;
+    if memory.peak_rss_kib.is_empty() {
+        return "Memory: not read (the system was not started by the lab).".to_owned();
+    }
+    let peaks = memory
+        .peak_rss_kib
+        .iter()
+        .map(|(name, kib)| format!("{name} {:.1}", *kib as f64 / 1_024.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let view = match (
+        memory.projection_kib_per_1000_purchases,
+        memory.purchases_held,
+    ) {
+        (Some(per_1000), Some(held)) => format!(
+            "; purchases-async's view, less purchases-sync's footprint, {per_1000:.0} KiB per 1,000 of the {held} purchases it held"
+        ),
+        _ => String::new(),
+    };
+    format!("Memory, peak resident set over the reference rounds (MiB): {peaks}{view}.")
+}
+
 fn storage_line(report: &BenchReport) -> String {
     let owners: u64 = ["users", "products", "orders"]
         .iter()
@@ -362,7 +386,8 @@ pub fn terminal(report: &BenchReport) -> String {
         text.push_str(&table(&TRACING_HEADERS, &tracing_rows(report)));
     }
     let _ = writeln!(text, "{}", catch_up_line(report));
-    let _ = writeln!(text, "{}\n", storage_line(report));
+    let _ = writeln!(text, "{}", storage_line(report));
+    let _ = writeln!(text, "{}\n", memory_line(report));
     let _ = writeln!(text, "Aims (ratios measured in this run):");
     text.push_str(&table(&AIM_HEADERS, &aim_rows(report)));
     text
@@ -393,10 +418,11 @@ pub fn markdown(report: &BenchReport) -> String {
     let _ = writeln!(text, "\n{}", bus_price_line(report));
     let _ = writeln!(
         text,
-        "\n{}\n\n{}\n\n{}\n",
+        "\n{}\n\n{}\n\n{}\n\n{}\n",
         freshness_line(report),
         catch_up_line(report),
-        storage_line(report)
+        storage_line(report),
+        memory_line(report)
     );
     if let Some(line) = stages_line(report) {
         let _ = writeln!(text, "{line}\n");
@@ -520,6 +546,7 @@ falls behind.</p>
 {steps}
 <p>{catch_up}</p>
 <p>{storage}</p>
+<p>{memory}</p>
 "#,
         measured = escape(&measured_line(report)),
         rounds = report.reference.rounds,
@@ -542,6 +569,7 @@ falls behind.</p>
         steps = html_table(&STEP_HEADERS, &step_rows(report)),
         catch_up = escape(&catch_up_line(report)),
         storage = escape(&storage_line(report)),
+        memory = escape(&memory_line(report)),
     );
     crate::report::page("Lab bench", &body)
 }

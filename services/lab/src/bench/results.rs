@@ -3,7 +3,8 @@
 //! each at one reference rate offered to every mode alike; `bus_price` (the bus way against
 //! the direct calls); `reference` (how the summary was measured,
 //! round by round, and what tracing costs); `freshness` (with its split into stages, by the
-//! probe and by the spans); `series.<mode>.steps`; `catch_up`; `storage_bytes`; `aims`.
+//! probe and by the spans); `series.<mode>.steps`; `catch_up`; `storage_bytes`; `memory`
+//! (peak RSS per process over the reference rounds); `aims`.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,8 @@ pub struct BenchReport {
     /// Bytes on disk per store at the end: what each design keeps, and what the projection
     /// duplicates.
     pub storage_bytes: BTreeMap<String, u64>,
+    /// Each process's peak memory over the reference rounds.
+    pub memory: Memory,
     /// The aims as measured ratios, each with whether this run met it.
     pub aims: Vec<Aim>,
 }
@@ -61,6 +64,40 @@ pub struct Summary {
     pub throughput_rps: f64,
     pub error_rate: f64,
     pub saturation_rps: f64,
+}
+
+/// Each process's peak resident set (VmHWM, reset just before the reference rounds and read
+/// just after them), and what purchases-async's in-memory view costs per 1,000 purchases.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// KiB, by process (`users`, ..., `nats-server`); empty on a system the lab did not start.
+    pub peak_rss_kib: BTreeMap<String, u64>,
+    /// Orders in orders' database after the rounds: the purchases the projection holds.
+    pub purchases_held: Option<u64>,
+    /// purchases-async's peak less purchases-sync's (the same runtime, server and telemetry,
+    /// holding nothing), per 1,000 purchases held: an upper bound on the view's cost, since
+    /// the difference also holds purchases-async's database pool and consumers.
+    pub projection_kib_per_1000_purchases: Option<f64>,
+}
+
+impl Memory {
+    pub fn new(peak_rss_kib: BTreeMap<String, u64>, purchases_held: Option<u64>) -> Self {
+        let per_1000 = match (
+            peak_rss_kib.get("purchases-async"),
+            peak_rss_kib.get("purchases-sync"),
+            purchases_held,
+        ) {
+            (Some(projection), Some(stateless), Some(held)) if held > 0 => Some(hundredths(
+                projection.saturating_sub(*stateless) as f64 * 1_000.0 / held as f64,
+            )),
+            _ => None,
+        };
+        Self {
+            peak_rss_kib,
+            purchases_held,
+            projection_kib_per_1000_purchases: per_1000,
+        }
+    }
 }
 
 /// The bus way (purchases-bus) beside the direct calls (purchases-sync), both measured at
