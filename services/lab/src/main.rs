@@ -1,6 +1,6 @@
 //! The lab: one command that starts the whole system (a nats-server, users, products, orders,
-//! purchases-sync, purchases-async and the monolith, as child processes), seeds it through
-//! the public APIs, and shows sync, async and monolith side by side.
+//! purchases-sync, purchases-bus, purchases-async and the monolith, as child processes),
+//! seeds it through the public APIs, and shows the four ways side by side.
 //!
 //! It owns process supervision (children die with the lab, stop in order, and are reported by
 //! name when they fail), the seed data set, the demo's measurements and its report. It owns
