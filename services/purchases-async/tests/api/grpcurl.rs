@@ -1,4 +1,4 @@
-//! ListUserPurchases end to end with the real grpcurl, through reflection, on all three modes.
+//! ListUserPurchases end to end with the real grpcurl, through reflection, in all four modes.
 
 use testkit::Backend;
 use testkit::run_grpcurl;
@@ -43,6 +43,7 @@ async fn grpcurl_lists_a_users_purchases_in_every_mode() {
         .to_string();
     for (addr, user, mode) in [
         (lab.sync_server.addr().to_string(), &user, "MODE_SYNC"),
+        (lab.bus_server.addr().to_string(), &user, "MODE_BUS"),
         (async_addr, &user, "MODE_ASYNC"),
         (
             monolith.server.addr().to_string(),
