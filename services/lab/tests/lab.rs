@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lab, up};
+use common::{lab, read_json, succeeds, up};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -157,8 +157,8 @@ async fn a_killed_lab_takes_its_processes_with_it() {
 async fn lab_demo_reports_a_figure_for_every_mode() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let data_dir = dir.path().join("lab");
-    let output = lab(&data_dir)
-        .args([
+    let stdout = succeeds(
+        lab(&data_dir).args([
             "demo",
             "--ephemeral-ports",
             "--users",
@@ -173,20 +173,11 @@ async fn lab_demo_reports_a_figure_for_every_mode() {
             "10",
             "--fault-calls",
             "10",
-        ])
-        .output()
-        .await
-        .expect("lab demo runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "lab demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(
-        &std::fs::read_to_string(data_dir.join("report.json")).expect("report.json"),
+        ]),
+        "lab demo",
     )
-    .expect("the report is JSON");
+    .await;
+    let report = read_json(&data_dir.join("report.json"));
     for mode in ["echo", "sync", "bus", "async", "monolith"] {
         let latency = &report["latency"][mode];
         assert_eq!(
@@ -284,33 +275,26 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let data_dir = dir.path().join("lab");
     let json = dir.path().join("results").join("bench.json");
-    let output = lab(&data_dir)
-        .args(["bench", "--ephemeral-ports", "--nats-fsync", "lazy"])
-        .args(["--users", "20", "--products", "10", "--orders", "100"])
-        .args([
-            "--rates",
-            "20,40",
-            "--reference-rate",
-            "30",
-            "--step-ms",
-            "500",
-        ])
-        .args(["--reference-rounds", "2", "--reference-round-ms", "300"])
-        .args(["--write-rate", "20", "--freshness-write-rate", "100"])
-        .args(["--freshness-ms", "500", "--json"])
-        .arg(&json)
-        .output()
-        .await
-        .expect("lab bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "lab bench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the --json file"))
-            .expect("the results are JSON");
+    let stdout = succeeds(
+        lab(&data_dir)
+            .args(["bench", "--ephemeral-ports", "--nats-fsync", "lazy"])
+            .args(["--users", "20", "--products", "10", "--orders", "100"])
+            .args([
+                "--rates",
+                "20,40",
+                "--reference-rate",
+                "30",
+                "--step-ms",
+                "500",
+            ])
+            .args(["--reference-rounds", "2", "--reference-round-ms", "300"])
+            .args(["--write-rate", "20", "--freshness-write-rate", "100"])
+            .args(["--freshness-ms", "500", "--json"])
+            .arg(&json),
+        "lab bench",
+    )
+    .await;
+    let report = read_json(&json);
     for mode in [
         "echo",
         "sync",
@@ -467,31 +451,23 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_bench_fanout_shows_the_wider_fan_out_paying_the_tail_and_async_flat() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let output = lab(dir.path())
-        .args(["bench", "--ephemeral-ports", "fanout"])
-        .args([
-            "--slow-fraction",
-            "0.2",
-            "--delay-ms",
-            "100",
-            "--hedge-after-ms",
-            "30",
-        ])
-        .args(["--requests", "100", "--rate", "100", "--widths", "1,10"])
-        .args(["--fanout-users", "3"])
-        .output()
-        .await
-        .expect("lab bench fanout runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "lab bench fanout: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("fanout.json")).expect("fanout.json"),
+    succeeds(
+        lab(dir.path())
+            .args(["bench", "--ephemeral-ports", "fanout"])
+            .args([
+                "--slow-fraction",
+                "0.2",
+                "--delay-ms",
+                "100",
+                "--hedge-after-ms",
+                "30",
+            ])
+            .args(["--requests", "100", "--rate", "100", "--widths", "1,10"])
+            .args(["--fanout-users", "3"]),
+        "lab bench fanout",
     )
-    .expect("JSON");
+    .await;
+    let report = read_json(&dir.path().join("fanout.json"));
     let widths = report["widths"].as_array().expect("widths");
     assert_eq!(
         widths.iter().map(|w| w["k"].as_u64()).collect::<Vec<_>>(),
@@ -566,40 +542,34 @@ async fn the_tools_work_on_a_system_the_lab_did_not_start() {
 
     let measuring = dir.path().join("measuring");
     let json = measuring.join("bench.json");
-    let bench = lab(&measuring)
-        .arg("--endpoints")
-        .arg(&endpoints)
-        .args([
-            "bench",
-            "--users",
-            "10",
-            "--products",
-            "5",
-            "--orders",
-            "20",
-        ])
-        .args([
-            "--rates",
-            "20",
-            "--reference-rate",
-            "20",
-            "--step-ms",
-            "300",
-        ])
-        .args(["--reference-rounds", "1", "--reference-round-ms", "300"])
-        .args(["--write-rate", "10", "--freshness-write-rate", "50"])
-        .args(["--freshness-ms", "300", "--refine-steps", "0"])
-        .output()
-        .await
-        .expect("lab bench runs");
-    let stdout = String::from_utf8_lossy(&bench.stdout);
-    assert!(
-        bench.status.success(),
-        "lab bench --endpoints: {stdout}\n{}",
-        String::from_utf8_lossy(&bench.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("bench.json")).expect("JSON");
+    let stdout = succeeds(
+        lab(&measuring)
+            .arg("--endpoints")
+            .arg(&endpoints)
+            .args([
+                "bench",
+                "--users",
+                "10",
+                "--products",
+                "5",
+                "--orders",
+                "20",
+            ])
+            .args([
+                "--rates",
+                "20",
+                "--reference-rate",
+                "20",
+                "--step-ms",
+                "300",
+            ])
+            .args(["--reference-rounds", "1", "--reference-round-ms", "300"])
+            .args(["--write-rate", "10", "--freshness-write-rate", "50"])
+            .args(["--freshness-ms", "300", "--refine-steps", "0"]),
+        "lab bench --endpoints",
+    )
+    .await;
+    let report = read_json(&json);
     for mode in [
         "echo",
         "sync",

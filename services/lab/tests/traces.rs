@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lab, up};
+use common::{lab, read_json, succeeds, up};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -88,10 +88,7 @@ async fn a_callers_trace_follows_the_fan_out_and_an_event_to_the_projection() {
         .await
         .expect("lab seed runs");
     assert!(seeded.success());
-    let seed: Value = serde_json::from_str(
-        &std::fs::read_to_string(data_dir.join("seed.json")).expect("seed.json"),
-    )
-    .expect("JSON");
+    let seed = read_json(&data_dir.join("seed.json"));
     let user = seed["users"][0]["microservices"]
         .as_str()
         .expect("a user")
@@ -272,17 +269,13 @@ async fn a_callers_trace_follows_the_fan_out_and_an_event_to_the_projection() {
 async fn an_event_written_while_nats_was_down_keeps_its_trace_to_the_projection() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let data_dir = dir.path().join("lab");
-    let output = lab(&data_dir)
-        .args(["chaos", "nats-outage", "--quick", "--ephemeral-ports"])
-        .args(["--users", "10", "--products", "5", "--orders", "50"])
-        .output()
-        .await
-        .expect("lab chaos runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    succeeds(
+        lab(&data_dir)
+            .args(["chaos", "nats-outage", "--quick", "--ephemeral-ports"])
+            .args(["--users", "10", "--products", "5", "--orders", "50"]),
+        "lab chaos nats-outage",
+    )
+    .await;
     let kept = spans(&data_dir);
     // An order placed during the outage: its publish reached JetStream only after NATS came
     // back, seconds after the write (whether the relay sent it into the client's reconnect

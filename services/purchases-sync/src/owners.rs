@@ -88,17 +88,23 @@ where
     F: Fn(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let mut first = tonic::Request::new(message);
-    first.set_timeout(budget);
-    let call = ClientCall::start(dependency.name(), service, method, &mut first);
-    let metadata = first.metadata().clone();
-    let message = first.into_inner();
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(budget);
+    let call = ClientCall::start(dependency.name(), service, method, &mut request);
+    let Some(after) = hedge_after else {
+        // Unhedged, the request goes as it is: no copy kept for a second attempt.
+        let answered = tokio::time::timeout(budget, send(request))
+            .instrument(call.span().clone())
+            .await;
+        return finish(call, budget, answered);
+    };
+    let (metadata, message) = (request.metadata().clone(), request.into_inner());
     let attempt = || {
         let mut request = tonic::Request::new(message.clone());
         *request.metadata_mut() = metadata.clone();
-        send(request)
+        tokio::time::timeout(budget, send(request))
     };
-    let (answered, how) = hedged(hedge_after, || tokio::time::timeout(budget, attempt()))
+    let (answered, how) = hedged(Some(after), attempt)
         .instrument(call.span().clone())
         .await;
     if how != Hedged::No {
@@ -114,6 +120,15 @@ where
         )
         .increment(1);
     }
+    finish(call, budget, answered)
+}
+
+/// What one call came to, recorded on its span and in the metrics.
+fn finish<T>(
+    call: ClientCall,
+    budget: Duration,
+    answered: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Result<T, CallFailure> {
     let result = match answered {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) if is_overloaded(&status) => Err(CallFailure::Overloaded),

@@ -40,3 +40,27 @@ pub async fn up(data_dir: &Path) -> (Child, Value) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs a lab command to its end and returns what it printed; fails the test with both of
+/// its outputs when it did not succeed.
+pub async fn succeeds(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("{what} cannot run: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A JSON file the lab wrote.
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{} is not JSON: {error}", path.display()))
+}
