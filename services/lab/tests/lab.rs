@@ -284,6 +284,8 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
                 "20,40",
                 "--reference-rate",
                 "30",
+                "--low-rate",
+                "10",
                 "--step-ms",
                 "500",
             ])
@@ -351,9 +353,34 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
             .unwrap_or_else(|| panic!("the aim {name}: {}", report["aims"]))
             .clone()
     };
-    for name in ["async p50 / echo p50", "sync p50 / (3 x echo p50)"] {
+    for name in [
+        "async p50 / echo p50",
+        "sync p50 / (3 x echo p50)",
+        "async p50 / echo p50 at 10 requests/s",
+        "sync p50 / (3 x echo p50) at 10 requests/s",
+    ] {
         let rounds = aim(name)["rounds"].as_array().map(Vec::len);
         assert_eq!(rounds, Some(2), "{name}, round by round: {}", aim(name));
+    }
+    // The low rate's rounds stand beside the reference's, every mode in each.
+    assert_eq!(report["low_rate"]["rate"], 10);
+    assert_eq!(
+        report["low_rate"]["per_round"]["sync"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{}",
+        report["low_rate"]
+    );
+    assert!(
+        stdout.contains("At 10 requests/s, one request or two in flight"),
+        "{stdout}"
+    );
+    for name in [
+        "freshness p99 over JetStream alone's p99 (ms)",
+        "projection stage p99, delivery to visible (ms)",
+    ] {
+        assert!(aim(name)["measured"].is_number(), "{}", aim(name));
     }
     assert!(stdout.contains("over 2 rounds"), "{stdout}");
     let freshness = &report["freshness"];
@@ -423,7 +450,10 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
             report["storage_bytes"]
         );
     }
-    assert_eq!(aim("freshness p99 (ms)")["rounds"], serde_json::json!([]));
+    assert_eq!(
+        aim("freshness p99 over JetStream alone's p99 (ms)")["rounds"],
+        serde_json::json!([])
+    );
     let memory = &report["memory"];
     for process in ["users", "purchases-async", "purchases-bus", "nats-server"] {
         assert!(

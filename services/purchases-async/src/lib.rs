@@ -4,6 +4,7 @@
 //! durable consumers after its own downtime. `--rebuild` empties the projection and replays
 //! the streams from their start.
 
+pub mod changes;
 pub mod config;
 pub mod projection;
 pub mod startup;

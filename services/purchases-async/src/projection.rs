@@ -2,15 +2,12 @@
 //! duplicates and late arrivals (except for orders, see [`Purchases`]), so each event here is
 //! newer than what the table holds and is written over it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use consumer::{ApplyError, Event, Projection, parse_payload_id};
-use contracts::events::v1 as events;
+use consumer::{ApplyError, Event, Projection};
 use platform::db::{Param, WriteTx};
-use prost::Name as _;
-use uuid::Uuid;
 
+use crate::changes::{self, Orders, UserChange};
 use crate::view::View;
 
 /// The durable consumers' default name on every stream.
@@ -33,13 +30,6 @@ pub struct Products {
     pub reader_schema: u32,
 }
 
-/// A user's name as this projection keeps it.
-struct Names<'a> {
-    name: &'a str,
-    given_name: &'a str,
-    family_name: &'a str,
-}
-
 /// Orders. Wants late events too: an order's placement carries facts that never change
 /// (user, product, quantity, time), so a placement that arrives after its cancellation
 /// (possible only when delivery is reordered) still fills them in.
@@ -48,72 +38,32 @@ pub struct Purchases {
     pub view: Arc<View>,
 }
 
-/// The aggregates a committed batch touched, for the view to read back.
-fn touched(events: &[Event]) -> Vec<Uuid> {
-    let mut ids: Vec<Uuid> = events
-        .iter()
-        .filter_map(|event| event.envelope.aggregate_id.parse().ok())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 impl Projection for Users {
     async fn committed(&self, events: &[Event]) {
-        self.view.refresh_users(&touched(events)).await;
+        self.view
+            .apply_users(changes::users(events, self.reader_schema));
     }
 
     async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
-        for event in events {
-            let event_type = event.event_type();
-            // A reader of schema 1 was built before the name parts existed: it never sees them.
-            let parts = |given: &'_ str, family: &'_ str| -> (String, String) {
-                if self.reader_schema >= 2 {
-                    (given.to_owned(), family.to_owned())
-                } else {
-                    (String::new(), String::new())
-                }
-            };
-            if event_type == events::UserRegistered::full_name() {
-                let user = event.decode::<events::UserRegistered>()?;
-                let id = event.aggregate_uuid(&user.user_id)?;
-                let (given_name, family_name) = parts(&user.given_name, &user.family_name);
-                let names = Names {
-                    name: &user.name,
-                    given_name: &given_name,
-                    family_name: &family_name,
-                };
-                upsert_user(tx, id, Some(names), None).await?;
-            } else if event_type == events::UserRenamed::full_name() {
-                let renamed = event.decode::<events::UserRenamed>()?;
-                let id = event.aggregate_uuid(&renamed.user_id)?;
-                let (given_name, family_name) = parts(&renamed.given_name, &renamed.family_name);
-                let names = Names {
-                    name: &renamed.name,
-                    given_name: &given_name,
-                    family_name: &family_name,
-                };
-                upsert_user(tx, id, Some(names), None).await?;
-            } else if event_type == events::UserDeleted::full_name() {
-                let deleted = event.decode::<events::UserDeleted>()?;
-                let id = event.aggregate_uuid(&deleted.user_id)?;
-                upsert_user(tx, id, None, Some(event.occurred_at_micros().max(1))).await?;
-            } else {
-                return Err(event.unknown_type());
-            }
+        for change in changes::users(events, self.reader_schema)? {
+            upsert_user(tx, &change).await?;
         }
         Ok(())
     }
 }
 
-async fn upsert_user(
-    tx: &mut WriteTx,
-    id: Uuid,
-    names: Option<Names<'_>>,
-    deleted_at: Option<i64>,
-) -> Result<(), ApplyError> {
-    // A rename keeps the tombstone off; a deletion keeps the last known name.
+async fn upsert_user(tx: &mut WriteTx, change: &UserChange) -> Result<(), ApplyError> {
+    let (id, names, deleted_at) = match change {
+        UserChange::Named {
+            id,
+            name,
+            given_name,
+            family_name,
+        } => (id, Some([name, given_name, family_name]), None),
+        UserChange::Deleted { id, at_micros } => (id, None, Some(*at_micros)),
+    };
+    let [name, given_name, family_name] = names.map_or([""; 3], |names| names.map(String::as_str));
+    // A naming lifts the tombstone; a deletion keeps the last known name.
     tx.execute(
         "INSERT INTO p_users (id, name, given_name, family_name, deleted_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET
@@ -123,9 +73,9 @@ async fn upsert_user(
            deleted_at = excluded.deleted_at",
         &[
             id.to_string().into(),
-            names.as_ref().map(|names| names.name).unwrap_or_default().into(),
-            names.as_ref().map(|names| names.given_name).unwrap_or_default().into(),
-            names.as_ref().map(|names| names.family_name).unwrap_or_default().into(),
+            name.into(),
+            given_name.into(),
+            family_name.into(),
             deleted_at.into(),
             names.is_some().into(),
         ],
@@ -136,52 +86,23 @@ async fn upsert_user(
 
 impl Projection for Products {
     async fn committed(&self, events: &[Event]) {
-        self.view.refresh_products(&touched(events)).await;
+        self.view
+            .apply_products(changes::products(events, self.reader_schema));
     }
 
     async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
-        for event in events {
-            let event_type = event.event_type();
-            let (id, title, image_url, price_cents, currency) =
-                if event_type == events::ProductCreated::full_name() {
-                    let p = event.decode::<events::ProductCreated>()?;
-                    (
-                        p.product_id,
-                        p.title,
-                        p.image_url,
-                        p.price_cents,
-                        p.currency,
-                    )
-                } else if event_type == events::ProductUpdated::full_name() {
-                    let p = event.decode::<events::ProductUpdated>()?;
-                    (
-                        p.product_id,
-                        p.title,
-                        p.image_url,
-                        p.price_cents,
-                        p.currency,
-                    )
-                } else {
-                    return Err(event.unknown_type());
-                };
-            // A reader of schema 1 was built before the currency existed: it never sees it.
-            let currency = if self.reader_schema >= 2 {
-                currency
-            } else {
-                String::new()
-            };
-            let id = event.aggregate_uuid(&id)?;
+        for product in changes::products(events, self.reader_schema)? {
             tx.execute(
                 "INSERT INTO p_products (id, title, image_url, price_cents, currency) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET
                    title = excluded.title, image_url = excluded.image_url, price_cents = excluded.price_cents,
                    currency = excluded.currency",
                 &[
-                    id.to_string().into(),
-                    title.into(),
-                    image_url.into(),
-                    price_cents.into(),
-                    currency.into(),
+                    product.id.to_string().into(),
+                    product.title.into(),
+                    product.image_url.into(),
+                    product.price_cents.into(),
+                    product.currency.into(),
                 ],
             )
             .await?;
@@ -192,7 +113,7 @@ impl Projection for Products {
 
 impl Projection for Purchases {
     async fn committed(&self, events: &[Event]) {
-        self.view.refresh_orders(&touched(events)).await;
+        self.view.apply_orders(changes::orders(events));
     }
 
     fn wants_stale(&self) -> bool {
@@ -201,47 +122,11 @@ impl Projection for Purchases {
 
     async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
         // Every event is checked first, then the batch is written in a few multi-row
-        // statements instead of one per event (a statement costs far more than a row). The
-        // two upserts commute: a placement's facts never change and it leaves the status
-        // alone, and a cancellation only sets the status, so their order does not matter.
-        let mut placements: HashMap<Uuid, Placement> = HashMap::new();
-        let mut cancellations: HashMap<Uuid, Uuid> = HashMap::new();
-        for event in events {
-            let event_type = event.event_type();
-            if event_type == events::OrderPlaced::full_name() {
-                let placed = event.decode::<events::OrderPlaced>()?;
-                let id = event.aggregate_uuid(&placed.order_id)?;
-                let user_id = parse_payload_id("user_id", &placed.user_id)?;
-                let product_id = parse_payload_id("product_id", &placed.product_id)?;
-                if !(1..=1_000).contains(&placed.quantity) {
-                    return Err(ApplyError::Rejected(format!(
-                        "quantity {} is out of range",
-                        placed.quantity
-                    )));
-                }
-                let placed_at = placed.placed_at.as_ref().map_or_else(
-                    || event.occurred_at_micros(),
-                    platform::time::from_timestamp,
-                );
-                placements.insert(
-                    id,
-                    Placement {
-                        user_id,
-                        product_id,
-                        quantity: placed.quantity,
-                        placed_at,
-                    },
-                );
-            } else if event_type == events::OrderCancelled::full_name() {
-                let cancelled = event.decode::<events::OrderCancelled>()?;
-                let id = event.aggregate_uuid(&cancelled.order_id)?;
-                let user_id = parse_payload_id("user_id", &cancelled.user_id)?;
-                cancellations.insert(id, user_id);
-            } else if !event.freshness.is_stale() {
-                return Err(event.unknown_type());
-            }
-        }
-        let placements: Vec<_> = placements.into_iter().collect();
+        // statements instead of one per event (a statement costs far more than a row).
+        let Orders {
+            placements,
+            cancellations,
+        } = changes::orders(events)?;
         for chunk in placements.chunks(ROWS_PER_STATEMENT) {
             let values = rows_of_placeholders(chunk.len(), 5, "'placed'");
             // Only numbered placeholders are interpolated; the values are bound.
@@ -264,7 +149,6 @@ impl Projection for Purchases {
             }
             tx.execute(&sql, &params).await?;
         }
-        let cancellations: Vec<_> = cancellations.into_iter().collect();
         for chunk in cancellations.chunks(ROWS_PER_STATEMENT) {
             let values = rows_of_placeholders(chunk.len(), 2, "'cancelled'");
             // Only numbered placeholders are interpolated; the values are bound.
@@ -280,15 +164,6 @@ impl Projection for Purchases {
         }
         Ok(())
     }
-}
-
-/// The facts of one placement, as the projection stores them.
-#[derive(Debug)]
-struct Placement {
-    user_id: Uuid,
-    product_id: Uuid,
-    quantity: i32,
-    placed_at: i64,
 }
 
 /// Rows per multi-row statement: 5 bound values a row stays far below every backend's limit

@@ -2,11 +2,13 @@
 //!
 //! Why: through sqlx's SQLite driver a query costs about 80 us here, more than the gRPC hop
 //! itself, and a purchases answer needs two. The database stays the durable truth: the view
-//! is loaded from it at start, and after every committed batch the rows that batch touched
-//! are read back from it, so the view never holds anything the database does not, and a
-//! rebuild or restart reaches the same state. Should a refresh fail, the view stops being
-//! trusted and reads go to the database until the next start. Memory grows with the
-//! projection (a few hundred bytes per purchase), which suits the lab's data sizes.
+//! is loaded from it at start, and after every committed batch the same decoded changes the
+//! tables took ([`crate::changes`]) are applied here by the same rules, so the view never
+//! holds anything the database does not, and a rebuild or restart reaches the same state.
+//! (It once read the batch's rows back instead: a query per batch, the largest part of the
+//! time from delivery to visible.) Should an update fail, the view stops being trusted and
+//! reads go to the database until the next start. Memory grows with the projection (a few
+//! hundred bytes per purchase), which suits the lab's data sizes.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -14,11 +16,13 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use platform::db::{Columns, Database, Param, StoreError};
+use consumer::ApplyError;
+use platform::db::{Columns, Database, StoreError};
 use platform::paging::Cursor;
 use purchases::{OrderStatus, ProductView, PurchaseView, PurchasesError, Query, UserView};
-use tracing::Instrument as _;
 use uuid::Uuid;
+
+use crate::changes::{self, UserChange};
 
 /// Newest first: (placed_at, order id), both descending.
 type Key = (Reverse<i64>, Reverse<Uuid>);
@@ -31,7 +35,7 @@ struct PurchaseRow {
 }
 
 /// A user as the view keeps them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct StoredUser {
     name: String,
     given_name: String,
@@ -50,24 +54,19 @@ struct State {
 
 #[derive(Debug)]
 pub struct View {
-    db: Database,
     state: RwLock<State>,
     trusted: AtomicBool,
 }
-
-/// Ids per `IN (...)` list when reading rows back.
-const CHUNK: usize = 200;
 
 impl View {
     /// Loads the whole projection.
     pub async fn load(db: Database) -> Result<Arc<Self>, StoreError> {
         let view = Arc::new(Self {
-            db,
             state: RwLock::new(State::default()),
             trusted: AtomicBool::new(true),
         });
         // Whole tables, once at start: through the pool, off the async workers' threads.
-        let pool = view.db.pool();
+        let pool = db.pool();
         let users = sqlx::query(SELECT_USERS).fetch_all(pool).await?;
         let users = users
             .iter()
@@ -92,32 +91,105 @@ impl View {
         self.trusted.load(Ordering::Acquire)
     }
 
-    /// Reads these users' rows back after a commit.
-    pub async fn refresh_users(&self, ids: &[Uuid]) {
-        let rows = self
-            .read_back(SELECT_USERS, "id", ids, decode_user)
-            .instrument(refresh_span("users", ids.len()))
-            .await;
-        self.settle(rows.and_then(|rows| self.apply_rows(rows, Vec::new(), Vec::new())));
+    /// Brings the view in step with a committed batch of user events.
+    pub fn apply_users(&self, changes: Result<Vec<UserChange>, ApplyError>) {
+        let _span = update_span("users").entered();
+        self.update(changes, |state, changes| {
+            for change in changes {
+                match change {
+                    UserChange::Named {
+                        id,
+                        name,
+                        given_name,
+                        family_name,
+                    } => {
+                        let user = StoredUser {
+                            name,
+                            given_name,
+                            family_name,
+                            deleted: false,
+                        };
+                        state.users.insert(id, user);
+                    }
+                    UserChange::Deleted { id, .. } => {
+                        state.users.entry(id).or_default().deleted = true;
+                    }
+                }
+            }
+        });
     }
 
-    pub async fn refresh_products(&self, ids: &[Uuid]) {
-        let rows = self
-            .read_back(SELECT_PRODUCTS, "id", ids, decode_product)
-            .instrument(refresh_span("products", ids.len()))
-            .await;
-        self.settle(rows.and_then(|rows| self.apply_rows(Vec::new(), rows, Vec::new())));
+    pub fn apply_products(&self, changes: Result<Vec<ProductView>, ApplyError>) {
+        let _span = update_span("products").entered();
+        self.update(changes, |state, products| {
+            for product in products {
+                state.products.insert(product.id, product);
+            }
+        });
     }
 
-    pub async fn refresh_orders(&self, ids: &[Uuid]) {
-        let rows = self
-            .read_back(SELECT_PURCHASES, "order_id", ids, decode_purchase)
-            .instrument(refresh_span("purchases", ids.len()))
-            .await;
-        self.settle(rows.and_then(|rows| self.apply_rows(Vec::new(), Vec::new(), rows)));
+    /// The same rules as the tables' upserts (see [`changes::Orders`]): placements first,
+    /// each keeping the status its order already has, then cancellations.
+    pub fn apply_orders(&self, changes: Result<changes::Orders, ApplyError>) {
+        let _span = update_span("purchases").entered();
+        self.update(changes, |state, orders| {
+            for (order_id, placement) in orders.placements {
+                let status = match state.orders.get(&order_id).copied() {
+                    Some((user_id, Some(key))) => state
+                        .by_user
+                        .get_mut(&user_id)
+                        .and_then(|index| index.remove(&key))
+                        .map_or(OrderStatus::Placed, |row| row.status),
+                    // Only a cancellation leaves an order waiting for its placement.
+                    Some((_, None)) => OrderStatus::Cancelled,
+                    None => OrderStatus::Placed,
+                };
+                let key = (Reverse(placement.placed_at), Reverse(order_id));
+                let row = PurchaseRow {
+                    status,
+                    quantity: placement.quantity,
+                    product_id: placement.product_id,
+                };
+                state
+                    .by_user
+                    .entry(placement.user_id)
+                    .or_default()
+                    .insert(key, row);
+                state
+                    .orders
+                    .insert(order_id, (placement.user_id, Some(key)));
+            }
+            for (order_id, user_id) in orders.cancellations {
+                match state.orders.get(&order_id).copied() {
+                    Some((user_id, Some(key))) => {
+                        if let Some(row) = state
+                            .by_user
+                            .get_mut(&user_id)
+                            .and_then(|index| index.get_mut(&key))
+                        {
+                            row.status = OrderStatus::Cancelled;
+                        }
+                    }
+                    Some((_, None)) => {}
+                    None => {
+                        state.orders.insert(order_id, (user_id, None));
+                    }
+                }
+            }
+        });
     }
 
-    fn settle(&self, outcome: Result<(), StoreError>) {
+    /// Applies `changes` under the write lock. A batch the tables took but the view cannot
+    /// (which only a bug could cause: both decode the same events the same way) stops the
+    /// view being trusted.
+    fn update<C>(&self, changes: Result<C, ApplyError>, apply: impl FnOnce(&mut State, C)) {
+        let outcome = changes
+            .map_err(|error| StoreError::Corrupt(platform::status::error_chain(&error)))
+            .and_then(|changes| {
+                let mut state = self.state.write().map_err(|_| poisoned())?;
+                apply(&mut state, changes);
+                Ok(())
+            });
         if let Err(error) = outcome {
             self.trusted.store(false, Ordering::Release);
             tracing::error!(
@@ -127,35 +199,13 @@ impl View {
         }
     }
 
-    /// The rows of `select` whose `key` is one of `ids`, decoded.
-    async fn read_back<T>(
-        &self,
-        select: &str,
-        key: &str,
-        ids: &[Uuid],
-        decode: fn(&dyn Columns) -> Result<T, StoreError>,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut rows = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-            // Only constants and numbered placeholders are interpolated; the values are bound.
-            let sql = format!("{select} WHERE {key} IN ({})", placeholders.join(", "));
-            let params: Vec<Param> = chunk.iter().map(|id| id.to_string().into()).collect();
-            rows.extend(self.db.read_rows(&sql, &params, decode).await?);
-        }
-        Ok(rows)
-    }
-
     fn apply_rows(
         &self,
         users: Vec<(Uuid, StoredUser)>,
         products: Vec<ProductView>,
         purchases: Vec<DecodedPurchase>,
     ) -> Result<(), StoreError> {
-        let mut state = self
-            .state
-            .write()
-            .map_err(|_| StoreError::Corrupt("the view's lock is poisoned".into()))?;
+        let mut state = self.state.write().map_err(|_| poisoned())?;
         for (id, user) in users {
             state.users.insert(id, user);
         }
@@ -179,10 +229,7 @@ impl View {
     /// The same rows as the SQL read path, from memory: the user and up to one purchase more
     /// than the page (see `Page::cut`).
     pub fn page(&self, query: &Query) -> Result<(UserView, Vec<PurchaseView>), PurchasesError> {
-        let state = self
-            .state
-            .read()
-            .map_err(|_| StoreError::Corrupt("the view's lock is poisoned".into()))?;
+        let state = self.state.read().map_err(|_| poisoned())?;
         let user = match state.users.get(&query.user_id) {
             Some(user) if !user.deleted => user.clone(),
             _ => return Err(PurchasesError::UserNotFound(query.user_id)),
@@ -219,10 +266,14 @@ impl View {
     }
 }
 
-/// The refresh of the view after a batch, inside that batch's span when it is traced.
-fn refresh_span(rows: &'static str, n: usize) -> tracing::Span {
+fn poisoned() -> StoreError {
+    StoreError::Corrupt("the view's lock is poisoned".into())
+}
+
+/// The update of the view after a batch, inside that batch's span when it is traced.
+fn update_span(rows: &'static str) -> tracing::Span {
     platform::telemetry::child_span(
-        || tracing::info_span!("refresh view", otel.name = %format!("refresh view {rows}"), rows = n),
+        || tracing::info_span!("update view", otel.name = %format!("update view {rows}")),
     )
 }
 

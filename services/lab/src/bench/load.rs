@@ -145,10 +145,10 @@ pub(super) async fn reference_rounds(
     clients: &Clients,
     users: &Arc<Vec<SeededUser>>,
     settings: &Settings,
+    rate: u32,
     tracing: Option<f64>,
     progress: &ProgressBar,
 ) -> anyhow::Result<(Reference, BTreeMap<Mode, Step>)> {
-    let rate = settings.reference_rate;
     let turn = Duration::from_millis(settings.reference_round_ms);
     let mut off = RoundsOf::default();
     let mut on = RoundsOf::default();
@@ -188,6 +188,7 @@ pub(super) async fn reference_rounds(
         off: off.overall(rate),
         per_round_on: on.per_round.clone(),
     });
+    let overall = off.overall(rate);
     let steps = off
         .merged
         .into_iter()
@@ -197,6 +198,7 @@ pub(super) async fn reference_rounds(
         rate,
         rounds: settings.reference_rounds,
         round_ms: settings.reference_round_ms,
+        overall,
         per_round: off.per_round,
         tracing,
     };

@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// The rate offered to every mode alike for the summary (added to the steps).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=200_000))]
     pub reference_rate: u32,
+    /// A second, low rate the modes take turns at after the reference rounds, 0 to leave it
+    /// out. With a request or two in flight every hop pays a thread's wake-up, so the ratios
+    /// between modes differ from those under load; both are reported.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=200_000))]
+    pub low_rate: u32,
     /// Rounds the summary is measured in at the reference rate, every mode taking a turn in
     /// each, so that a passing disturbance of the machine falls on every mode alike
     /// [default: 5; with --quick 2].
@@ -98,6 +103,8 @@ pub struct Settings {
     pub step_ms: u64,
     pub refine_steps: u32,
     pub reference_rate: u32,
+    /// 0 when the low-rate rounds are left out.
+    pub low_rate: u32,
     pub reference_rounds: u32,
     pub reference_round_ms: u64,
     pub write_rate: u32,
@@ -138,6 +145,11 @@ impl BenchArgs {
                 .unwrap_or(if self.quick { 1_000 } else { 5_000 }),
             refine_steps: self.refine_steps.unwrap_or(if self.quick { 1 } else { 2 }),
             reference_rate: self.reference_rate,
+            low_rate: if self.low_rate == self.reference_rate {
+                0
+            } else {
+                self.low_rate
+            },
             reference_rounds: self
                 .reference_rounds
                 .unwrap_or(if self.quick { 2 } else { 5 }),
@@ -197,8 +209,8 @@ pub async fn run(
         settings.write_rate,
         None,
     );
-    let reference_turns =
-        settings.reference_rounds as usize * if tracing.is_some() { 2 } else { 1 };
+    let reference_turns = settings.reference_rounds as usize
+        * (if tracing.is_some() { 2 } else { 1 } + usize::from(settings.low_rate > 0));
     let progress =
         ProgressBar::new((MODES.len() * (settings.rates.len() + reference_turns)) as u64);
     progress.set_style(
@@ -209,12 +221,29 @@ pub async fn run(
     // Memory is read over the reference rounds alone, not the steps up to saturation.
     let pids = lab.pids();
     crate::footprint::reset_peak_rss(&pids);
-    let (reference, at_reference) =
-        load::reference_rounds(&endpoints, &clients, &users, settings, tracing, &progress).await?;
+    let (reference, at_reference) = load::reference_rounds(
+        &endpoints,
+        &clients,
+        &users,
+        settings,
+        settings.reference_rate,
+        tracing,
+        &progress,
+    )
+    .await?;
     let memory = Memory::new(
         crate::footprint::peak_rss_kib(&pids),
         crate::footprint::orders_held(lab).await,
     );
+    let low_rate = if settings.low_rate > 0 {
+        let rate = settings.low_rate;
+        let rounds = load::reference_rounds(
+            &endpoints, &clients, &users, settings, rate, None, &progress,
+        );
+        Some(rounds.await?.0)
+    } else {
+        None
+    };
     progress.finish_and_clear();
     let (background_writes, _) = writer.stop().await;
 
@@ -230,7 +259,14 @@ pub async fn run(
 
     let summary = summary(at_reference, &series);
     let bus_price = BusPrice::from_summary(&summary);
-    let aims = aims::aims(&summary, &reference, &freshness, catch_up.as_ref(), &memory);
+    let aims = aims::aims(&aims::Measured {
+        reference: &reference,
+        low_rate: low_rate.as_ref(),
+        freshness: &freshness,
+        catch_up: catch_up.as_ref(),
+        on_postgres: storage.starts_with("PostgreSQL"),
+        memory: &memory,
+    });
     Ok(BenchReport {
         generated_at: crate::report::now_rfc3339(),
         machine: crate::report::machine(),
@@ -245,6 +281,7 @@ pub async fn run(
         summary,
         bus_price,
         reference,
+        low_rate,
         freshness,
         catch_up,
         series,
@@ -351,6 +388,7 @@ mod tests {
             step_ms: None,
             refine_steps: None,
             reference_rate: 500,
+            low_rate: 50,
             reference_rounds: None,
             reference_round_ms: None,
             write_rate: None,

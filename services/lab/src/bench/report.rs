@@ -57,6 +57,41 @@ const SUMMARY_HEADERS: [&str; 9] = [
     "saturation/s",
 ];
 
+/// Each mode at the low rate, against echo in the same rounds.
+fn low_rate_rows(report: &BenchReport) -> Vec<[String; 4]> {
+    let Some(low) = &report.low_rate else {
+        return Vec::new();
+    };
+    let echo = low.overall.get("echo").map(|echo| echo.p50_us.max(1));
+    MODES
+        .iter()
+        .filter_map(|mode| {
+            let figures = low.overall.get(mode.name())?;
+            Some([
+                mode.name().to_owned(),
+                figures.p50_us.to_string(),
+                figures.p99_us.to_string(),
+                echo.map_or("-".to_owned(), |echo| {
+                    format!("{:.2}x", figures.p50_us as f64 / echo as f64)
+                }),
+            ])
+        })
+        .collect()
+}
+
+const LOW_RATE_HEADERS: [&str; 4] = ["mode", "p50 us", "p99 us", "p50 vs echo"];
+
+/// The heading of the low-rate table, when those rounds ran.
+fn low_rate_heading(report: &BenchReport) -> Option<String> {
+    let low = report.low_rate.as_ref()?;
+    Some(format!(
+        "At {} requests/s, one request or two in flight, over {} rounds of {:.1} s per mode: every hop pays a wake-up",
+        low.rate,
+        low.rounds,
+        low.round_ms as f64 / 1_000.0
+    ))
+}
+
 fn step_rows(report: &BenchReport) -> Vec<[String; 8]> {
     let mut rows = Vec::new();
     for mode in MODES {
@@ -374,6 +409,10 @@ pub fn terminal(report: &BenchReport) -> String {
     );
     text.push_str(&table(&SUMMARY_HEADERS, &summary_rows(report)));
     let _ = writeln!(text, "\n{}", bus_price_line(report));
+    if let Some(heading) = low_rate_heading(report) {
+        let _ = writeln!(text, "\n{heading}:");
+        text.push_str(&table(&LOW_RATE_HEADERS, &low_rate_rows(report)));
+    }
     let _ = writeln!(text, "{}", freshness_line(report));
     if let Some(line) = stages_line(report) {
         let _ = writeln!(text, "{line}");
@@ -416,6 +455,10 @@ pub fn markdown(report: &BenchReport) -> String {
     let _ = writeln!(text, "{}:\n", reference_heading(report));
     text.push_str(&markdown_table(&SUMMARY_HEADERS, &summary_rows(report)));
     let _ = writeln!(text, "\n{}", bus_price_line(report));
+    if let Some(heading) = low_rate_heading(report) {
+        let _ = writeln!(text, "\n{heading}:\n");
+        text.push_str(&markdown_table(&LOW_RATE_HEADERS, &low_rate_rows(report)));
+    }
     let _ = writeln!(
         text,
         "\n{}\n\n{}\n\n{}\n\n{}\n",
@@ -506,6 +549,14 @@ pub fn html(report: &BenchReport) -> String {
         ),
         None => String::new(),
     };
+    let low_rate = match low_rate_heading(report) {
+        Some(heading) => format!(
+            "<h2 id=\"low-rate\">{}</h2>{}",
+            escape(&heading),
+            html_table(&LOW_RATE_HEADERS, &low_rate_rows(report))
+        ),
+        None => String::new(),
+    };
     let slowest = if report.freshness.stages.is_some() {
         format!(
             "<h3>The slowest timed orders</h3>{}",
@@ -527,6 +578,7 @@ compare each mode with <code>echo</code> (one bare gRPC round trip) from the sam
 <p>The latency under which that share of the calls answered, from the median out to one call
 in a thousand (both axes widen to the tail).</p>
 {distributions}
+{low_rate}
 <h2 id="aims">Aims</h2>
 {aims}
 <h2 id="p99">p99 latency against offered rate</h2>

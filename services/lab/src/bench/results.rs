@@ -32,6 +32,9 @@ pub struct BenchReport {
     pub bus_price: Option<BusPrice>,
     /// How the summary was measured, round by round.
     pub reference: Reference,
+    /// The same rounds at `settings.low_rate`, where one request or two are in flight and
+    /// every hop pays a wake-up; none when left out.
+    pub low_rate: Option<Reference>,
     pub freshness: FreshnessResult,
     /// A second projection built from every event; none on a system the lab did not start
     /// (`--endpoints`), where it cannot start one.
@@ -148,6 +151,8 @@ pub struct Reference {
     pub rate: u32,
     pub rounds: u32,
     pub round_ms: u64,
+    /// Each mode's figures over all its turns, with tracing off.
+    pub overall: BTreeMap<String, RoundFigures>,
     /// Each mode's figures in each round, in the order the rounds ran, with tracing off.
     pub per_round: BTreeMap<String, Vec<RoundFigures>>,
     /// What tracing costs: every round ran twice, with the services keeping no new traces

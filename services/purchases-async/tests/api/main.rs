@@ -5,3 +5,4 @@ mod grpcurl;
 mod modes;
 mod schema;
 mod trust;
+mod view;
