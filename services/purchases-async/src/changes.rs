@@ -1,8 +1,10 @@
-//! What a committed batch of events does to the projection, decoded once into plain values
-//! that both sides of it apply: the tables (`crate::projection`, in the batch's transaction)
-//! and the in-memory view (`crate::view`, after the commit). One decoding for both is what
-//! keeps them equal: the view is brought in step from the batch itself, without reading the
-//! rows back, and the rules each side follows are written beside each other below.
+//! What a committed batch of events does to the projection, as plain values that both sides
+//! of it apply: the tables (`crate::projection`, in the batch's transaction) and the in-memory
+//! view (`crate::view`, after the commit). Each side decodes the batch through the same
+//! functions here (twice in all: the consumer hands `committed` the events, not what `apply`
+//! made of them, and decoding is a few percent of an apply), which is what keeps them equal:
+//! the view is brought in step from the batch itself, without reading the rows back, and the
+//! rules each side follows are written beside each other below.
 
 use std::collections::HashMap;
 

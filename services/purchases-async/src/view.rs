@@ -161,10 +161,11 @@ impl View {
             }
             for (order_id, user_id) in orders.cancellations {
                 match state.orders.get(&order_id).copied() {
-                    Some((user_id, Some(key))) => {
+                    // Indexed under the user its placement named.
+                    Some((placed_by, Some(key))) => {
                         if let Some(row) = state
                             .by_user
-                            .get_mut(&user_id)
+                            .get_mut(&placed_by)
                             .and_then(|index| index.get_mut(&key))
                         {
                             row.status = OrderStatus::Cancelled;

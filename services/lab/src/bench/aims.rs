@@ -3,7 +3,7 @@
 //! round by round. The targets are those of performance round two (issue 25); the earlier
 //! ones are kept, with what they measured, in docs/benchmarks.md.
 
-use super::results::{Aim, CatchUp, FreshnessResult, Memory, Reference};
+use super::results::{Aim, CatchUp, FreshnessResult, Memory, Reference, hundredths};
 
 /// Everything of one run the aims are read from.
 pub(super) struct Measured<'a> {
@@ -22,10 +22,6 @@ const SYNC_HOPS: f64 = 3.0;
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::INFINITY }
-}
-
-fn hundredths(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
 }
 
 /// `mode`'s p50 over `hops` times echo's, over every round and round by round.

@@ -141,7 +141,8 @@ impl BusPrice {
     }
 }
 
-fn hundredths(value: f64) -> f64 {
+/// Rounded to two decimals, as every ratio in the JSON is.
+pub(super) fn hundredths(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
