@@ -30,6 +30,9 @@ pub struct Query {
     /// purchase already served. The same cursor orders' ListOrdersByUser pages with, so page
     /// tokens are interchangeable between modes.
     pub after: Option<Cursor>,
+    /// An order the caller placed and wants to read back: a mode that answers from a
+    /// projection waits until it holds the order.
+    pub wait_for_order: Option<Uuid>,
 }
 
 impl Query {
@@ -38,6 +41,10 @@ impl Query {
             user_id: parse_id("user_id", &request.user_id)?,
             page_size: page_size("page_size", request.page_size)?,
             after: Cursor::decode("page_token", &request.page_token)?,
+            wait_for_order: match request.wait_for_order_id.as_str() {
+                "" => None,
+                id => Some(parse_id("wait_for_order_id", id)?),
+            },
         })
     }
 }
@@ -182,6 +189,16 @@ pub enum PurchasesError {
         dependency: Dependency,
         limit: usize,
     },
+    #[error(
+        "order {order_id} is not among user {user_id}'s purchases after waiting {waited_ms} ms ({applied}); check that the order is this user's, or allow a longer deadline"
+    )]
+    OrderNotYetVisible {
+        order_id: Uuid,
+        user_id: Uuid,
+        waited_ms: u128,
+        /// How far the projection had got, for the person reading the message.
+        applied: String,
+    },
     #[error("the NATS bus is unreachable, so no owner can be asked: {detail}")]
     BusUnavailable { detail: String },
     #[error(transparent)]
@@ -199,7 +216,8 @@ impl From<PurchasesError> for Status {
             PurchasesError::DependencyUnavailable { .. }
             | PurchasesError::DependencyOverloaded { .. }
             | PurchasesError::BusUnavailable { .. } => Status::unavailable(message),
-            PurchasesError::DependencyTimedOut { .. } => Status::deadline_exceeded(message),
+            PurchasesError::DependencyTimedOut { .. }
+            | PurchasesError::OrderNotYetVisible { .. } => Status::deadline_exceeded(message),
             PurchasesError::Store(error) => platform::status::from_store_error(&error),
         }
     }

@@ -69,6 +69,7 @@ impl Clients {
                 user_id: user_id.to_owned(),
                 page_size,
                 page_token: String::new(),
+                wait_for_order_id: String::new(),
             });
             request.set_timeout(Duration::from_secs(2));
             async move { client.list_user_purchases(request).await.map(drop) }
@@ -91,18 +92,25 @@ impl Clients {
 }
 
 /// Whether `order_id` is among `user`'s newest purchases in this answerer's view (a failed
-/// read counts as not yet).
+/// read counts as not yet). With `wait`, the read asks the answerer to hold its answer until
+/// it has the order (`wait_for_order_id`), for up to that long.
 pub async fn shows_order(
     reader: &PurchaseServiceClient<Channel>,
     user: &str,
     order_id: &str,
+    wait: Option<Duration>,
 ) -> bool {
     let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
         user_id: user.to_owned(),
         page_size: 20,
         page_token: String::new(),
+        wait_for_order_id: if wait.is_some() {
+            order_id.to_owned()
+        } else {
+            String::new()
+        },
     });
-    request.set_timeout(Duration::from_secs(2));
+    request.set_timeout(wait.unwrap_or(Duration::from_secs(2)));
     reader
         .clone()
         .list_user_purchases(request)
@@ -130,6 +138,7 @@ pub async fn all_purchases(
                 user_id: user_id.to_owned(),
                 page_size: 1_000,
                 page_token,
+                wait_for_order_id: String::new(),
             })
             .await?
             .into_inner();
@@ -320,6 +329,7 @@ pub async fn freshness(
                     user_id: user.microservices.clone(),
                     page_size: 1,
                     page_token: String::new(),
+                    wait_for_order_id: String::new(),
                 })
                 .await
                 .ok()
@@ -377,6 +387,7 @@ pub async fn positions(
             user_id: user.to_owned(),
             page_size: 1,
             page_token: String::new(),
+            wait_for_order_id: String::new(),
         })
         .await
         .ok()?

@@ -2,6 +2,7 @@
 //! in-memory view ([`crate::view`]), or from its tables when the view cannot be trusted.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use consumer::Position;
 use platform::db::Database;
@@ -56,12 +57,115 @@ impl ProjectionReader {
     }
 }
 
-impl PurchaseSource for ProjectionReader {
-    async fn list(
+/// Longest a read waits for an order to arrive, whatever the caller's deadline.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// Left of the caller's deadline for the answer to travel back, so a wait that runs out
+/// reaches the caller as this service's DEADLINE_EXCEEDED, which says what was missing,
+/// rather than as the caller's own.
+const ANSWER_MARGIN: Duration = Duration::from_millis(5);
+
+impl ProjectionReader {
+    /// Whether the projection answers with the order, from the view when it is trusted.
+    async fn holds_order(&self, user_id: Uuid, order_id: Uuid) -> Result<bool, PurchasesError> {
+        if let Some(view) = self.view.as_ref().filter(|view| view.is_trusted()) {
+            return view.holds_order(user_id, order_id);
+        }
+        let found = self
+            .db
+            .read_optional(
+                "SELECT 1 AS found FROM p_purchases pu JOIN p_users u ON u.id = pu.user_id
+                 WHERE pu.order_id = $1 AND pu.user_id = $2 AND pu.placed_at IS NOT NULL",
+                &[order_id.to_string().into(), user_id.to_string().into()],
+                |row| row.integer("found"),
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Waits until the projection holds `order_id` among `user_id`'s purchases, looking
+    /// again whenever the view or a stream's position moves: the answer goes out with the
+    /// update that brought the order, not at the next poll.
+    async fn wait_for_order(
         &self,
-        query: Query,
-        _deadline: Option<std::time::Duration>,
-    ) -> Result<Page, PurchasesError> {
+        user_id: Uuid,
+        order_id: Uuid,
+        wait: Duration,
+    ) -> Result<(), PurchasesError> {
+        let started = Instant::now();
+        let mut view_updates = self.view.as_ref().map(|view| view.updates());
+        let mut positions: Vec<_> = self.positions.iter().map(|(_, p)| p.clone()).collect();
+        loop {
+            // Marked seen before looking, so an update between the look and the wait
+            // wakes the wait instead of being missed.
+            if let Some(updates) = view_updates.as_mut() {
+                updates.borrow_and_update();
+            }
+            for position in &mut positions {
+                position.borrow_and_update();
+            }
+            if self.holds_order(user_id, order_id).await? {
+                return Ok(());
+            }
+            let moved = any_change(view_updates.as_mut(), &mut positions);
+            if tokio::time::timeout_at((started + wait).into(), moved)
+                .await
+                .is_err()
+            {
+                return Err(PurchasesError::OrderNotYetVisible {
+                    order_id,
+                    user_id,
+                    waited_ms: started.elapsed().as_millis(),
+                    applied: self.applied(),
+                });
+            }
+        }
+    }
+
+    /// Where each stream stands, for a message: "the projection has applied USERS #3, ...".
+    fn applied(&self) -> String {
+        let streams: Vec<String> = self
+            .positions
+            .iter()
+            .map(|(stream, position)| format!("{stream} #{}", position.borrow().stream_sequence))
+            .collect();
+        format!("the projection has applied {}", streams.join(", "))
+    }
+}
+
+/// Resolves when the view or any stream's position changes. A sender that is gone (its
+/// consumer stopped) never resolves, rather than resolving at once, over and over.
+async fn any_change(
+    view: Option<&mut watch::Receiver<u64>>,
+    positions: &mut [watch::Receiver<Position>],
+) {
+    async fn changed<T>(receiver: &mut watch::Receiver<T>) {
+        if receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+        positions
+            .iter_mut()
+            .map(|position| Box::pin(changed(position)) as _)
+            .collect();
+    if let Some(view) = view {
+        waits.push(Box::pin(changed(view)));
+    }
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(waits).await;
+}
+
+impl PurchaseSource for ProjectionReader {
+    async fn list(&self, query: Query, deadline: Option<Duration>) -> Result<Page, PurchasesError> {
+        if let Some(order_id) = query.wait_for_order {
+            let wait = deadline
+                .map_or(MAX_WAIT, |left| left.saturating_sub(ANSWER_MARGIN))
+                .min(MAX_WAIT);
+            self.wait_for_order(query.user_id, order_id, wait).await?;
+        }
         // Taken before reading, so the answer is at least as fresh as it claims.
         let freshness = self.freshness();
         if let Some(view) = self.view.as_ref().filter(|view| view.is_trusted()) {

@@ -20,6 +20,7 @@ use consumer::ApplyError;
 use platform::db::{Columns, Database, StoreError};
 use platform::paging::Cursor;
 use purchases::{OrderStatus, ProductView, PurchaseView, PurchasesError, Query, UserView};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::changes::{self, UserChange};
@@ -56,6 +57,8 @@ struct State {
 pub struct View {
     state: RwLock<State>,
     trusted: AtomicBool,
+    /// Counts the updates, for reads that wait for an order to arrive.
+    updates: watch::Sender<u64>,
 }
 
 impl View {
@@ -64,6 +67,7 @@ impl View {
         let view = Arc::new(Self {
             state: RwLock::new(State::default()),
             trusted: AtomicBool::new(true),
+            updates: watch::Sender::new(0),
         });
         // Whole tables, once at start: through the pool, off the async workers' threads.
         let pool = db.pool();
@@ -89,6 +93,18 @@ impl View {
     /// Whether reads may be served from memory.
     pub fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Changes after every update (and when the view stops being trusted).
+    pub fn updates(&self) -> watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
+    /// Whether a read of `user_id`'s purchases would find the order, and the user with it.
+    pub fn holds_order(&self, user_id: Uuid, order_id: Uuid) -> Result<bool, PurchasesError> {
+        let state = self.state.read().map_err(|_| poisoned())?;
+        Ok(state.users.contains_key(&user_id)
+            && matches!(state.orders.get(&order_id), Some((owner, Some(_))) if *owner == user_id))
     }
 
     /// Brings the view in step with a committed batch of user events.
@@ -198,6 +214,8 @@ impl View {
                 "the in-memory view could not follow the projection; reads go to the database until restart"
             );
         }
+        // After the lock is let go, so a woken reader finds the update in place.
+        self.updates.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn apply_rows(

@@ -289,7 +289,7 @@ fn span_stages_line(report: &BenchReport) -> Option<String> {
         format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
     };
     Some(format!(
-        "Split by the spans of {} traced orders: write to applied {}; relay (write to publish) {}; JetStream (publish to apply, the consumer's pull included) {}; projection (the apply) {}. For {} of them ({:.0}%) the apply ended inside the probe's window of reads (the probe's resolution: {}); the probe's projection stage also holds the consumer's pull and the read that saw the order.",
+        "Split by the spans of {} traced orders: write to applied {}; relay (write to publish) {}; JetStream (publish to apply, the consumer's pull included) {}; projection (the apply) {}. For {} of them ({:.0}%) the apply ended inside the probe's window (the read that waited for the order, from its start to its answer: {}); the probe's projection stage also holds the consumer's pull and that answer's trip back.",
         stages.samples,
         stage(&stages.total),
         stage(&stages.relay),

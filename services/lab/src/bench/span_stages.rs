@@ -1,7 +1,7 @@
 //! An order's freshness read from its trace: the write's server span, the relay's publish
 //! and purchases-async's apply (the batch span linked to the publish). The bench times the
 //! same orders with its probe; the spans say where the time went from inside the services,
-//! and must agree with the probe within its resolution (one or two reads).
+//! and must agree with the probe: each apply ends inside the read that waited for its order.
 
 use serde::Serialize;
 
@@ -119,8 +119,8 @@ pub struct SpanStages {
     pub jetstream: StageSummary,
     /// The apply: decoding, the transaction, the view's refresh.
     pub projection: StageSummary,
-    /// The probe's resolution: how wide the window of reads was in which each order became
-    /// visible.
+    /// The probe's window: how long the read that returned each order was open (it waited
+    /// for the order, so the order became visible within it).
     pub probe_resolution: StageSummary,
     /// Orders whose apply ended inside the probe's window (within 1 ms of clock skew).
     pub agreeing: u64,

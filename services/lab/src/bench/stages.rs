@@ -198,11 +198,10 @@ pub struct Sample {
     pub answered_unix_ns: u64,
     /// From the start of the freshness phase to the answer.
     pub at: Duration,
-    /// From the answer to the first read that showed the order.
+    /// From the answer to the end of the read that showed the order.
     pub visible: Duration,
-    /// The probe's resolution for this order: from the start of the last read that did not
-    /// show it (or the answer) to the end of the first that did. The order became visible
-    /// somewhere in that window.
+    /// From the start of that read (which waited for the order) to its end. The order
+    /// became visible somewhere in that window.
     pub window: Duration,
     /// The trace the order's write started, when it was traced.
     pub trace_id: Option<String>,
@@ -246,8 +245,8 @@ pub struct Stages {
     pub relay: StageSummary,
     /// The publish to JetStream's delivery from the stream: storing, and fsync if `always`.
     pub jetstream: StageSummary,
-    /// The delivery to the first read of purchases-async that shows the order: pulling,
-    /// applying, committing, and one read's resolution.
+    /// The delivery to the answer of the read of purchases-async that waited for the order:
+    /// pulling, applying, committing, waking the read, and its answer's trip back.
     pub projection: StageSummary,
     /// The slowest samples, slowest first.
     pub slowest: Vec<Split>,

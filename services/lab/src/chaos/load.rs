@@ -278,7 +278,7 @@ async fn shows_up(reader: &PurchaseServiceClient<Channel>, user: &str, order_id:
     let deadline = Instant::now() + FRESHNESS_LIMIT;
     let mut pause = Duration::from_millis(5);
     loop {
-        if crate::measure::shows_order(reader, user, order_id).await {
+        if crate::measure::shows_order(reader, user, order_id, None).await {
             return true;
         }
         if Instant::now() > deadline {

@@ -3,6 +3,7 @@
 
 mod grpcurl;
 mod modes;
+mod read_your_writes;
 mod schema;
 mod trust;
 mod view;

@@ -200,6 +200,7 @@ fn answers(view: &View, users: &[Uuid]) -> Vec<String> {
         .iter()
         .map(|user_id| {
             let query = Query {
+                wait_for_order: None,
                 user_id: *user_id,
                 page_size: 1_000,
                 after: None,

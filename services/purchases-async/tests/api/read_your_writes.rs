@@ -1,0 +1,153 @@
+//! Reading one's own write: a read that names an order just placed (`wait_for_order_id`)
+//! is answered by purchases-async once its projection holds the order, from memory and from
+//! the database; one that cannot be satisfied ends in DEADLINE_EXCEEDED saying what was
+//! missing; the modes that read the owners answer at once.
+
+use std::time::Duration;
+
+use contracts::purchases::v1 as pb;
+use contracts::purchases::v1::purchase_service_client::PurchaseServiceClient;
+use harness::{Lab, list};
+use testkit::{Backend, assert_status, backend_tests};
+use tonic::Code;
+use tonic::transport::Channel;
+
+backend_tests!(
+    a_read_that_waits_for_an_order_answers_once_the_event_arrives,
+    a_wait_that_cannot_be_met_ends_at_the_deadline_saying_what_is_missing,
+);
+
+fn waiting_for(
+    user: &str,
+    order: &str,
+    timeout: Duration,
+) -> tonic::Request<pb::ListUserPurchasesRequest> {
+    let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
+        wait_for_order_id: order.to_owned(),
+        ..list(user, 10, "")
+    });
+    request.set_timeout(timeout);
+    request
+}
+
+async fn order_ids(
+    client: &PurchaseServiceClient<Channel>,
+    request: tonic::Request<pb::ListUserPurchasesRequest>,
+) -> Result<Vec<String>, tonic::Status> {
+    let answer = client.clone().list_user_purchases(request).await?;
+    Ok(answer
+        .into_inner()
+        .purchases
+        .into_iter()
+        .map(|purchase| purchase.order_id)
+        .collect())
+}
+
+async fn a_read_that_waits_for_an_order_answers_once_the_event_arrives(backend: Backend) {
+    let mut lab = Lab::start(backend).await;
+    let user = lab.writers.register("Ada").await.id;
+    let product = lab.writers.create_product("Lamp", 1200).await.id;
+    lab.caught_up().await;
+
+    for read_from in [
+        purchases_async::ReadFrom::Memory,
+        purchases_async::ReadFrom::Database,
+    ] {
+        lab.stop_async().await;
+        lab.start_async_reading_from(false, read_from).await;
+        lab.caught_up().await;
+        // With NATS away the order's event cannot reach the projection, however fast it is:
+        // the read has to hold its answer until NATS is back.
+        lab.nats.server.stop().await.expect("nats-server stops");
+        let order = lab.writers.place(&user, &product, 2).await.id;
+        let now = order_ids(&lab.asynchronous, tonic::Request::new(list(&user, 10, "")))
+            .await
+            .expect("purchases-async answers without NATS");
+        assert!(!now.contains(&order), "{read_from:?}: not there yet");
+
+        let client = lab.asynchronous.clone();
+        let (user_id, order_id) = (user.clone(), order.clone());
+        let waiting = tokio::spawn(async move {
+            order_ids(
+                &client,
+                waiting_for(&user_id, &order_id, Duration::from_secs(20)),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "{read_from:?}: the read waits while the order cannot have arrived"
+        );
+        lab.nats
+            .server
+            .restart()
+            .await
+            .expect("nats-server restarts");
+        let seen = waiting
+            .await
+            .expect("the read task")
+            .expect("answered once the order arrived");
+        assert!(
+            seen.contains(&order),
+            "{read_from:?}: the answer holds the order it waited for: {seen:?}"
+        );
+    }
+}
+
+async fn a_wait_that_cannot_be_met_ends_at_the_deadline_saying_what_is_missing(backend: Backend) {
+    let lab = Lab::start(backend).await;
+    let ada = lab.writers.register("Ada").await.id;
+    let grace = lab.writers.register("Grace").await.id;
+    let product = lab.writers.create_product("Lamp", 1200).await.id;
+    let adas = lab.writers.place(&ada, &product, 1).await.id;
+
+    // The order arrives, but under another user: waiting for it as Grace's cannot end well.
+    let status = assert_status(
+        order_ids(
+            &lab.asynchronous,
+            waiting_for(&grace, &adas, Duration::from_millis(500)),
+        )
+        .await,
+        Code::DeadlineExceeded,
+        &adas,
+    );
+    assert!(
+        status.message().contains("the projection has applied")
+            && status.message().contains(&grace),
+        "the message says whose purchases were looked at and how far the projection got: {}",
+        status.message()
+    );
+    // Ada's own read of it is answered.
+    let seen = order_ids(
+        &lab.asynchronous,
+        waiting_for(&ada, &adas, Duration::from_secs(10)),
+    )
+    .await
+    .expect("answered");
+    assert!(seen.contains(&adas));
+
+    for client in [&lab.asynchronous, &lab.sync, &lab.bus] {
+        assert_status(
+            order_ids(
+                client,
+                waiting_for(&ada, "not-an-id", Duration::from_secs(5)),
+            )
+            .await,
+            Code::InvalidArgument,
+            "wait_for_order_id",
+        );
+    }
+    // The modes that read the owners at request time have every placed order already, and
+    // do not wait for one that is not there.
+    for client in [&lab.sync, &lab.bus] {
+        let seen = order_ids(client, waiting_for(&ada, &adas, Duration::from_secs(5)))
+            .await
+            .expect("answered");
+        assert!(seen.contains(&adas));
+        let not_yours = order_ids(client, waiting_for(&grace, &adas, Duration::from_secs(5)))
+            .await
+            .expect("answered at once");
+        assert!(not_yours.is_empty());
+    }
+}
