@@ -396,8 +396,9 @@ impl Relay {
     /// (or [`MARK_AFTER`] after the first of them was acknowledged). The next batch is read
     /// while the window drains and published a quarter batch at a time as acknowledgements
     /// free room, so JetStream always has work queued: reading only once half the window
-    /// was free left JetStream idle whenever a read took longer than its half (PostgreSQL's
-    /// reads, competing with the marks, drained a backlog at 0.6-0.7 of JetStream's rate). Waiting for each batch's
+    /// was free left JetStream idle whenever a read took longer than JetStream took to store
+    /// the other half (on SQLite a backlog drained at 0.78-0.96 of JetStream's rate then,
+    /// 0.86-0.95 now; docs/results.md). Waiting for each batch's
     /// acknowledgements before publishing the next, as this did before, made every event
     /// committed meanwhile wait for a JetStream fsync it had no part in. A mark commits while
     /// the next batches are read and published: on PostgreSQL it takes longer than both, and
@@ -546,8 +547,8 @@ impl Relay {
         match self.db.backend() {
             // SQLite reads run to completion on the thread that polls them (see
             // `platform::sqlite`): in a task of their own they took a worker from the
-            // connection to NATS and drained a backlog slower (0.70 of JetStream's rate
-            // against 0.81-0.87 here, where the read waits in this task's select).
+            // connection to NATS and drained a backlog slower (0.70-0.79 of JetStream's
+            // rate against 0.81-0.87 here, where the read waits in this task's select).
             Backend::Sqlite => Box::pin(async move { (limit, read.await) }),
             // PostgreSQL's are network round trips that this task would only drive when it
             // wakes for an acknowledgement: in a task of their own they go at the server's
