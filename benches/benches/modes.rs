@@ -87,7 +87,7 @@ async fn fixture() -> Fixture {
                     user_id: user.clone(),
                     page_size: 100,
                     page_token: String::new(),
-                    wait_for_order_id: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .map(|answer| answer.into_inner().purchases.len());
@@ -197,7 +197,7 @@ fn bench_mode(
         user_id: user.to_owned(),
         page_size: 100,
         page_token: String::new(),
-        wait_for_order_id: String::new(),
+        ..Default::default()
     };
     group.bench_with_input(BenchmarkId::new(mode, parameter), &request, |b, request| {
         b.to_async(runtime).iter(|| {

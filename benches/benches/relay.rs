@@ -29,6 +29,7 @@ use hdrhistogram::Histogram;
 use natsd::{NatsServer, NatsServerOptions, SyncPolicy};
 use outbox::{Producer, Relay, RelayArgs, RelayConfig, StreamArgs, StreamSpec, Wakeup};
 use platform::db::{Database, DatabaseConfig, WriteTx};
+use platform::procfs;
 use testkit::{Backend, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -433,62 +434,24 @@ struct CpuUse {
     this_ms: f64,
 }
 
-/// Linux's USER_HZ: the unit of /proc's tick counts on every architecture it runs on.
-const TICK_MS: f64 = 10.0;
-
 impl Cpu {
     fn now() -> Self {
-        let mut cpu = Self::default();
-        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
-            && let Some(line) = stat.lines().next()
-        {
-            let ticks: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|n| n.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal
-            if ticks.len() >= 8 {
-                cpu.busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
-                cpu.total = cpu.busy + ticks[3] + ticks[4];
-            }
+        let (busy, total) = procfs::machine_ticks().unwrap_or_default();
+        let watched = [
+            (Watched::This, vec![std::process::id()]),
+            (Watched::Nats, procfs::pids_named("nats-server")),
+            (Watched::Postgres, procfs::pids_named("postgres")),
+        ];
+        let processes = watched
+            .into_iter()
+            .flat_map(|(kind, pids)| pids.into_iter().map(move |pid| (kind, pid)))
+            .filter_map(|(kind, pid)| Some((pid, (kind, procfs::cpu_ticks(pid)?))))
+            .collect();
+        Self {
+            busy,
+            total,
+            processes,
         }
-        let me = std::process::id();
-        let Ok(processes) = std::fs::read_dir("/proc") else {
-            return cpu;
-        };
-        for entry in processes.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue; // gone meanwhile
-            };
-            // pid (comm) state ...: the name may hold spaces and parentheses, so fields are
-            // counted from the last ')'.
-            let Some((head, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let comm = head.split_once('(').map_or("", |(_, comm)| comm);
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the state.
-            let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
-                continue;
-            };
-            let ticks = utime.parse::<u64>().unwrap_or(0) + stime.parse::<u64>().unwrap_or(0);
-            let watched = if pid == me {
-                Watched::This
-            } else if comm == "nats-server" {
-                Watched::Nats
-            } else if comm == "postgres" {
-                Watched::Postgres
-            } else {
-                continue;
-            };
-            cpu.processes.insert(pid, (watched, ticks));
-        }
-        cpu
     }
 
     fn since(&self, earlier: &Self) -> CpuUse {
@@ -503,7 +466,7 @@ impl Cpu {
                     now.saturating_sub(earlier.processes.get(pid).map_or(0, |(_, then)| *then))
                 })
                 .sum();
-            ticks as f64 * TICK_MS
+            ticks as f64 * 1000.0 / procfs::ticks_per_second() as f64
         };
         CpuUse {
             busy_pct: if total == 0 {
@@ -758,7 +721,7 @@ fn report(rows: &[Row], scale: Scale) {
     }
     println!();
     println!(
-        "Where the CPU went while each drained its backlog (/proc; ms of CPU per 1,000 events; 2 cores give 2,000 ms a second)"
+        "Where the CPU went while each drained its backlog (/proc; ms of CPU per 1,000 events; each core gives 1,000 ms a second)"
     );
     println!(
         "| fsync | database | machine busy % floor / relay | nats-server floor / relay | postgres relay | bench process floor / relay |"

@@ -560,7 +560,7 @@ pub fn list(user_id: &str, page_size: i32, page_token: &str) -> pb::ListUserPurc
         user_id: user_id.to_owned(),
         page_size,
         page_token: page_token.to_owned(),
-        wait_for_order_id: String::new(),
+        ..Default::default()
     }
 }
 

@@ -16,6 +16,7 @@ pub mod host;
 pub mod nats;
 pub mod paging;
 pub mod process;
+pub mod procfs;
 pub mod request;
 pub mod server;
 pub mod sqlite;

@@ -20,7 +20,7 @@ pub fn sample(pids: &BTreeMap<String, u32>) -> Sample {
         .iter()
         .map(|(name, pid)| (name.clone(), *pid))
         .chain([own])
-        .filter_map(|(name, pid)| Some((name, ticks_of(pid)?)))
+        .filter_map(|(name, pid)| Some((name, platform::procfs::cpu_ticks(pid)?)))
         .collect();
     Sample {
         at: Instant::now(),
@@ -34,7 +34,7 @@ pub fn usage(before: &Sample, after: &Sample) -> BTreeMap<String, f64> {
     if seconds <= 0.0 {
         return BTreeMap::new();
     }
-    let per_second = ticks_per_second() as f64;
+    let per_second = platform::procfs::ticks_per_second() as f64;
     after
         .ticks
         .iter()
@@ -46,36 +46,9 @@ pub fn usage(before: &Sample, after: &Sample) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn ticks_per_second() -> u64 {
-    rustix::param::clock_ticks_per_second().max(1)
-}
-
-/// utime + stime of a process, from /proc/PID/stat.
-fn ticks_of(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_ticks(&stat)
-}
-
-fn parse_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may hold spaces: count from the
-    // last ')'. utime and stime are fields 14 and 15, so 11th and 12th after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_lines_are_read_past_names_with_spaces() {
-        let stat = "4242 (purchases sync) S 1 4242 4242 0 -1 4194560 1234 0 0 0 170 30 0 0 20 0 9 0 100 0 0";
-        assert_eq!(parse_ticks(stat), Some(200));
-        assert_eq!(parse_ticks("garbage"), None);
-    }
 
     #[test]
     fn this_process_has_a_cpu_time() {

@@ -69,7 +69,7 @@ impl Clients {
                 user_id: user_id.to_owned(),
                 page_size,
                 page_token: String::new(),
-                wait_for_order_id: String::new(),
+                ..Default::default()
             });
             request.set_timeout(Duration::from_secs(2));
             async move { client.list_user_purchases(request).await.map(drop) }
@@ -138,7 +138,7 @@ pub async fn all_purchases(
                 user_id: user_id.to_owned(),
                 page_size: 1_000,
                 page_token,
-                wait_for_order_id: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -329,7 +329,7 @@ pub async fn freshness(
                     user_id: user.microservices.clone(),
                     page_size: 1,
                     page_token: String::new(),
-                    wait_for_order_id: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .ok()
@@ -387,7 +387,7 @@ pub async fn positions(
             user_id: user.to_owned(),
             page_size: 1,
             page_token: String::new(),
-            wait_for_order_id: String::new(),
+            ..Default::default()
         })
         .await
         .ok()?

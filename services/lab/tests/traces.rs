@@ -106,7 +106,7 @@ async fn a_callers_trace_follows_the_fan_out_and_an_event_to_the_projection() {
                 user_id: user.clone(),
                 page_size: 5,
                 page_token: String::new(),
-                wait_for_order_id: String::new(),
+                ..Default::default()
             },
             question,
         ))
@@ -254,7 +254,7 @@ async fn a_callers_trace_follows_the_fan_out_and_an_event_to_the_projection() {
             user_id: user,
             page_size: 5,
             page_token: String::new(),
-            wait_for_order_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("sync fails without users");

@@ -340,7 +340,7 @@ async fn load(
                 user_id: user,
                 page_size: i32::try_from(k).unwrap_or(i32::MAX),
                 page_token: String::new(),
-                wait_for_order_id: String::new(),
+                ..Default::default()
             });
             request.set_timeout(Duration::from_secs(5));
             let answered = client.list_user_purchases(request).await;

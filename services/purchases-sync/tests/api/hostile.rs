@@ -37,7 +37,7 @@ fn request() -> Vec<u8> {
         user_id: uuid::Uuid::now_v7().to_string(),
         page_size: 5,
         page_token: String::new(),
-        wait_for_order_id: String::new(),
+        ..Default::default()
     }
     .encode_to_vec()
 }

@@ -324,7 +324,7 @@ async fn split_the_shared_schema(lab: &RunningLab, seeded: &Seeded) -> anyhow::R
             user_id: user.monolith.clone(),
             page_size: 10,
             page_token: String::new(),
-            wait_for_order_id: String::new(),
+            ..Default::default()
         })
         .await;
     monolith.stop().await?;
