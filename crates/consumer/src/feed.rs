@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use contracts::events::v1::EventEnvelope;
 use futures::{FutureExt as _, StreamExt as _};
 use platform::db::{Database, StoreError, WriteTx};
@@ -108,6 +108,10 @@ struct Core<P> {
 
 /// How often the position is logged while events flow.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long a pull may go without a delivery before the server is asked whether it holds
+/// events for this consumer. Two idle heartbeats: a healthy pull delivers what the server
+/// holds within milliseconds, and the heartbeats keep arriving when it does not.
+const STALL_CHECK_AFTER: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The consumer sequences of one pull, which JetStream numbers 1, 2, 3... per delivery
@@ -290,12 +294,15 @@ impl<P: Projection> Core<P> {
         let mut waiting_since: Option<Instant> = None;
         let mut last_log = Instant::now();
         let mut logged = self.status.borrow().clone();
+        // Set when the durable's state on the server is not to be trusted; it is then made
+        // again after the committed position. Kept until an open succeeds.
+        let mut afresh = false;
         'feed: while !cancel.is_cancelled() {
             let opened = tokio::select! {
-                opened = self.open() => opened,
+                opened = self.open(afresh) => opened,
                 () = cancel.cancelled() => break,
             };
-            let (mut messages, mut delivery) = match opened {
+            let (mut messages, mut delivery, consumer) = match opened {
                 Ok(opened) => opened,
                 Err(error) => {
                     if waiting_since.is_none() {
@@ -314,10 +321,18 @@ impl<P: Projection> Core<P> {
                 tracing::info!(consumer = %self.spec.name, stream = %self.spec.stream, waited = ?since.elapsed(), "following the stream");
             }
             backoff = Duration::from_millis(50);
+            afresh = false;
 
             loop {
                 let first = tokio::select! {
                     first = messages.next() => first,
+                    () = tokio::time::sleep(STALL_CHECK_AFTER) => {
+                        if self.stalled(&consumer).await {
+                            afresh = true;
+                            break;
+                        }
+                        continue;
+                    }
                     () = cancel.cancelled() => break 'feed,
                 };
                 let first = match first {
@@ -356,8 +371,9 @@ impl<P: Projection> Core<P> {
                         delivery = gap.delivered,
                         stream_sequence = gap.stream_sequence,
                         committed = self.status.borrow().stream_sequence,
-                        "deliveries out of sequence (a server failed over?); resuming after the committed position"
+                        "deliveries out of sequence (a server failed over or restarted?); making the durable again after the committed position"
                     );
+                    afresh = true;
                     break;
                 }
                 let position = self.status.borrow().clone();
@@ -387,7 +403,17 @@ impl<P: Projection> Core<P> {
     /// commits with the data, is the single source of truth. The check is made on the state
     /// the server returns when the durable is updated, the last look before pulling, so a
     /// delivery to a leftover pull request just before it is caught too.
-    async fn open(&self) -> Result<(pull::Stream, DeliverySequence), async_nats::Error> {
+    ///
+    /// `afresh` makes the durable again whatever the server says of it: after deliveries
+    /// out of sequence or a stalled pull, its state on the server is what went wrong. (Seen
+    /// after nats-server was killed and restarted: the durable's state had not reached the
+    /// disk, the pull reopened on reconnect was handed every new event while this side was
+    /// reopening, and the update then returned a durable that had delivered nothing and went
+    /// on delivering nothing.)
+    async fn open(
+        &self,
+        afresh: bool,
+    ) -> Result<(pull::Stream, DeliverySequence, PullConsumer), async_nats::Error> {
         use async_nats::jetstream::consumer::DeliverPolicy;
         use async_nats::jetstream::context::ConsumerInfoErrorKind;
         let stream = self.js.get_stream(&self.spec.stream).await?;
@@ -409,10 +435,15 @@ impl<P: Projection> Core<P> {
                 start_sequence: committed + 1,
             }
         };
-        let mut existing = match stream.consumer_info(&self.spec.name).await {
-            Ok(info) => Some(info),
-            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => None,
-            Err(error) => return Err(error.into()),
+        let mut existing = if afresh {
+            self.delete_durable(&stream).await?;
+            None
+        } else {
+            match stream.consumer_info(&self.spec.name).await {
+                Ok(info) => Some(info),
+                Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => None,
+                Err(error) => return Err(error.into()),
+            }
         };
         let consumer = loop {
             // An update keeps the durable's start policy (it cannot change); a new durable
@@ -435,7 +466,7 @@ impl<P: Projection> Core<P> {
                 delivered,
                 "events were delivered past the committed position; resuming after it"
             );
-            stream.delete_consumer(&self.spec.name).await?;
+            self.delete_durable(&stream).await?;
         };
         let delivery = DeliverySequence::after(consumer.cached_info().delivered.consumer_sequence);
         let messages = consumer
@@ -445,7 +476,48 @@ impl<P: Projection> Core<P> {
             .expires(Duration::from_secs(30))
             .messages()
             .await?;
-        Ok((messages, delivery))
+        Ok((messages, delivery, consumer))
+    }
+
+    /// Deletes this consumer's durable; one already gone is as good.
+    async fn delete_durable(
+        &self,
+        stream: &jetstream::stream::Stream,
+    ) -> Result<(), async_nats::Error> {
+        use async_nats::jetstream::{ErrorCode, stream::ConsumerErrorKind};
+        match stream.delete_consumer(&self.spec.name).await {
+            Ok(_) => Ok(()),
+            Err(error) if matches!(error.kind(), ConsumerErrorKind::JetStream(ref e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND) => {
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Whether a pull that delivered nothing for [`STALL_CHECK_AFTER`] is stuck: the server
+    /// says it holds events for this consumer (not yet delivered, or delivered and never
+    /// acknowledged, when this side holds none: it acknowledges each batch as it commits).
+    /// A server that cannot say is not taken for a stall; the pull's own heartbeats cover
+    /// an unreachable server.
+    async fn stalled(&self, consumer: &PullConsumer) -> bool {
+        let Ok(info) = consumer.get_info().await else {
+            return false;
+        };
+        let stuck = info.num_pending + info.num_ack_pending as u64;
+        if stuck == 0 {
+            return false;
+        }
+        tracing::warn!(
+            consumer = %self.spec.name,
+            stream = %self.spec.stream,
+            pending = info.num_pending,
+            unacknowledged = info.num_ack_pending,
+            delivered = info.delivered.stream_sequence,
+            committed = self.status.borrow().stream_sequence,
+            idle = ?STALL_CHECK_AFTER,
+            "the server holds events for this consumer but delivered none; making the durable again after the committed position"
+        );
+        true
     }
 
     /// Compares the stream with the one the committed position counts in, before pulling.

@@ -27,6 +27,7 @@ backend_tests!(
     poison_messages_are_dead_lettered_and_the_events_after_them_applied,
     a_restarted_consumer_resumes_where_it_stopped_without_reapplying,
     consuming_survives_a_nats_restart,
+    a_durable_that_stops_delivering_is_made_again,
     events_a_dead_run_received_but_never_committed_are_applied_after_a_restart,
     events_that_disagree_with_where_they_arrived_are_dead_lettered,
     a_stream_made_again_is_read_from_its_start,
@@ -424,6 +425,43 @@ async fn consuming_survives_a_nats_restart(backend: Backend) {
     cancel.cancel();
     assert_eq!(position.n_applied, 20);
     assert_eq!(fixture.ledger().await.len(), 20);
+}
+
+/// A durable that holds events and hands out none, whatever the reason on the server's side
+/// (here an operator paused it for an hour; the failure seen in CI was a durable whose state
+/// had not reached the disk before nats-server was killed), is noticed while the pull idles
+/// and made again after the committed position.
+async fn a_durable_that_stops_delivering_is_made_again(backend: Backend) {
+    let fixture = Fixture::new(backend).await;
+    let cancel = CancellationToken::new();
+    let mut status = fixture.start(&cancel).await;
+    let id = Uuid::now_v7();
+    fixture.publish(&registered(&id, "v1")).await;
+    handled(&mut status, 1).await;
+
+    let stream = fixture.js.get_stream(bus::USERS).await.expect(bus::USERS);
+    let an_hour = async_nats::datetime::add_std_duration(
+        async_nats::datetime::now(),
+        Duration::from_secs(3600),
+    )
+    .expect("an hour from now");
+    stream
+        .pause_consumer("test", an_hour)
+        .await
+        .expect("pause the durable");
+    for version in 2..=5 {
+        fixture
+            .publish(&renamed(&id, version, &format!("v{version}")))
+            .await;
+    }
+    let position = handled(&mut status, 5).await;
+    cancel.cancel();
+    assert_eq!(position.n_applied, 5);
+    let info = stream
+        .consumer_info("test")
+        .await
+        .expect("the durable exists");
+    assert!(!info.paused, "the durable was made again, not left paused");
 }
 
 async fn events_a_dead_run_received_but_never_committed_are_applied_after_a_restart(
