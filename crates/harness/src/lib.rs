@@ -390,7 +390,18 @@ impl Lab {
         rebuild: bool,
         read_from: purchases_async::ReadFrom,
     ) {
+        self.start_async_with(rebuild, read_from, None).await;
+    }
+
+    /// Starts purchases-async with a cap of its own on reads waiting for an order.
+    pub async fn start_async_with(
+        &mut self,
+        rebuild: bool,
+        read_from: purchases_async::ReadFrom,
+        max_waiting_reads: Option<u64>,
+    ) {
         let app = purchases_async::Application::build(purchases_async::Config {
+            max_waiting_reads,
             read_from,
             reader_schema: 2,
             consumer_name: "purchases".into(),
@@ -440,6 +451,7 @@ impl Lab {
             consumer_name: consumer_name.to_owned(),
             read_from,
             reader_schema,
+            max_waiting_reads: None,
             db: DatabaseArgs::default(),
             common: CommonArgs::default(),
         })

@@ -199,6 +199,10 @@ pub enum PurchasesError {
         /// How far the projection had got, for the person reading the message.
         applied: String,
     },
+    #[error(
+        "{limit} reads are already waiting for orders here; retry later, or read without wait_for_order_id"
+    )]
+    TooManyWaiting { limit: usize },
     #[error("the NATS bus is unreachable, so no owner can be asked: {detail}")]
     BusUnavailable { detail: String },
     #[error(transparent)]
@@ -218,6 +222,7 @@ impl From<PurchasesError> for Status {
             | PurchasesError::BusUnavailable { .. } => Status::unavailable(message),
             PurchasesError::DependencyTimedOut { .. }
             | PurchasesError::OrderNotYetVisible { .. } => Status::deadline_exceeded(message),
+            PurchasesError::TooManyWaiting { .. } => Status::resource_exhausted(message),
             PurchasesError::Store(error) => platform::status::from_store_error(&error),
         }
     }

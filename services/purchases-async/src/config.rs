@@ -46,6 +46,14 @@ pub struct Config {
     #[arg(long, env = "READER_SCHEMA", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub reader_schema: u32,
 
+    /// Most reads held at once waiting for an order (`wait_for_order_id`); past it such a
+    /// read is refused at once with RESOURCE_EXHAUSTED, unless the order is already there.
+    /// Waits hold a request slot for up to 10 s, so without this cap reads waiting for
+    /// orders that never come could take every slot the server admits. Default: a quarter
+    /// of `--max-concurrent-requests`, at most 64.
+    #[arg(long, env = "MAX_WAITING_READS", value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_waiting_reads: Option<u64>,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
@@ -69,6 +77,24 @@ fn parse_consumer_name(raw: &str) -> Result<String, String> {
     }
 }
 
+impl Config {
+    /// The cap on waiting reads: the one given, which must leave room for other requests,
+    /// or the default.
+    pub fn waiting_reads(&self) -> Result<usize, String> {
+        let slots = self.common.max_concurrent_requests;
+        let cap = match self.max_waiting_reads {
+            Some(cap) if cap >= slots => {
+                return Err(format!(
+                    "--max-waiting-reads ({cap}) must be below --max-concurrent-requests ({slots}), or waiting reads could take every request slot"
+                ));
+            }
+            Some(cap) => cap,
+            None => (slots / 4).clamp(1, 64),
+        };
+        Ok(usize::try_from(cap).unwrap_or(usize::MAX))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReadFrom {
     Memory,
@@ -84,5 +110,38 @@ impl AsRef<CommonArgs> for Config {
 impl AsMut<CommonArgs> for Config {
     fn as_mut(&mut self) -> &mut CommonArgs {
         &mut self.common
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Config;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("purchases-async").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn waiting_reads_leave_room_for_other_requests() {
+        assert_eq!(config(&[]).waiting_reads(), Ok(64), "a quarter of 256");
+        assert_eq!(
+            config(&["--max-concurrent-requests", "40"]).waiting_reads(),
+            Ok(10)
+        );
+        assert_eq!(
+            config(&["--max-concurrent-requests", "2"]).waiting_reads(),
+            Ok(1)
+        );
+        assert_eq!(
+            config(&["--max-waiting-reads", "200"]).waiting_reads(),
+            Ok(200)
+        );
+        let error = config(&["--max-waiting-reads", "256"])
+            .waiting_reads()
+            .expect_err("as many as the server admits");
+        assert!(error.contains("--max-concurrent-requests (256)"), "{error}");
     }
 }

@@ -26,6 +26,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let waiting_reads = config.waiting_reads().map_err(anyhow::Error::msg)?;
         let migrations = [crate::migrations(), consumer::migrations()];
         let host = ServiceHost::build(
             "purchases-async",
@@ -79,6 +80,7 @@ impl Application {
                 (STREAMS[1], products.status()),
                 (STREAMS[2], orders.status()),
             ],
+            waiting_reads,
         );
         let replayers = vec![users.replayer(), products.replayer(), orders.replayer()];
         host.spawn(|cancel| users.run(cancel));

@@ -8,7 +8,7 @@ use consumer::Position;
 use platform::db::Database;
 use platform::paging::Cursor;
 use purchases::{Freshness, Page, PurchaseSource, PurchasesError, Query, StreamPosition, UserView};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use uuid::Uuid;
 
 use crate::view::View;
@@ -20,6 +20,9 @@ pub struct ProjectionReader {
     /// None when reads are configured to go to the database.
     view: Option<Arc<View>>,
     positions: Vec<(&'static str, watch::Receiver<Position>)>,
+    /// One permit per read allowed to wait for an order at once.
+    waiting: Arc<Semaphore>,
+    max_waiting: usize,
 }
 
 impl ProjectionReader {
@@ -27,11 +30,14 @@ impl ProjectionReader {
         db: Database,
         view: Option<Arc<View>>,
         positions: Vec<(&'static str, watch::Receiver<Position>)>,
+        max_waiting: usize,
     ) -> Self {
         Self {
             db,
             view,
             positions,
+            waiting: Arc::new(Semaphore::new(max_waiting)),
+            max_waiting,
         }
     }
 
@@ -62,8 +68,12 @@ pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Left of the caller's deadline for the answer to travel back, so a wait that runs out
 /// reaches the caller as this service's DEADLINE_EXCEEDED, which says what was missing,
-/// rather than as the caller's own.
-const ANSWER_MARGIN: Duration = Duration::from_millis(5);
+/// rather than as the caller's own: a twentieth of it, from 5 to 100 ms. A fixed 5 ms was
+/// too little on a busy machine, where the answer's trip back sometimes took longer and the
+/// caller saw its own bare timeout instead.
+fn answer_margin(left: Duration) -> Duration {
+    (left / 20).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
 
 impl ProjectionReader {
     /// Whether the projection answers with the order, from the view when it is trusted.
@@ -95,6 +105,9 @@ impl ProjectionReader {
         let started = Instant::now();
         let mut view_updates = self.view.as_ref().map(|view| view.updates());
         let mut positions: Vec<_> = self.positions.iter().map(|(_, p)| p.clone()).collect();
+        // Taken at the first look that finds the order missing: a read of an order already
+        // there is never refused.
+        let mut permit = None;
         loop {
             // Marked seen before looking, so an update between the look and the wait
             // wakes the wait instead of being missed.
@@ -106,6 +119,13 @@ impl ProjectionReader {
             }
             if self.holds_order(user_id, order_id).await? {
                 return Ok(());
+            }
+            if permit.is_none() {
+                permit = Some(self.waiting.try_acquire().map_err(|_| {
+                    PurchasesError::TooManyWaiting {
+                        limit: self.max_waiting,
+                    }
+                })?);
             }
             let moved = any_change(view_updates.as_mut(), &mut positions);
             if tokio::time::timeout_at((started + wait).into(), moved)
@@ -162,7 +182,7 @@ impl PurchaseSource for ProjectionReader {
     async fn list(&self, query: Query, deadline: Option<Duration>) -> Result<Page, PurchasesError> {
         if let Some(order_id) = query.wait_for_order {
             let wait = deadline
-                .map_or(MAX_WAIT, |left| left.saturating_sub(ANSWER_MARGIN))
+                .map_or(MAX_WAIT, |left| left.saturating_sub(answer_margin(left)))
                 .min(MAX_WAIT);
             self.wait_for_order(query.user_id, order_id, wait).await?;
         }

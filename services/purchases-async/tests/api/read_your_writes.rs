@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 backend_tests!(
     a_read_that_waits_for_an_order_answers_once_the_event_arrives,
     a_wait_that_cannot_be_met_ends_at_the_deadline_saying_what_is_missing,
+    reads_waiting_for_orders_that_never_come_cannot_take_the_service,
 );
 
 fn waiting_for(
@@ -150,4 +151,99 @@ async fn a_wait_that_cannot_be_met_ends_at_the_deadline_saying_what_is_missing(b
             .expect("answered at once");
         assert!(not_yours.is_empty());
     }
+}
+
+/// The attack: a client fills the server with reads waiting for orders that will never come
+/// (each may hold a request slot for 10 s). Past the cap on waiting reads they are refused at
+/// once, while reads that need no wait, and waits for orders already there, are answered.
+async fn reads_waiting_for_orders_that_never_come_cannot_take_the_service(backend: Backend) {
+    let mut lab = Lab::start(backend).await;
+    let user = lab.writers.register("Ada").await.id;
+    let product = lab.writers.create_product("Lamp", 1200).await.id;
+    let placed = lab.writers.place(&user, &product, 1).await.id;
+    lab.caught_up().await;
+    lab.stop_async().await;
+    lab.start_async_with(false, purchases_async::ReadFrom::Memory, Some(2))
+        .await;
+    lab.caught_up().await;
+
+    let never = || uuid::Uuid::now_v7().to_string();
+    let hold = || {
+        let client = lab.asynchronous.clone();
+        let (user, order) = (user.clone(), never());
+        tokio::spawn(async move {
+            order_ids(&client, waiting_for(&user, &order, Duration::from_secs(3))).await
+        })
+    };
+    let mut holders = vec![hold(), hold()];
+    // Probes are short waits (50 ms) that compete with the holders for the two slots; a
+    // holder refused because a probe was in is sent again, until both hold and a probe is
+    // refused. Bounded in time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let refused = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a waiting read beyond the two was never refused"
+        );
+        for holder in &mut holders {
+            if holder.is_finished() {
+                *holder = hold();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let probe = order_ids(
+            &lab.asynchronous,
+            waiting_for(&user, &never(), Duration::from_millis(50)),
+        )
+        .await;
+        match probe {
+            Err(status)
+                if status.code() == Code::ResourceExhausted
+                    && holders.iter().all(|holder| !holder.is_finished()) =>
+            {
+                break status;
+            }
+            _ => {}
+        }
+    };
+    assert!(
+        refused.message().contains("2 reads are already waiting")
+            && refused.message().contains("wait_for_order_id"),
+        "the refusal says why and what to do: {}",
+        refused.message()
+    );
+    // Everything that needs no wait is still answered while the two hold on.
+    let plain = order_ids(&lab.asynchronous, tonic::Request::new(list(&user, 10, "")))
+        .await
+        .expect("a plain read is answered");
+    assert!(plain.contains(&placed));
+    let there = order_ids(
+        &lab.asynchronous,
+        waiting_for(&user, &placed, Duration::from_secs(3)),
+    )
+    .await
+    .expect("a wait for an order already there takes no slot");
+    assert!(there.contains(&placed));
+    for holder in holders {
+        ended_unanswered(holder.await.expect("the waiting task"));
+    }
+    // Their slots are free again: the next wait is admitted and runs to its deadline.
+    ended_unanswered(
+        order_ids(
+            &lab.asynchronous,
+            waiting_for(&user, &never(), Duration::from_millis(300)),
+        )
+        .await,
+    );
+}
+
+/// A wait that ran to its deadline: the service's DEADLINE_EXCEEDED, or the caller's own
+/// timeout when the answer, sent 5 ms before the deadline, took longer than that to arrive
+/// on a busy machine. Either way not refused, and not answered.
+fn ended_unanswered(result: Result<Vec<String>, tonic::Status>) {
+    let status = result.expect_err("no order to answer with");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "the wait ran to its deadline: {status:?}"
+    );
 }
