@@ -122,7 +122,7 @@ impl Timeline {
 /// Calls in flight per mode before a due call is counted as the client's own backlog.
 const MAX_READS_IN_FLIGHT: usize = 128;
 
-/// Orders timed for freshness per second at most: each is polled for until it shows.
+/// Orders timed for freshness per second at most: each is asked for until it shows.
 const FRESHNESS_PROBES_PER_SECOND: u32 = 4;
 
 /// How long one order may take to show before it counts as never seen.
@@ -272,19 +272,32 @@ async fn read_steadily(
     calls.wait().await;
 }
 
-/// Polls purchases-async for `order_id` among `user`'s newest purchases, backing off from
-/// 5 ms to 200 ms between reads so a long outage does not turn the probes into load.
+/// Longest one read waits for an order before asking again (purchases-async holds a wait
+/// for 10 s at most).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(10);
+
+/// Asks purchases-async for `order_id` among `user`'s newest purchases with reads that wait
+/// for it (`wait_for_order_id`), so the lag is measured to the update that brought the
+/// order rather than to the next poll. A wait that runs its course asks again at once; a read
+/// refused at once (purchases-async down, or full of waits) backs off from 5 ms to 200 ms,
+/// so a long outage does not turn the probes into load.
 async fn shows_up(reader: &PurchaseServiceClient<Channel>, user: &str, order_id: &str) -> bool {
     let deadline = Instant::now() + FRESHNESS_LIMIT;
     let mut pause = Duration::from_millis(5);
     loop {
-        if crate::measure::shows_order(reader, user, order_id, None).await {
+        let asked = Instant::now();
+        let wait = FRESHNESS_WAIT.min(deadline.saturating_duration_since(asked));
+        if crate::measure::shows_order(reader, user, order_id, Some(wait)).await {
             return true;
         }
-        if Instant::now() > deadline {
+        if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        if asked.elapsed() < wait / 2 {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        } else {
+            pause = Duration::from_millis(5);
+        }
     }
 }
