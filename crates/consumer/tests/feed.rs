@@ -150,6 +150,14 @@ impl Fixture {
         testkit::publish_event(&self.js, event).await;
     }
 
+    /// Renames user `id` once per version, each to "v<version>".
+    async fn publish_renames(&self, id: &Uuid, versions: std::ops::RangeInclusive<u64>) {
+        for version in versions {
+            self.publish(&renamed(id, version, &format!("v{version}")))
+                .await;
+        }
+    }
+
     /// Publishes a copy of an event that JetStream cannot recognise as one (no message id),
     /// as a relay re-publishing after the duplicate window would.
     async fn republish(&self, event: &OutboxEvent) {
@@ -416,11 +424,7 @@ async fn consuming_survives_a_nats_restart(backend: Backend) {
     fixture.nats.kill().await.expect("kill nats-server");
     fixture.nats.restart().await.expect("restart nats-server");
     // The test's own publisher reconnects as the consumer does.
-    for version in 2..=20 {
-        fixture
-            .publish(&renamed(&id, version, &format!("v{version}")))
-            .await;
-    }
+    fixture.publish_renames(&id, 2..=20).await;
     let position = handled(&mut status, 20).await;
     cancel.cancel();
     assert_eq!(position.n_applied, 20);
@@ -449,11 +453,7 @@ async fn a_durable_that_stops_delivering_is_made_again(backend: Backend) {
         .pause_consumer("test", an_hour)
         .await
         .expect("pause the durable");
-    for version in 2..=5 {
-        fixture
-            .publish(&renamed(&id, version, &format!("v{version}")))
-            .await;
-    }
+    fixture.publish_renames(&id, 2..=5).await;
     let position = handled(&mut status, 5).await;
     cancel.cancel();
     assert_eq!(position.n_applied, 5);

@@ -120,13 +120,7 @@ async fn a_wait_that_cannot_be_met_ends_at_the_deadline_saying_what_is_missing(b
         status.message()
     );
     // Ada's own read of it is answered.
-    let seen = order_ids(
-        &lab.asynchronous,
-        waiting_for(&ada, &adas, Duration::from_secs(10)),
-    )
-    .await
-    .expect("answered");
-    assert!(seen.contains(&adas));
+    answered_with(&lab.asynchronous, &ada, &adas, "answered").await;
 
     for client in [&lab.asynchronous, &lab.sync, &lab.bus] {
         assert_status(
@@ -142,10 +136,7 @@ async fn a_wait_that_cannot_be_met_ends_at_the_deadline_saying_what_is_missing(b
     // The modes that read the owners at request time have every placed order already, and
     // do not wait for one that is not there.
     for client in [&lab.sync, &lab.bus] {
-        let seen = order_ids(client, waiting_for(&ada, &adas, Duration::from_secs(5)))
-            .await
-            .expect("answered");
-        assert!(seen.contains(&adas));
+        answered_with(client, &ada, &adas, "answered").await;
         let not_yours = order_ids(client, waiting_for(&grace, &adas, Duration::from_secs(5)))
             .await
             .expect("answered at once");
@@ -217,13 +208,13 @@ async fn reads_waiting_for_orders_that_never_come_cannot_take_the_service(backen
         .await
         .expect("a plain read is answered");
     assert!(plain.contains(&placed));
-    let there = order_ids(
+    answered_with(
         &lab.asynchronous,
-        waiting_for(&user, &placed, Duration::from_secs(3)),
+        &user,
+        &placed,
+        "a wait for an order already there takes no slot",
     )
-    .await
-    .expect("a wait for an order already there takes no slot");
-    assert!(there.contains(&placed));
+    .await;
     for holder in holders {
         ended_unanswered(holder.await.expect("the waiting task"));
     }
@@ -235,6 +226,19 @@ async fn reads_waiting_for_orders_that_never_come_cannot_take_the_service(backen
         )
         .await,
     );
+}
+
+/// A read that waits for `order` is answered, with it.
+async fn answered_with(
+    client: &PurchaseServiceClient<Channel>,
+    user: &str,
+    order: &str,
+    expectation: &str,
+) {
+    let seen = order_ids(client, waiting_for(user, order, Duration::from_secs(10)))
+        .await
+        .expect(expectation);
+    assert!(seen.contains(&order.to_owned()), "{expectation}: {seen:?}");
 }
 
 /// A wait that ran to its deadline: the service's DEADLINE_EXCEEDED, or the caller's own
