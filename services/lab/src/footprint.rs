@@ -1,7 +1,7 @@
 //! Bytes each store holds on disk: the owners' databases, the projection that duplicates
 //! part of them, the monolith's single database, and JetStream's copy of the events. The
 //! price of the async design in storage, read off the same run. And each process's memory:
-//! its peak resident set over a window of the run, from /proc.
+//! its peak resident set over a window of the run, and what that set is made of, from /proc.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -95,15 +95,43 @@ pub fn peak_rss_kib(pids: &BTreeMap<String, u32>) -> BTreeMap<String, u64> {
     pids.iter()
         .filter_map(|(name, pid)| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            Some((name.clone(), vm_hwm_kib(&status)?))
+            Some((name.clone(), status_kib(&status, "VmHWM:")?))
         })
         .collect()
 }
 
-fn vm_hwm_kib(status: &str) -> Option<u64> {
+/// What a resident set is made of, in KiB. A peak has no such split, so it is read at a
+/// moment (just after the reference rounds): beside the peak, it says how much of it is the
+/// process's own allocations and how much the pages of its binary and libraries, which are
+/// shared, backed by their files, and grow with the binary's size, not with the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Resident {
+    /// Pages backed by files (RssFile): code and read-only data of the binary and its
+    /// libraries, nearly all of `.text` (the kernel maps a block around each page touched).
+    pub file_kib: u64,
+    /// Anonymous pages (RssAnon): heap, stacks, caches; what the service allocated.
+    pub anon_kib: u64,
+}
+
+/// Each process's resident set now, split into file-backed and anonymous pages.
+pub fn resident_kib(pids: &BTreeMap<String, u32>) -> BTreeMap<String, Resident> {
+    pids.iter()
+        .filter_map(|(name, pid)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let resident = Resident {
+                file_kib: status_kib(&status, "RssFile:")?,
+                anon_kib: status_kib(&status, "RssAnon:")?,
+            };
+            Some((name.clone(), resident))
+        })
+        .collect()
+}
+
+/// A `Field:   1234 kB` line of /proc/<pid>/status.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(field))?
         .trim()
         .strip_suffix("kB")?
         .trim()
@@ -143,9 +171,28 @@ mod tests {
     fn the_peak_resident_set_is_read_from_proc_status() {
         let status =
             "Name:\tusers\nVmPeak:\t  812340 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   20000 kB\n";
-        assert_eq!(vm_hwm_kib(status), Some(23_456));
-        assert_eq!(vm_hwm_kib("Name:\tx\n"), None);
+        assert_eq!(status_kib(status, "VmHWM:"), Some(23_456));
+        assert_eq!(status_kib("Name:\tx\n", "VmHWM:"), None);
         let own = BTreeMap::from([("lab".to_owned(), std::process::id())]);
         assert!(peak_rss_kib(&own).get("lab").is_some_and(|kib| *kib > 0));
+    }
+
+    #[test]
+    fn the_resident_set_is_split_into_file_backed_and_anonymous_pages() {
+        let own = BTreeMap::from([("lab".to_owned(), std::process::id())]);
+        let resident = resident_kib(&own)["lab"];
+        // This test binary's code is mapped from its file, and the test harness allocates.
+        assert!(
+            resident.file_kib > 0 && resident.anon_kib > 0,
+            "{resident:?}"
+        );
+        let status = std::fs::read_to_string("/proc/self/status").expect("own status");
+        let rss = status_kib(&status, "VmRSS:").expect("VmRSS");
+        // RssShmem is the third part; the two here cannot exceed the whole by more than
+        // what the process mapped or freed between the two reads.
+        assert!(
+            resident.file_kib + resident.anon_kib <= rss + 4_096,
+            "{resident:?} of {rss}"
+        );
     }
 }

@@ -462,6 +462,12 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
                 .is_some_and(|kib| kib > 1_024),
             "{process}'s peak memory: {memory}"
         );
+        let resident = &memory["resident_after_kib"][process];
+        assert!(
+            resident["file_kib"].as_u64().is_some_and(|kib| kib > 1_024)
+                && resident["anon_kib"].as_u64().is_some_and(|kib| kib > 0),
+            "{process}'s resident set, file-backed and anonymous: {memory}"
+        );
     }
     assert!(
         memory["purchases_held"].as_u64() >= Some(100),

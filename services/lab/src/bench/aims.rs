@@ -220,6 +220,7 @@ mod tests {
                 ("users".to_owned(), 20_480),
                 ("purchases-async".to_owned(), 61_440),
             ]),
+            BTreeMap::new(),
             Some(2_000),
         );
         let measured = |on_postgres| Measured {

@@ -233,6 +233,7 @@ pub async fn run(
     .await?;
     let memory = Memory::new(
         crate::footprint::peak_rss_kib(&pids),
+        crate::footprint::resident_kib(&pids),
         crate::footprint::orders_held(lab).await,
     );
     let low_rate = if settings.low_rate > 0 {

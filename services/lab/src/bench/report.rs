@@ -203,7 +203,46 @@ fn memory_line(report: &BenchReport) -> String {
         ),
         _ => String::new(),
     };
-    format!("Memory, peak resident set over the reference rounds (MiB): {peaks}{view}.")
+    // A peak has no split; the split just after the rounds says how much of a process's
+    // memory is its binary's code rather than what it allocated.
+    let split = if memory.resident_after_kib.is_empty() {
+        String::new()
+    } else {
+        let parts = memory
+            .resident_after_kib
+            .iter()
+            .map(|(name, resident)| {
+                format!(
+                    "{name} {:.1} + {:.1}",
+                    resident.file_kib as f64 / 1_024.0,
+                    resident.anon_kib as f64 / 1_024.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            " Resident just after them, file-backed (the binary's and libraries' code, shared) + anonymous (allocated), MiB: {parts}."
+        )
+    };
+    format!("Memory, peak resident set over the reference rounds (MiB): {peaks}{view}.{split}")
+}
+
+/// A chart against the offered rate, after its `intro`. A run at one offered rate
+/// (`--rates 500`) has one point per mode: drawn, it reads as a broken chart, so it is said
+/// instead.
+fn against_offered_rate(
+    rates_offered: usize,
+    intro: &str,
+    points: &[(String, Vec<(f64, f64)>)],
+    chart: &Chart<'_>,
+) -> String {
+    if rates_offered >= 2 {
+        format!("{intro}{}", line_chart(points, chart))
+    } else {
+        "<p>This run offered one rate only, so there is no curve to draw; a run without \
+         <code>--rates</code> steps up to saturation.</p>"
+            .to_owned()
+    }
 }
 
 fn storage_line(report: &BenchReport) -> String {
@@ -530,6 +569,15 @@ pub fn html(report: &BenchReport) -> String {
     };
     let p99 = per_rate(|step| step.p99_us as f64);
     let throughput = per_rate(|step| step.throughput_rps);
+    let rates_offered = report
+        .series
+        .values()
+        .map(|series| series.steps.len())
+        .max()
+        .unwrap_or(0);
+    let against_rate = |intro: &str, points: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>| {
+        against_offered_rate(rates_offered, intro, points, chart)
+    };
     let freshness: Vec<(String, Vec<(String, f64)>)> = report
         .freshness
         .distribution
@@ -584,8 +632,6 @@ in a thousand (both axes widen to the tail).</p>
 <h2 id="p99">p99 latency against offered rate</h2>
 {p99}
 <h2 id="throughput">Answered requests/s against offered rate</h2>
-<p>Where a line leaves the diagonal, the mode is saturated: past it, it sheds load with errors or
-falls behind.</p>
 {throughput}
 <h2 id="freshness">Freshness of purchases-async</h2>
 <p>{freshness_line}</p>
@@ -606,8 +652,10 @@ falls behind.</p>
         bus_price = escape(&bus_price_line(report)),
         distributions = percentile_chart(&distributions, "us"),
         aims = html_table(&AIM_HEADERS, &aim_rows(report)),
-        p99 = line_chart(&p99, &Chart::log_log("offered requests/s", "p99 us")),
-        throughput = line_chart(
+        p99 = against_rate("", &p99, &Chart::log_log("offered requests/s", "p99 us")),
+        throughput = against_rate(
+            "<p>Where a line leaves the diagonal, the mode is saturated: past it, it sheds load \
+             with errors or falls behind.</p>",
             &throughput,
             &Chart {
                 log_y: false,
@@ -624,4 +672,25 @@ falls behind.</p>
         memory = escape(&memory_line(report)),
     );
     crate::report::page("Lab bench", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_offered_rate_is_said_not_drawn() {
+        let points = vec![("echo".to_owned(), vec![(500.0, 300.0)])];
+        let chart = Chart::log_log("offered requests/s", "p99 us");
+        let one = against_offered_rate(1, "<p>intro</p>", &points, &chart);
+        assert!(
+            one.contains("one rate only") && !one.contains("<polyline") && !one.contains("intro")
+        );
+        let points = vec![("echo".to_owned(), vec![(100.0, 300.0), (500.0, 400.0)])];
+        let two = against_offered_rate(2, "<p>intro</p>", &points, &chart);
+        assert!(
+            two.starts_with("<p>intro</p>") && two.contains("<polyline"),
+            "{two}"
+        );
+    }
 }

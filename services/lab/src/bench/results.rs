@@ -14,6 +14,7 @@ use super::Settings;
 use super::jetstream_alone::JetStreamAlone;
 use super::span_stages::SpanStages;
 use super::stages::Stages;
+use crate::footprint::Resident;
 use crate::writer::BackgroundWrites;
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +76,9 @@ pub struct Summary {
 pub struct Memory {
     /// KiB, by process (`users`, ..., `nats-server`); empty on a system the lab did not start.
     pub peak_rss_kib: BTreeMap<String, u64>,
+    /// KiB, by process: the resident set just after the rounds, split into file-backed pages
+    /// (the binary's and libraries' code) and anonymous ones (what the process allocated).
+    pub resident_after_kib: BTreeMap<String, Resident>,
     /// Orders in orders' database after the rounds: the purchases the projection holds.
     pub purchases_held: Option<u64>,
     /// purchases-async's peak less purchases-sync's (the same runtime, server and telemetry,
@@ -84,7 +88,11 @@ pub struct Memory {
 }
 
 impl Memory {
-    pub fn new(peak_rss_kib: BTreeMap<String, u64>, purchases_held: Option<u64>) -> Self {
+    pub fn new(
+        peak_rss_kib: BTreeMap<String, u64>,
+        resident_after_kib: BTreeMap<String, Resident>,
+        purchases_held: Option<u64>,
+    ) -> Self {
         let per_1000 = match (
             peak_rss_kib.get("purchases-async"),
             peak_rss_kib.get("purchases-sync"),
@@ -97,6 +105,7 @@ impl Memory {
         };
         Self {
             peak_rss_kib,
+            resident_after_kib,
             purchases_held,
             projection_kib_per_1000_purchases: per_1000,
         }
