@@ -92,12 +92,7 @@ pub fn reset_peak_rss(pids: &BTreeMap<String, u32>) {
 
 /// Each process's peak resident set since [`reset_peak_rss`] (VmHWM), in KiB.
 pub fn peak_rss_kib(pids: &BTreeMap<String, u32>) -> BTreeMap<String, u64> {
-    pids.iter()
-        .filter_map(|(name, pid)| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            Some((name.clone(), status_kib(&status, "VmHWM:")?))
-        })
-        .collect()
+    from_status(pids, |status| status_kib(status, "VmHWM:"))
 }
 
 /// What a resident set is made of, in KiB. A peak has no such split, so it is read at a
@@ -115,14 +110,23 @@ pub struct Resident {
 
 /// Each process's resident set now, split into file-backed and anonymous pages.
 pub fn resident_kib(pids: &BTreeMap<String, u32>) -> BTreeMap<String, Resident> {
+    from_status(pids, |status| {
+        Some(Resident {
+            file_kib: status_kib(status, "RssFile:")?,
+            anon_kib: status_kib(status, "RssAnon:")?,
+        })
+    })
+}
+
+/// `read` of each process's /proc/<pid>/status; a process gone or a field missing is left out.
+fn from_status<T>(
+    pids: &BTreeMap<String, u32>,
+    read: impl Fn(&str) -> Option<T>,
+) -> BTreeMap<String, T> {
     pids.iter()
         .filter_map(|(name, pid)| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let resident = Resident {
-                file_kib: status_kib(&status, "RssFile:")?,
-                anon_kib: status_kib(&status, "RssAnon:")?,
-            };
-            Some((name.clone(), resident))
+            Some((name.clone(), read(&status)?))
         })
         .collect()
 }

@@ -575,9 +575,6 @@ pub fn html(report: &BenchReport) -> String {
         .map(|series| series.steps.len())
         .max()
         .unwrap_or(0);
-    let against_rate = |intro: &str, points: &[(String, Vec<(f64, f64)>)], chart: &Chart<'_>| {
-        against_offered_rate(rates_offered, intro, points, chart)
-    };
     let freshness: Vec<(String, Vec<(String, f64)>)> = report
         .freshness
         .distribution
@@ -652,8 +649,14 @@ in a thousand (both axes widen to the tail).</p>
         bus_price = escape(&bus_price_line(report)),
         distributions = percentile_chart(&distributions, "us"),
         aims = html_table(&AIM_HEADERS, &aim_rows(report)),
-        p99 = against_rate("", &p99, &Chart::log_log("offered requests/s", "p99 us")),
-        throughput = against_rate(
+        p99 = against_offered_rate(
+            rates_offered,
+            "",
+            &p99,
+            &Chart::log_log("offered requests/s", "p99 us")
+        ),
+        throughput = against_offered_rate(
+            rates_offered,
             "<p>Where a line leaves the diagonal, the mode is saturated: past it, it sheds load \
              with errors or falls behind.</p>",
             &throughput,
