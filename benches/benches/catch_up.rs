@@ -103,7 +103,8 @@ async fn rebuild(nats: &NatsServer, backend: Backend, n: usize) -> anyhow::Resul
     let client = async_nats::connect(nats.url()).await?;
     let spec = ConsumerSpec::new(format!("catch-up-{}", Uuid::now_v7().simple()), bus::ORDERS);
     let name = spec.name.clone();
-    let consumer = Consumer::new(db.clone(), client.clone(), spec, Purchases { view }).await?;
+    let projection = Purchases::prepare(db.clone(), view).await?;
+    let consumer = Consumer::new(db.clone(), client.clone(), spec, projection).await?;
     let mut status = consumer.status();
     let cancel = CancellationToken::new();
     let started = Instant::now();

@@ -141,6 +141,18 @@ pub trait Projection: Send + Sync + 'static {
         async {}
     }
 
+    /// Called when this consumer has caught up with its stream, or nearly: after a
+    /// committed batch that left fewer than a batch of events pending, and when a pull opens
+    /// on a stream holding fewer than that for it. It runs before the position that says so
+    /// is published and before the next batch is applied, so a position at the stream's end
+    /// means whatever this finishes is finished. The place for work a bulk load puts off (an
+    /// index made once the table is full, say). Called at every such point: once its work
+    /// is done it must return at once. Must not fail: what it cannot do now it does at the
+    /// next call.
+    fn caught_up(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Whether `apply` also wants stale events, for a projection that can use a late event
     /// to fill in facts that never change (an order's product, say) even though the newer
     /// state is already there. Most projections want only fresh ones.

@@ -468,6 +468,12 @@ impl<P: Projection> Core<P> {
             );
             self.delete_durable(&stream).await?;
         };
+        let pending = consumer.cached_info().num_pending;
+        if self.nearly_caught_up(pending) {
+            self.projection.caught_up().await;
+        }
+        self.status
+            .send_modify(|position| position.pending = pending);
         let delivery = DeliverySequence::after(consumer.cached_info().delivered.consumer_sequence);
         let messages = consumer
             .stream()
@@ -477,6 +483,12 @@ impl<P: Projection> Core<P> {
             .messages()
             .await?;
         Ok((messages, delivery, consumer))
+    }
+
+    /// Whether what the stream still holds for this consumer fits in one batch: the point
+    /// at which [`Projection::caught_up`] is called.
+    fn nearly_caught_up(&self, pending: u64) -> bool {
+        pending < u64::try_from(self.spec.batch_size).unwrap_or(u64::MAX)
     }
 
     /// Deletes this consumer's durable; one already gone is as good.
@@ -632,6 +644,9 @@ impl<P: Projection> Core<P> {
         // redelivery, which the version check turns into skips.
         if let Err(error) = last.ack().await {
             tracing::debug!(consumer = %self.spec.name, %error, "acknowledgement not sent; the batch will be redelivered and skipped");
+        }
+        if self.nearly_caught_up(pending) {
+            self.projection.caught_up().await;
         }
         self.status.send_modify(|position| {
             position.stream_sequence = counts.last_sequence;

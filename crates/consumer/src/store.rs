@@ -112,7 +112,8 @@ pub struct Position {
     /// When the last batch committed here (µs since the epoch; 0: none yet).
     pub applied_at_micros: i64,
     /// Events the stream held for this consumer beyond the last one handled, as of that
-    /// event's delivery: the lag. Not stored; 0 after a restart until the first batch.
+    /// event's delivery, or as the server said when the pull last opened: the lag. Not
+    /// stored; 0 after a restart until the pull opens.
     pub pending: u64,
     pub n_applied: u64,
     pub n_skipped: u64,

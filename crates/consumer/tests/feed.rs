@@ -2,7 +2,7 @@
 //! late and missing versions, poison messages, restarts of the consumer and of NATS.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -33,6 +33,7 @@ backend_tests!(
     a_stream_made_again_is_read_from_its_start,
     events_that_left_the_stream_unread_are_counted_as_missed,
     a_dead_letter_is_replayed_once_its_cause_is_fixed,
+    caught_up_runs_once_the_backlog_fits_a_batch_and_before_the_end_is_published,
 );
 
 /// Records every event it is given, so a test can see exactly what was applied, once each.
@@ -41,10 +42,25 @@ backend_tests!(
 #[derive(Debug, Clone, Default)]
 struct Ledger {
     accepts_reject: Arc<AtomicBool>,
+    /// Events given to `apply` so far.
+    given: Arc<AtomicU64>,
+    /// `given` at each call of `caught_up`, recorded as the call starts.
+    caught_up_at: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// Calls of `caught_up` that have returned.
+    caught_up_done: Arc<AtomicU64>,
 }
 
 impl Projection for Ledger {
+    async fn caught_up(&self) {
+        let given = self.given.load(Ordering::SeqCst);
+        self.caught_up_at.lock().expect("not poisoned").push(given);
+        // Long enough that a position published before this returned would be seen first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.caught_up_done.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {
+        self.given.fetch_add(events.len() as u64, Ordering::SeqCst);
         for event in events {
             let name = match event.event_type() {
                 "events.v1.UserRegistered" => event.decode::<events::UserRegistered>()?.name,
@@ -761,4 +777,43 @@ async fn a_dead_letter_is_replayed_once_its_cause_is_fixed(backend: Backend) {
         .expect("dead letters");
     assert_eq!(left.len(), 1, "only the forgery is left");
     assert!(left[0].reason.contains("beyond any real entity"));
+}
+
+async fn caught_up_runs_once_the_backlog_fits_a_batch_and_before_the_end_is_published(
+    backend: Backend,
+) {
+    let fixture = Fixture::new(backend).await;
+    // Five batches of 64 and more.
+    let events = 300;
+    for _ in 0..events {
+        fixture.publish(&registered(&Uuid::now_v7(), "v1")).await;
+    }
+    let ledger = Ledger::default();
+    let run = CancellationToken::new();
+    let (mut status, _) = fixture.start_with(&run, ledger.clone()).await;
+    handled(&mut status, events).await;
+    assert!(
+        ledger.caught_up_done.load(Ordering::SeqCst) >= 1,
+        "the position at the stream's end was published before caught_up returned"
+    );
+    let calls = ledger.caught_up_at.lock().expect("not poisoned").clone();
+    assert!(
+        calls.iter().all(|&given| given > events - 64),
+        "called while more than a batch was still pending: after {calls:?} of {events} events"
+    );
+    run.cancel();
+
+    // Nothing left to apply: the pull's opening is the only point where it can run.
+    let before = ledger.caught_up_done.load(Ordering::SeqCst);
+    let again = CancellationToken::new();
+    fixture.start_with(&again, ledger.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ledger.caught_up_done.load(Ordering::SeqCst) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a restart with nothing pending never called caught_up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    again.cancel();
 }

@@ -6,6 +6,7 @@
 
 pub mod changes;
 pub mod config;
+pub mod index;
 pub mod projection;
 pub mod startup;
 pub mod store;

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use consumer::{ApplyError, Event, Projection};
-use platform::db::{Param, WriteTx};
+use platform::db::{Database, Param, StoreError, WriteTx};
 
 use crate::changes::{self, Orders, UserChange};
+use crate::index::ByUserIndex;
 use crate::view::View;
 
 /// The durable consumers' default name on every stream.
@@ -36,6 +37,16 @@ pub struct Products {
 #[derive(Debug, Clone)]
 pub struct Purchases {
     pub view: Arc<View>,
+    index: Arc<ByUserIndex>,
+}
+
+impl Purchases {
+    /// The orders projection over `db`. Into a projection that holds no purchases yet it
+    /// writes without their by-user index, made once caught up ([`crate::index`]).
+    pub async fn prepare(db: Database, view: Arc<View>) -> Result<Self, StoreError> {
+        let index = Arc::new(ByUserIndex::defer_if_empty(db).await?);
+        Ok(Self { view, index })
+    }
 }
 
 impl Projection for Users {
@@ -118,6 +129,10 @@ impl Projection for Purchases {
 
     fn wants_stale(&self) -> bool {
         true
+    }
+
+    async fn caught_up(&self) {
+        self.index.make().await;
     }
 
     async fn apply(&self, tx: &mut WriteTx, events: &[Event]) -> Result<(), ApplyError> {

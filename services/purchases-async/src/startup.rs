@@ -64,11 +64,14 @@ impl Application {
                 reader_schema: config.reader_schema,
             },
         );
+        let purchases = Purchases::prepare(db.clone(), view.clone())
+            .await
+            .context("look at the purchases-by-user index")?;
         let orders = Consumer::new(
             db.clone(),
             nats,
             ConsumerSpec::new(config.consumer_name.clone(), orders),
-            Purchases { view: view.clone() },
+            purchases,
         );
         let (users, products, orders) =
             tokio::try_join!(users, products, orders).context("read the projection's positions")?;

@@ -2,6 +2,7 @@
 //! runtime over a real nats-server, on SQLite and PostgreSQL.
 
 mod grpcurl;
+mod index;
 mod modes;
 mod read_your_writes;
 mod schema;

@@ -227,7 +227,9 @@ async fn a_view_fed_by_batches_answers_as_one_loaded_from_the_tables(backend: Ba
         view: view.clone(),
         reader_schema: 2,
     };
-    let orders = Purchases { view: view.clone() };
+    let orders = Purchases::prepare(db.clone(), view.clone())
+        .await
+        .expect("the orders projection");
     let mut world = World {
         rng: StdRng::seed_from_u64(25),
         users: (0..6).map(|_| Uuid::now_v7()).collect(),
