@@ -61,6 +61,10 @@ pub struct CommonArgs {
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = Self::DEFAULT_MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_streams: u32,
 
+    /// Threads that run the service's tasks; one per CPU unless given.
+    #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    pub worker_threads: Option<u64>,
+
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 
@@ -89,6 +93,7 @@ impl Default for CommonArgs {
             keepalive_interval_ms: Self::DEFAULT_KEEPALIVE_INTERVAL_MS,
             keepalive_timeout_ms: Self::DEFAULT_KEEPALIVE_TIMEOUT_MS,
             max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
+            worker_threads: None,
             telemetry: TelemetryArgs::default(),
             faults: fault::Faults::default(),
             sampling: SamplingHandle::default(),

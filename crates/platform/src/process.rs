@@ -27,7 +27,13 @@ where
             return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(2));
         }
     };
+    // Always set, so tokio never reads TOKIO_WORKER_THREADS, which it panics on when invalid.
+    let workers = config.as_ref().worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        |threads| usize::try_from(threads).unwrap_or(1),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

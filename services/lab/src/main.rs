@@ -151,6 +151,12 @@ struct UpArgs {
     /// continued).
     #[arg(long, default_value_t = 1.0, value_parser = parse_ratio)]
     trace_sample: f64,
+    /// Threads each service runs its tasks on (their --worker-threads). One by default: the
+    /// lab puts nine processes on one machine, where a request's hops inside a service then
+    /// stay on one thread instead of waking another (docs/results.md, issue 25); 0 leaves
+    /// each service its own default, a thread per CPU.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1_024))]
+    service_threads: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,6 +191,7 @@ impl UpArgs {
                 Fsync::Lazy => natsd::SyncPolicy::Lazy,
             },
             trace_sample: (self.tracing == Switch::On).then_some(self.trace_sample),
+            service_threads: (self.service_threads > 0).then_some(self.service_threads),
         }
     }
 

@@ -223,6 +223,10 @@ pub struct Endpoints {
     /// The share of new traces each service keeps.
     #[serde(default = "one_ratio")]
     pub trace_sample: f64,
+    /// Threads each service runs its tasks on (`--worker-threads`); the services' own
+    /// default (one per CPU) when none.
+    #[serde(default)]
+    pub worker_threads: Option<u64>,
 }
 
 fn one_ratio() -> f64 {
@@ -314,6 +318,7 @@ impl Endpoints {
             fault_admin,
             nats_url,
             stream_replicas: 1,
+            worker_threads: None,
             nats_credentials: None,
             metrics,
             otlp_endpoint: None,
@@ -400,6 +405,10 @@ impl Endpoints {
                 args.push(flag.into());
                 args.push(self.url(dependency).into());
             }
+        }
+        if let Some(threads) = self.worker_threads {
+            args.push("--worker-threads".into());
+            args.push(threads.to_string().into());
         }
         if service == Service::PurchasesSyncSequential {
             args.push("--fanout".into());

@@ -31,6 +31,8 @@ pub struct UpOptions {
     /// Collect every service's spans (in the data dir), keeping this share of new traces;
     /// no tracing when `None`.
     pub trace_sample: Option<f64>,
+    /// Threads each service runs its tasks on; the services' default when none.
+    pub service_threads: Option<u64>,
 }
 
 /// The event bus the lab runs on.
@@ -164,6 +166,7 @@ impl RunningLab {
         // Ports are checked before anything starts, so a clash is reported up front.
         let placeholder = String::new();
         let mut endpoints = Endpoints::allocate(options.ephemeral_ports, placeholder)?;
+        endpoints.worker_threads = options.service_threads;
         let traces = match options.trace_sample {
             Some(ratio) => {
                 let collector = crate::traces::TraceCollector::start(data_dir).await?;

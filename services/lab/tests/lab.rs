@@ -58,6 +58,17 @@ async fn lab_up_serves_every_service_and_leaves_nothing_behind() {
         9,
         "eight services (purchases-sync twice) and nats-server: {pids:?}"
     );
+    // One worker thread per service unless --service-threads says otherwise.
+    assert_eq!(state["endpoints"]["worker_threads"], 1, "{state}");
+    for (name, pid) in pids.iter().filter(|(name, _)| !name.starts_with("nats")) {
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        assert!(
+            args.windows(2)
+                .any(|flag| flag == ["--worker-threads", "1"]),
+            "{name}: {args:?}"
+        );
+    }
     let addr = |service: &str| {
         state["endpoints"]["services"][service]
             .as_str()
@@ -435,6 +446,7 @@ async fn lab_bench_writes_a_summary_for_every_mode_with_stable_names() {
     }
     assert!(stdout.contains("JetStream alone just before"), "{stdout}");
     assert_eq!(report["nats_fsync"], "lazy");
+    assert_eq!(report["service_threads"], 1, "the lab's default");
     assert!(report["background_writes"]["placed"].as_u64() > Some(0));
     assert_eq!(report["background_writes"]["failed"], 0);
     for store in [

@@ -273,6 +273,7 @@ pub async fn run(
         machine: crate::report::machine(),
         storage: storage.to_owned(),
         nats_fsync: nats_fsync.to_owned(),
+        service_threads: lab.endpoints.worker_threads,
         data: BenchData {
             users: seeded.users.len(),
             products: seeded.products,

@@ -474,11 +474,18 @@ pub fn terminal(report: &BenchReport) -> String {
 /// When, where and on what the run measured.
 fn measured_line(report: &BenchReport) -> String {
     format!(
-        "Measured {} on {}; storage {}; JetStream fsync {}; {} users, {} products, {} orders seeded; pages of {} purchases; {} ms per step; {} background orders/s.",
+        "Measured {} on {}; storage {}; JetStream fsync {}; {}; {} users, {} products, {} orders seeded; pages of {} purchases; {} ms per step; {} background orders/s.",
         report.generated_at,
         report.machine,
         report.storage,
         report.nats_fsync,
+        report.service_threads.map_or_else(
+            || "services on their own threads (one per CPU)".to_owned(),
+            |threads| {
+                let plural = if threads == 1 { "" } else { "s" };
+                format!("services on {threads} worker thread{plural} each")
+            },
+        ),
         report.data.users,
         report.data.products,
         report.data.orders,

@@ -23,6 +23,9 @@ pub struct BenchReport {
     pub machine: String,
     pub storage: String,
     pub nats_fsync: String,
+    /// Threads each service ran its tasks on (`--worker-threads`); none when they chose
+    /// (a thread per CPU) or the lab did not start them.
+    pub service_threads: Option<u64>,
     pub data: BenchData,
     pub settings: Settings,
     /// `summary.<mode>` at the reference rate, for `echo`, `sync`, `sync-sequential`, `bus`,

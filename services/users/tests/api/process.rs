@@ -52,12 +52,46 @@ async fn invalid_configuration_exits_64_naming_the_setting() {
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
 
+#[tokio::test]
+async fn worker_threads_are_checked_and_tokios_own_variable_cannot_crash_the_service() {
+    let output = Command::new(BINARY)
+        .args(["--worker-threads", "0"])
+        .output()
+        .await
+        .expect("users runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+
+    // Left to itself, tokio reads TOKIO_WORKER_THREADS and panics on 0.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let database_url = format!("sqlite://{}/users.db", dir.path().display());
+    let (mut child, addr) = spawn_users_with(
+        &database_url,
+        testkit::UNREACHABLE_NATS,
+        &[("TOKIO_WORKER_THREADS", "0")],
+    )
+    .await;
+    create_users(&mut users_client(&addr).await, 1).await;
+    child.start_kill().expect("stop users");
+}
+
 /// Starts the binary on port 0 and returns it with the address it logged.
 async fn spawn_users(database_url: &str, nats_url: &str) -> (Child, String) {
+    spawn_users_with(database_url, nats_url, &[]).await
+}
+
+/// The same with more environment variables.
+async fn spawn_users_with(
+    database_url: &str,
+    nats_url: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let mut child = Command::new(BINARY)
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(["--database-url", database_url, "--nats-url", nats_url])
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
