@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lab, read_json, succeeds, up};
+use common::{alive, lab, read_json, succeeds, up};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,17 +18,6 @@ fn pids(state: &Value) -> Vec<(String, u32)> {
         .iter()
         .map(|(name, pid)| (name.clone(), pid.as_u64().expect("a pid") as u32))
         .collect()
-}
-
-/// Alive means present and not a zombie waiting for a reaper.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after_name = stat.rsplit_once(')')?.1.trim_start().to_owned();
-            after_name.chars().next()
-        })
-        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 async fn all_gone(pids: &[(String, u32)]) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lab, read_json, succeeds, up};
+use common::{alive, lab, read_json, succeeds, up};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -249,6 +249,15 @@ async fn a_callers_trace_follows_the_fan_out_and_an_event_to_the_projection() {
         rustix::process::Signal::KILL,
     )
     .expect("kill users");
+    // The signal only starts the end: users keeps its sockets open until it has exited (a
+    // thread inside an fsync on a busy disk holds that up), and a call made before then can
+    // wait out its budget for an answer that never comes: seen once in CI as
+    // DEADLINE_EXCEEDED instead of UNAVAILABLE.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(u32::try_from(users_pid).expect("a pid")) {
+        assert!(Instant::now() < deadline, "users outlived SIGKILL by 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let failed = PurchaseServiceClient::new(channel(&state, "purchases-sync"))
         .list_user_purchases(pb::ListUserPurchasesRequest {
             user_id: user,
@@ -258,7 +267,12 @@ async fn a_callers_trace_follows_the_fan_out_and_an_event_to_the_projection() {
         })
         .await
         .expect_err("sync fails without users");
-    assert_eq!(failed.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        failed.code(),
+        tonic::Code::Unavailable,
+        "{failed:?}; purchases-sync's log:\n{}",
+        std::fs::read_to_string(data_dir.join("logs/purchases-sync.log")).unwrap_or_default()
+    );
     let sync = scrape(&state, "purchases-sync").await;
     assert!(
         sync.lines().any(|line| line

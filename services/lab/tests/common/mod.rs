@@ -64,3 +64,15 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text)
         .unwrap_or_else(|error| panic!("{} is not JSON: {error}", path.display()))
 }
+
+/// Alive means present and not a zombie waiting for a reaper (a zombie has closed its files
+/// and sockets).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1.trim_start().to_owned();
+            after_name.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
