@@ -40,7 +40,8 @@ impl ByUserIndex {
             })
             .await?
             .is_none();
-        if empty && exists(&db).await? {
+        let present = exists(&db).await?;
+        if empty && present {
             let mut tx = db.begin_write().await?;
             tx.execute(&format!("DROP INDEX IF EXISTS {NAME}"), &[])
                 .await?;
@@ -50,8 +51,8 @@ impl ByUserIndex {
                 "the projection holds no purchases: their by-user index is made once the orders stream has been read"
             );
         }
-        let missing = !exists(&db).await?;
-        if missing && !empty {
+        let missing = empty || !present;
+        if !present && !empty {
             tracing::info!(
                 index = NAME,
                 "the by-user index is missing (a rebuild stopped before making it): it is made once the orders stream has been read"

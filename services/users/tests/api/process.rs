@@ -40,28 +40,26 @@ async fn help_names_every_flag_and_its_environment_variable() {
     }
 }
 
-#[tokio::test]
-async fn invalid_configuration_exits_64_naming_the_setting() {
+/// Runs users with `flag value` and checks it exits 64 naming the flag.
+async fn refused(flag: &str, value: &str) {
     let output = Command::new(BINARY)
-        .args(["--database-url", "mysql://localhost/users"])
+        .args([flag, value])
         .output()
         .await
         .expect("users runs");
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--database-url"), "{stderr}");
+    assert!(stderr.contains(flag), "{stderr}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_64_naming_the_setting() {
+    refused("--database-url", "mysql://localhost/users").await;
 }
 
 #[tokio::test]
 async fn worker_threads_are_checked_and_tokios_own_variable_cannot_crash_the_service() {
-    let output = Command::new(BINARY)
-        .args(["--worker-threads", "0"])
-        .output()
-        .await
-        .expect("users runs");
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--worker-threads"), "{stderr}");
+    refused("--worker-threads", "0").await;
 
     // Left to itself, tokio reads TOKIO_WORKER_THREADS and panics on 0.
     let dir = tempfile::tempdir().expect("a temporary directory");
