@@ -14,6 +14,7 @@ pub mod db;
 pub mod fields;
 pub mod host;
 pub mod nats;
+pub mod one_write;
 pub mod paging;
 pub mod process;
 pub mod procfs;

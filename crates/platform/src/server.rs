@@ -360,7 +360,12 @@ impl GrpcServer {
             .max_connection_age_grace(settings.request_timeout + Duration::from_secs(5))
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .layer(stack)
+            // Over HTTP/2 only: the bus answers are read whole, not written by h2.
+            .layer(
+                ServiceBuilder::new()
+                    .layer(MapResponseLayer::new(crate::one_write::one_write))
+                    .layer(stack),
+            )
             .add_routes(routes)
             .serve_with_incoming_shutdown(admitted(self.incoming, connections), signal);
         let served = Self::until_stopped(serving, stopping_rx, settings.shutdown_grace).await;
