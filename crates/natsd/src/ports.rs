@@ -43,16 +43,15 @@ fn free_ports_reserved_in(file: &Path, count: usize) -> std::io::Result<Vec<u16>
     let Ok(mut reservations) = Reservations::lock(file) else {
         return choose(count, &[]);
     };
-    let ports = choose(count, &reservations.live)?;
+    let ports = choose(count, &reservations.ports())?;
     reservations.add(&ports);
     Ok(ports)
 }
 
-/// The reservation file, locked for as long as this lives, and the ports still reserved in it.
+/// The reservation file, locked for as long as this lives, and its entries still live, each
+/// `port unix-seconds`.
 struct Reservations {
     file: std::fs::File,
-    live: Vec<u16>,
-    /// The live entries as read, each `port unix-seconds`.
     entries: Vec<(u16, u64)>,
 }
 
@@ -77,12 +76,12 @@ impl Reservations {
             })
             .filter(|(_, at)| now.saturating_sub(*at) < RESERVED_FOR.as_secs())
             .collect();
-        let live = entries.iter().map(|(port, _)| *port).collect();
-        Ok(Self {
-            file,
-            live,
-            entries,
-        })
+        Ok(Self { file, entries })
+    }
+
+    /// The ports still reserved.
+    fn ports(&self) -> Vec<u16> {
+        self.entries.iter().map(|(port, _)| *port).collect()
     }
 
     /// Writes back the live reservations and `ports`; best effort, as the choice was checked
@@ -213,6 +212,6 @@ mod tests {
         let expired = now - RESERVED_FOR.as_secs() - 1;
         std::fs::write(&file, format!("20001 {expired}\n20002 {now}\ncut sho")).expect("written");
         let reservations = Reservations::lock(&file).expect("locked");
-        assert_eq!(reservations.live, vec![20002]);
+        assert_eq!(reservations.ports(), vec![20002]);
     }
 }
