@@ -216,3 +216,116 @@ async fn sigterm_stops_the_service_cleanly() {
         .expect("wait for users");
     assert!(exit.success(), "users exited with {exit:?}");
 }
+
+/// A request's log line is written after its answer has gone: with stdout full (nobody
+/// reading it) the service still answers, and the line follows once stdout drains, with no
+/// further request to push it out. Written in the middle of answering, as it once was, the
+/// line would hold the answer until someone read the log.
+#[tokio::test]
+async fn an_answer_does_not_wait_for_its_log_line() {
+    use std::io::BufRead as _;
+
+    let nats = testkit::start_nats().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let database_url = format!("sqlite://{}/users.db", dir.path().display());
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    // A second open of the pipe, non-blocking, to fill it without blocking the test; the
+    // service's own end stays blocking, as a full log file's reader would leave it.
+    let filler = rustix::fs::open(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&writer)),
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open the pipe again");
+    let mut child = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--database-url", &database_url, "--nats-url", &nats.url()])
+        // One worker: the one that answers is the one whose line waits.
+        .args(["--worker-threads", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(writer)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("users starts");
+
+    // Reads lines until `wanted` makes something of one.
+    let find =
+        |lines: std::io::BufReader<std::io::PipeReader>,
+         mut wanted: Box<dyn FnMut(&serde_json::Value) -> Option<String> + Send>| {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::task::spawn_blocking(move || {
+                    let mut lines = lines;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if lines.read_line(&mut line).expect("read the log") == 0 {
+                            panic!("users' stdout closed first");
+                        }
+                        if let Some(found) = serde_json::from_str(&line)
+                            .ok()
+                            .as_ref()
+                            .and_then(&mut wanted)
+                        {
+                            return (lines, found);
+                        }
+                    }
+                }),
+            )
+        };
+    // Up when it has logged its address and its connection to NATS (made in the background):
+    // from then on it writes only what requests make it write.
+    let mut addr = None;
+    let mut connected = false;
+    let (lines, addr) = find(
+        std::io::BufReader::new(reader),
+        Box::new(move |event| {
+            if let Some(bound) = event["fields"]["addr"].as_str() {
+                addr = Some(bound.to_owned());
+            }
+            connected |= event["fields"]["message"] == "connected to NATS";
+            addr.clone().filter(|_| connected)
+        }),
+    )
+    .await
+    .expect("users logs its address and its connection to NATS")
+    .expect("the reader");
+    let mut client = users_client(&addr).await;
+
+    // Fill the pipe: from now on the service's next write to stdout blocks.
+    let chunk = [b'\n'; 4096];
+    let mut filled = 0;
+    for size in [chunk.len(), 1] {
+        while let Ok(written) = rustix::io::write(&filler, &chunk[..size]) {
+            filled += written;
+        }
+    }
+    drop(filler);
+    assert!(filled > 0, "the pipe took no filler");
+
+    let mut request = tonic::Request::new(pb::CreateUserRequest {
+        email: "grace@example.com".into(),
+        name: "Grace".into(),
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let created = tokio::time::timeout(Duration::from_secs(10), client.create_user(request))
+        .await
+        .expect("the answer comes while nobody reads the log")
+        .expect("the user is created");
+    assert!(created.into_inner().user.is_some());
+
+    // Drain: the line comes with no other request.
+    let (_lines, method) = find(
+        lines,
+        Box::new(|event| {
+            (event["fields"]["message"] == "answered")
+                .then(|| event["span"]["rpc.method"].as_str().map(str::to_owned))
+                .flatten()
+        }),
+    )
+    .await
+    .expect("the request's line follows once stdout drains")
+    .expect("the reader");
+    assert_eq!(method, "CreateUser");
+    child.start_kill().expect("stop users");
+}
