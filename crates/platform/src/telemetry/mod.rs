@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod idle_flush;
+mod json_fields;
 pub mod metrics;
 pub mod propagation;
 pub mod rpc;
@@ -181,6 +182,7 @@ pub fn init(service: &'static str, format: LogFormat, args: &TelemetryArgs) -> T
             .json()
             .with_current_span(true)
             .with_span_list(true)
+            .fmt_fields(json_fields::AppendingJsonFields::default())
             .boxed_dyn(),
     };
     // A second init (tests that start several services) is harmless; its error is dropped.
