@@ -34,10 +34,6 @@ where
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
-        // A worker's log lines wait for it to run out of work: written then, they are off
-        // the path of the answers it was making (telemetry::idle_flush).
-        .on_thread_park(crate::telemetry::idle_flush::worker_idle)
-        .on_thread_stop(crate::telemetry::idle_flush::thread_stopping)
         .enable_all()
         .build()
     {

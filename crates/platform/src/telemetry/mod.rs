@@ -7,8 +7,6 @@
 //!   envelopes.
 //! - [`rpc`]: the server's per-request span, log line and metrics (through tower-http's gRPC
 //!   classifier), and the client span an outgoing call carries.
-//! - [`idle_flush`]: log lines written when a runtime worker runs out of work, not in the
-//!   middle of answering.
 //! - [`metrics`]: the Prometheus recorder and its `/metrics` endpoint, and the names.
 //!
 //! The standard variables are read where the configuration is parsed (`TelemetryArgs`), not
@@ -16,7 +14,6 @@
 //! the specification says they do.
 
 pub mod admin;
-pub mod idle_flush;
 mod json_fields;
 pub mod metrics;
 pub mod propagation;
@@ -174,11 +171,8 @@ pub fn init(service: &'static str, format: LogFormat, args: &TelemetryArgs) -> T
             .with_threads(false)
     });
     let fmt = match format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_writer(idle_flush::IdleFlushedStdout)
-            .boxed_dyn(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed_dyn(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(idle_flush::IdleFlushedStdout)
             .json()
             .with_current_span(true)
             .with_span_list(true)
