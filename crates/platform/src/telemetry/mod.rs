@@ -15,6 +15,7 @@
 
 pub mod admin;
 mod json_fields;
+mod json_line;
 pub mod metrics;
 pub mod propagation;
 pub mod rpc;
@@ -172,12 +173,7 @@ pub fn init(service: &'static str, format: LogFormat, args: &TelemetryArgs) -> T
     });
     let fmt = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed_dyn(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .fmt_fields(json_fields::AppendingJsonFields::default())
-            .boxed_dyn(),
+        LogFormat::Json => json_log_layer(std::io::stdout).boxed_dyn(),
     };
     // A second init (tests that start several services) is harmless; its error is dropped.
     let _ = tracing_subscriber::registry()
@@ -186,6 +182,20 @@ pub fn init(service: &'static str, format: LogFormat, args: &TelemetryArgs) -> T
         .with(otel)
         .try_init();
     Telemetry { provider, sampling }
+}
+
+/// The JSON log layer, writing its lines to `writer`: tracing-subscriber's JSON layout
+/// (`timestamp`, `level`, `fields`, `target`, `span`, `spans`), at less cost per line (see
+/// the `json_line` module).
+pub fn json_log_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .event_format(json_line::JsonLine)
+        .fmt_fields(json_fields::AppendingJsonFields)
+        .with_writer(writer)
 }
 
 /// Boxing the two log formats into one type.
