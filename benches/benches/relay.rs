@@ -124,7 +124,15 @@ fn backend_name(backend: Backend) -> &'static str {
 
 fn main() -> anyhow::Result<()> {
     let smoke = std::env::args().any(|arg| arg == "--test");
-    let scale = if smoke { SMOKE } else { FULL };
+    let mut scale = if smoke { SMOKE } else { FULL };
+    // More rounds where the VM is noisy: the median round is reported either way.
+    if let Some(rounds) = std::env::var("RELAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse::<usize>().ok())
+        .filter(|rounds| *rounds > 0)
+    {
+        scale.rounds = rounds;
+    }
     // Cargo passes `--bench`; everything else that is not a flag names cases.
     let filters: Vec<String> = std::env::args()
         .skip(1)
