@@ -3,8 +3,8 @@
 //!
 //! tracing-subscriber's JSON format keeps each span's fields as JSON text and, for every line,
 //! parses that text into a map and serialises the map again, once for `span` and once more for
-//! each entry of `spans`: a request's line parsed its span's thirteen fields twice. Profiled on
-//! purchases-async answering pages one at a time, the line's formatting was 7% of the
+//! each entry of `spans`: a request's line parsed its span's fields (eleven declared) twice.
+//! Profiled on purchases-async answering pages one at a time, the line's formatting was 7% of the
 //! process's CPU, the two spans' round trips through serde_json more than half of it. Here the
 //! stored text is copied into the line as it is. That is only sound because
 //! [`AppendingJsonFields`](super::json_fields::AppendingJsonFields) keeps it one JSON object
