@@ -167,25 +167,27 @@ fn merge_members(object: &mut String, added: &str) {
 /// Adds the members of the JSON object `added` to the JSON object `object` (either may be
 /// empty text, which stands for no fields).
 fn append_members(object: &mut String, added: &str) {
-    let Some(members) = added
-        .strip_prefix('{')
-        .and_then(|rest| rest.strip_suffix('}'))
-        .filter(|members| !members.is_empty())
-    else {
+    let Some(added_members) = members(added).filter(|added| !added.is_empty()) else {
         return;
     };
-    match object.strip_suffix('}') {
-        Some(open) if open.len() > 1 => {
-            object.truncate(open.len());
-            object.push(',');
-            object.push_str(members);
-            object.push('}');
-        }
-        _ => {
-            object.clear();
-            object.push_str(added);
-        }
+    if members(object).is_some_and(|held| !held.is_empty()) {
+        object.pop();
+        object.push(',');
+        object.push_str(added_members);
+        object.push('}');
+    } else {
+        object.clear();
+        object.push_str(added);
     }
+}
+
+/// The members of a JSON object's text, without its braces: empty for no fields (stored as
+/// empty text, or `{}`), none when the text is not an object.
+pub(super) fn members(object: &str) -> Option<&str> {
+    if object.is_empty() {
+        return Some("");
+    }
+    object.strip_prefix('{')?.strip_suffix('}')
 }
 
 #[cfg(test)]
@@ -205,6 +207,14 @@ mod tests {
             append_members(&mut object, r#"{"d":2}"#);
             assert_eq!(object, r#"{"d":2}"#);
         }
+    }
+
+    #[test]
+    fn an_objects_members_are_its_text_inside_the_braces() {
+        assert_eq!(members(r#"{"a":1,"b":"}"}"#), Some(r#""a":1,"b":"}""#));
+        assert_eq!(members("{}"), Some(""));
+        assert_eq!(members(""), Some(""));
+        assert_eq!(members("[1]"), None);
     }
 
     #[test]
