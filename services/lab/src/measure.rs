@@ -93,12 +93,14 @@ impl Clients {
 
 /// Whether `order_id` is among `user`'s newest purchases in this answerer's view (a failed
 /// read counts as not yet). With `wait`, the read asks the answerer to hold its answer until
-/// it has the order (`wait_for_order_id`), for up to that long.
+/// it has the order (`wait_for_order_id`), for up to that long. With `traceparent`, the read
+/// is part of that trace.
 pub async fn shows_order(
     reader: &PurchaseServiceClient<Channel>,
     user: &str,
     order_id: &str,
     wait: Option<Duration>,
+    traceparent: Option<&str>,
 ) -> bool {
     let mut request = tonic::Request::new(pb::ListUserPurchasesRequest {
         user_id: user.to_owned(),
@@ -111,6 +113,9 @@ pub async fn shows_order(
         },
     });
     request.set_timeout(wait.unwrap_or(Duration::from_secs(2)));
+    if let Some(value) = traceparent.and_then(|value| value.parse().ok()) {
+        request.metadata_mut().insert("traceparent", value);
+    }
     reader
         .clone()
         .list_user_purchases(request)

@@ -66,7 +66,10 @@ pub(super) async fn freshness(
                 let user = write.user;
                 let answered = Instant::now();
                 let answered_unix_ns = unix_ns(std::time::SystemTime::now());
-                let seen = visible_after(&reader, &user, &order_id, answered).await;
+                // The read joins the write's trace: its server span says when
+                // purchases-async let the answer go.
+                let traceparent = write.trace_id.as_deref().map(crate::traces::traceparent_in);
+                let seen = visible_after(&reader, &user, &order_id, answered, traceparent).await;
                 let mut timed = lock(&timed);
                 match seen {
                     Some(Visible { after, window }) => {
@@ -130,6 +133,7 @@ pub(super) async fn freshness(
         stages,
         span_stages,
         jetstream_alone: None,
+        wake_up: None,
         cpu_pct: BTreeMap::new(),
     }
 }
@@ -152,10 +156,13 @@ async fn visible_after(
     user: &str,
     order_id: &str,
     since: Instant,
+    traceparent: Option<String>,
 ) -> Option<Visible> {
     let reading = Instant::now();
     let wait = FRESHNESS_LIMIT.saturating_sub(since.elapsed());
-    let seen = crate::measure::shows_order(reader, user, order_id, Some(wait)).await;
+    let seen =
+        crate::measure::shows_order(reader, user, order_id, Some(wait), traceparent.as_deref())
+            .await;
     seen.then(|| Visible {
         after: since.elapsed(),
         window: reading.elapsed(),

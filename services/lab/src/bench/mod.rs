@@ -9,8 +9,8 @@
 //!
 //! One module per concern: `load` (the open-loop generator, the steps, the reference
 //! rounds), `freshness` with its two splits (`stages`, the probe on the orders stream, with
-//! `jetstream_alone` beside it; `span_stages`, the spans), `catch_up`, `aims`, `results`
-//! (the JSON) and `report` (terminal, Markdown, HTML).
+//! `jetstream_alone` and `wake_up`, the floors beside it; `span_stages`, the spans),
+//! `catch_up`, `aims`, `results` (the JSON) and `report` (terminal, Markdown, HTML).
 
 mod aims;
 mod catch_up;
@@ -22,6 +22,7 @@ mod report;
 mod results;
 mod span_stages;
 mod stages;
+mod wake_up;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -295,7 +296,8 @@ pub async fn run(
 }
 
 /// JetStream alone at the freshness phase's rate, just before it (the floor under its
-/// JetStream stage), then the freshness phase itself, with the CPU each process used.
+/// JetStream stage), then the freshness phase itself, with the CPU each process used and the
+/// machine's wake-up round trip meanwhile (the floor under its projection stage).
 async fn timed_freshness(
     lab: &RunningLab,
     clients: &crate::measure::Clients,
@@ -324,10 +326,19 @@ async fn timed_freshness(
     );
     let cpu_before = crate::cpu::sample(&lab.pids());
     let traces = traced.then_some(lab.data_dir.as_path());
+    let wake_up = wake_up::WakeUpProbe::start()
+        .inspect_err(|error| eprintln!("Not timing the machine's wake-ups: {error:#}"))
+        .ok();
     let mut freshness =
         freshness::freshness(endpoints, &clients.asynchronous, seeded, settings, traces).await;
     freshness.cpu_pct = crate::cpu::usage(&cpu_before, &crate::cpu::sample(&lab.pids()));
     freshness.jetstream_alone = jetstream_alone;
+    freshness.wake_up = wake_up.and_then(|probe| {
+        probe
+            .finish()
+            .inspect_err(|error| eprintln!("Not timing the machine's wake-ups: {error:#}"))
+            .ok()
+    });
     freshness
 }
 

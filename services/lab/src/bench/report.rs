@@ -289,7 +289,8 @@ fn freshness_line(report: &BenchReport) -> String {
 }
 
 /// Where the lag went, stage by stage, when the bench could follow the orders stream, and
-/// what JetStream alone takes at the same rate.
+/// the floors beside it: what JetStream alone takes at the same rate, and what a wake-up
+/// takes meanwhile.
 fn stages_line(report: &BenchReport) -> Option<String> {
     let stage = |s: &super::stages::StageSummary| {
         format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
@@ -317,7 +318,14 @@ fn stages_line(report: &BenchReport) -> Option<String> {
             alone.errors
         )
     });
-    let lines: Vec<String> = split.into_iter().chain(alone).collect();
+    let wake_up = report.freshness.wake_up.as_ref().map(|wake_up| {
+        format!(
+            "The machine's wake-up round trip meanwhile (two of the bench's threads passing a byte over loopback, {} times; the projection stage crosses processes at least twice): {}.",
+            wake_up.pings,
+            stage(&wake_up.round_trip)
+        )
+    });
+    let lines: Vec<String> = split.into_iter().chain(alone).chain(wake_up).collect();
     (!lines.is_empty()).then(|| lines.join(" "))
 }
 
@@ -328,12 +336,15 @@ fn span_stages_line(report: &BenchReport) -> Option<String> {
         format!("p50 {} / p99 {} / max {} us", s.p50_us, s.p99_us, s.max_us)
     };
     Some(format!(
-        "Split by the spans of {} traced orders: write to applied {}; relay (write to publish) {}; JetStream (publish to apply, the consumer's pull included) {}; projection (the apply) {}. For {} of them ({:.0}%) the apply ended inside the probe's window (the read that waited for the order, from its start to its answer: {}); the probe's projection stage also holds the consumer's pull and that answer's trip back.",
+        "Split by the spans of {} traced orders: write to applied {}; relay (write to publish) {}; JetStream (publish to apply, the consumer's pull included) {}; projection (the apply) {}; the apply's end to the waiting read's answer at the bench {} (of which in purchases-async, to its span of the read ending {}; from there to the bench {}). For {} of them ({:.0}%) the apply ended inside the probe's window (the read that waited for the order, from its start to its answer: {}); the probe's projection stage also holds the consumer's pull.",
         stages.samples,
         stage(&stages.total),
         stage(&stages.relay),
         stage(&stages.jetstream),
         stage(&stages.projection),
+        stage(&stages.answer),
+        stage(&stages.served),
+        stage(&stages.returned),
         stages.agreeing,
         if stages.samples > 0 {
             stages.agreeing as f64 / stages.samples as f64 * 100.0

@@ -14,6 +14,7 @@ use super::Settings;
 use super::jetstream_alone::JetStreamAlone;
 use super::span_stages::SpanStages;
 use super::stages::Stages;
+use super::wake_up::WakeUp;
 use crate::footprint::Resident;
 use crate::writer::BackgroundWrites;
 
@@ -261,6 +262,9 @@ pub struct FreshnessResult {
     /// JetStream's own publish-to-delivery at the same rate, measured alone just before:
     /// the floor under the JetStream stage. None when it could not be measured.
     pub jetstream_alone: Option<JetStreamAlone>,
+    /// Two of the bench's threads passing a byte over loopback while the orders were timed:
+    /// the floor under the projection stage, which crosses processes at least as often.
+    pub wake_up: Option<WakeUp>,
     /// CPU used while writing and timing, by process, in percent of one core.
     pub cpu_pct: BTreeMap<String, f64>,
 }

@@ -1,5 +1,6 @@
-//! An order's freshness read from its trace: the write's server span, the relay's publish
-//! and purchases-async's apply (the batch span linked to the publish). The bench times the
+//! An order's freshness read from its trace: the write's server span, the relay's publish,
+//! purchases-async's apply (the batch span linked to the publish) and its span of the bench's
+//! read that waited for the order (the read carries the write's trace). The bench times the
 //! same orders with its probe; the spans say where the time went from inside the services,
 //! and must agree with the probe: each apply ends inside the read that waited for its order.
 
@@ -13,6 +14,8 @@ use crate::traces::{SpanRecord, Spans};
 const PLACE_ORDER: &str = "orders.v1.OrderService/PlaceOrder";
 /// purchases-async's apply of a batch from the orders stream.
 const APPLY: &str = "process ORDERS";
+/// The bench's read that waited for the order, which joins the write's trace.
+const READ: &str = "purchases.v1.PurchaseService/ListUserPurchases";
 /// Clocks of processes on one machine agree to well under this; a span's end and the
 /// bench's reading of the same instant may differ by it.
 const CLOCK_TOLERANCE_NS: u64 = 1_000_000;
@@ -24,6 +27,9 @@ struct Hops {
     published: u64,
     applying: u64,
     applied: u64,
+    /// When purchases-async's span of the waiting read ended (its answer handed to HTTP/2),
+    /// when that span was kept.
+    read_answered: Option<u64>,
 }
 
 /// The hops of the write traced as `trace_id`, when every one was kept.
@@ -59,11 +65,19 @@ fn hops(spans: &Spans, trace_id: &str) -> Option<Hops> {
             })?;
             Some(((*publish).clone(), apply))
         })?;
+    let read_answered = trace
+        .iter()
+        .filter(|span| {
+            span.service == "purchases-async" && span.name == READ && span.kind == "server"
+        })
+        .map(|span| span.end_ns)
+        .max();
     Some(Hops {
         written,
         published: publish.start_ns,
         applying: apply.start_ns,
         applied: apply.end_ns,
+        read_answered,
     })
 }
 
@@ -74,6 +88,12 @@ struct SpanSplit {
     relay: u64,
     jetstream: u64,
     projection: u64,
+    /// The apply's end to the bench holding the answer of the read that waited for the order:
+    /// waking that read, and the answer's trip back.
+    answer: u64,
+    /// The part of `answer` inside purchases-async, to its span of the read ending: waking
+    /// the read, the page, handing it to HTTP/2. The rest is the way back to the bench.
+    served: Option<u64>,
     /// Whether the apply ended inside the probe's window for the same order.
     agrees: bool,
 }
@@ -90,6 +110,7 @@ fn split(hops: &Hops, sample: &Sample) -> SpanSplit {
         published,
         applying,
         applied,
+        read_answered,
     } = *hops;
     let visible = sample
         .answered_unix_ns
@@ -101,6 +122,8 @@ fn split(hops: &Hops, sample: &Sample) -> SpanSplit {
         relay: us(published.saturating_sub(written)),
         jetstream: us(applying.saturating_sub(published.max(written))),
         projection: us(applied.saturating_sub(applying.max(written))),
+        answer: us(visible.saturating_sub(applied)),
+        served: read_answered.map(|end| us(end.saturating_sub(applied))),
         agrees: applied + CLOCK_TOLERANCE_NS >= opened && applied <= visible + CLOCK_TOLERANCE_NS,
     }
 }
@@ -119,6 +142,14 @@ pub struct SpanStages {
     pub jetstream: StageSummary,
     /// The apply: decoding, the transaction, the view's refresh.
     pub projection: StageSummary,
+    /// The apply's end to the waiting read's answer reaching the bench.
+    pub answer: StageSummary,
+    /// Of that, the apply's end to purchases-async's span of the read ending (waking the
+    /// read, the page, handing it to HTTP/2), over the orders whose read span was kept...
+    pub served: StageSummary,
+    /// ...and from there to the bench holding the answer: the trip back and the bench's own
+    /// wake-up.
+    pub returned: StageSummary,
     /// The probe's window: how long the read that returned each order was open (it waited
     /// for the order, so the order became visible within it).
     pub probe_resolution: StageSummary,
@@ -128,7 +159,7 @@ pub struct SpanStages {
 
 /// Splits every traced sample by its spans.
 pub fn summarize(spans: &Spans, samples: &[Sample]) -> SpanStages {
-    let mut histograms: [_; 5] = std::array::from_fn(|_| micros_histogram());
+    let mut histograms: [_; 8] = std::array::from_fn(|_| micros_histogram());
     let mut agreeing = 0;
     for sample in samples {
         let Some(hops) = sample
@@ -141,23 +172,43 @@ pub fn summarize(spans: &Spans, samples: &[Sample]) -> SpanStages {
         let split = split(&hops, sample);
         agreeing += u64::from(split.agrees);
         let window = u64::try_from(sample.window.as_micros()).unwrap_or(u64::MAX);
+        let returned = split
+            .served
+            .map(|served| split.answer.saturating_sub(served));
         for (histogram, value) in histograms.iter_mut().zip([
-            split.total,
-            split.relay,
-            split.jetstream,
-            split.projection,
-            window,
+            Some(split.total),
+            Some(split.relay),
+            Some(split.jetstream),
+            Some(split.projection),
+            Some(split.answer),
+            split.served,
+            returned,
+            Some(window),
         ]) {
-            histogram.saturating_record(value);
+            if let Some(value) = value {
+                histogram.saturating_record(value);
+            }
         }
     }
-    let [total, relay, jetstream, projection, resolution] = histograms;
+    let [
+        total,
+        relay,
+        jetstream,
+        projection,
+        answer,
+        served,
+        returned,
+        resolution,
+    ] = histograms;
     SpanStages {
         samples: total.len(),
         total: StageSummary::of(&total),
         relay: StageSummary::of(&relay),
         jetstream: StageSummary::of(&jetstream),
         projection: StageSummary::of(&projection),
+        answer: StageSummary::of(&answer),
+        served: StageSummary::of(&served),
+        returned: StageSummary::of(&returned),
         probe_resolution: StageSummary::of(&resolution),
         agreeing,
     }
@@ -252,6 +303,15 @@ mod tests {
                 (6 * MS, 7 * MS),
             ),
             apply("b", &[("x", "y"), ("t", "p2")], (9 * MS, 12 * MS)),
+            // The bench's read, waiting from before the apply, answered half a ms after it.
+            span(
+                "t",
+                "r1",
+                "purchases-async",
+                READ,
+                "server",
+                (8 * MS, 12 * MS + MS / 2),
+            ),
         ]);
         let hops = hops(&spans, "t").expect("every hop was kept");
         assert_eq!(
@@ -261,6 +321,7 @@ mod tests {
                 published: 6 * MS,
                 applying: 9 * MS,
                 applied: 12 * MS,
+                read_answered: Some(12 * MS + MS / 2),
             }
         );
         // The apply ended 9 ms after the write; the bench saw it answered at 3.2 ms and
@@ -273,8 +334,21 @@ mod tests {
                 relay: 3_000,
                 jetstream: 3_000,
                 projection: 3_000,
+                answer: 1_200,
+                served: Some(500),
                 agrees: true,
             }
+        );
+        // The answer's way splits at the read's span: 500 us inside, 700 on the way back.
+        let stages = summarize(&spans, &[sample(3 * MS + MS / 5, 10, 2)]);
+        assert_eq!(
+            (
+                stages.samples,
+                stages.answer.p50_us,
+                stages.served.p50_us,
+                stages.returned.p50_us
+            ),
+            (1, 1_200, 500, 700)
         );
         // A probe that claims it saw the order 5 ms before the apply ended disagrees.
         assert!(!split_agrees(&hops, &sample(3 * MS, 4, 1)));
@@ -294,12 +368,20 @@ mod tests {
             published: 9 * MS,
             applying: 12 * MS,
             applied: 13 * MS,
+            read_answered: None,
         };
         let split = split(&hops, &sample(10 * MS, 3, 1));
         assert_eq!(
-            (split.total, split.relay, split.jetstream, split.projection),
-            (3_000, 0, 2_000, 1_000)
+            (
+                split.total,
+                split.relay,
+                split.jetstream,
+                split.projection,
+                split.answer
+            ),
+            (3_000, 0, 2_000, 1_000, 0)
         );
+        assert_eq!(split.served, None, "the read's span was not kept");
         assert!(split.agrees);
     }
 }

@@ -287,7 +287,7 @@ async fn shows_up(reader: &PurchaseServiceClient<Channel>, user: &str, order_id:
     loop {
         let asked = Instant::now();
         let wait = FRESHNESS_WAIT.min(deadline.saturating_duration_since(asked));
-        if crate::measure::shows_order(reader, user, order_id, Some(wait)).await {
+        if crate::measure::shows_order(reader, user, order_id, Some(wait), None).await {
             return true;
         }
         if Instant::now() >= deadline {

@@ -66,12 +66,18 @@ impl SpanRecord {
 pub fn new_trace() -> (String, String) {
     // W3C trace context forbids all-zero ids; one set bit rules them out.
     let mut trace_id: [u8; 16] = rand::random();
-    let mut span_id: [u8; 8] = rand::random();
     trace_id[0] |= 1;
-    span_id[0] |= 1;
     let trace_id = hex(&trace_id);
-    let traceparent = format!("00-{trace_id}-{}-01", hex(&span_id));
+    let traceparent = traceparent_in(&trace_id);
     (trace_id, traceparent)
+}
+
+/// A sampled `traceparent` for another request of the trace `trace_id` (32 hex digits, as
+/// [`new_trace`] makes them), under a span id of its own.
+pub fn traceparent_in(trace_id: &str) -> String {
+    let mut span_id: [u8; 8] = rand::random();
+    span_id[0] |= 1;
+    format!("00-{trace_id}-{}-01", hex(&span_id))
 }
 
 /// Has every service keep `ratio` of the traces that start in it from now on, through its
