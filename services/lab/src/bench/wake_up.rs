@@ -44,16 +44,16 @@ impl WakeUpProbe {
     /// Connects the two threads over an ephemeral loopback port and starts pinging.
     pub fn start() -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        let address = listener.local_addr()?;
+        // Connected through the listener's backlog before either thread starts, so a failure
+        // leaves no thread behind waiting for a peer.
+        let stream = TcpStream::connect(listener.local_addr()?)?;
+        let (echoed, _) = listener.accept()?;
         std::thread::Builder::new()
             .name("wake-up-echo".into())
             .spawn(move || {
-                if let Ok((stream, _)) = listener.accept() {
-                    // Ends when the pinger hangs up or stops answering.
-                    let _ = echo(stream);
-                }
+                // Ends when the pinger hangs up or stops answering.
+                let _ = echo(echoed);
             })?;
-        let stream = TcpStream::connect(address)?;
         let stop = Arc::new(AtomicBool::new(false));
         let pinger = {
             let stop = Arc::clone(&stop);
