@@ -11,7 +11,7 @@ use purchases::{Freshness, Page, PurchaseSource, PurchasesError, Query, StreamPo
 use tokio::sync::{Semaphore, watch};
 use uuid::Uuid;
 
-use crate::view::View;
+use crate::view::{OrderWait, View};
 
 /// Answers from the projection, and says how far each stream has been applied.
 #[derive(Debug, Clone)]
@@ -94,8 +94,9 @@ impl ProjectionReader {
     }
 
     /// Waits until the projection holds `order_id` among `user_id`'s purchases, looking
-    /// again whenever the view or a stream's position moves: the answer goes out with the
-    /// update that brought the order, not at the next poll.
+    /// again when the view applies that order (or, reading from the database, when a stream's
+    /// position moves): the answer goes out with the update that brought the order, not at
+    /// the next poll.
     async fn wait_for_order(
         &self,
         user_id: Uuid,
@@ -103,17 +104,19 @@ impl ProjectionReader {
         wait: Duration,
     ) -> Result<(), PurchasesError> {
         let started = Instant::now();
-        let mut view_updates = self.view.as_ref().map(|view| view.updates());
+        let order_wait = self.view.as_deref().map(|view| view.wait_for(order_id));
         let mut positions: Vec<_> = self.positions.iter().map(|(_, p)| p.clone()).collect();
         // Taken at the first look that finds the order missing: a read of an order already
         // there is never refused.
         let mut permit = None;
         loop {
-            // Marked seen before looking, so an update between the look and the wait
-            // wakes the wait instead of being missed.
-            if let Some(updates) = view_updates.as_mut() {
-                updates.borrow_and_update();
-            }
+            // Made before looking, so an update between the look and the wait wakes the
+            // wait instead of being missed.
+            let from_view = self.view.as_ref().is_some_and(|view| view.is_trusted());
+            let applied = order_wait
+                .as_ref()
+                .filter(|_| from_view)
+                .map(OrderWait::notified);
             for position in &mut positions {
                 position.borrow_and_update();
             }
@@ -127,7 +130,12 @@ impl ProjectionReader {
                     }
                 })?);
             }
-            let moved = any_change(view_updates.as_mut(), &mut positions);
+            let moved = async {
+                match applied {
+                    Some(applied) => applied.await,
+                    None => any_change(&mut positions).await,
+                }
+            };
             if tokio::time::timeout_at((started + wait).into(), moved)
                 .await
                 .is_err()
@@ -153,29 +161,23 @@ impl ProjectionReader {
     }
 }
 
-/// Resolves when the view or any stream's position changes. A sender that is gone (its
-/// consumer stopped) never resolves, rather than resolving at once, over and over.
-async fn any_change(
-    view: Option<&mut watch::Receiver<u64>>,
-    positions: &mut [watch::Receiver<Position>],
-) {
+/// Resolves when any stream's position changes. A sender that is gone (its consumer
+/// stopped) never resolves, rather than resolving at once, over and over.
+async fn any_change(positions: &mut [watch::Receiver<Position>]) {
     async fn changed<T>(receiver: &mut watch::Receiver<T>) {
         if receiver.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
-    let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
-        positions
-            .iter_mut()
-            .map(|position| Box::pin(changed(position)) as _)
-            .collect();
-    if let Some(view) = view {
-        waits.push(Box::pin(changed(view)));
-    }
-    if waits.is_empty() {
+    if positions.is_empty() {
         return std::future::pending().await;
     }
-    futures::future::select_all(waits).await;
+    futures::future::select_all(
+        positions
+            .iter_mut()
+            .map(|position| Box::pin(changed(position))),
+    )
+    .await;
 }
 
 impl PurchaseSource for ProjectionReader {

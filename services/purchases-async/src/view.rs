@@ -9,18 +9,23 @@
 //! time from delivery to visible.) Should an update fail, the view stops being trusted and
 //! reads go to the database until the next start. Memory grows with the projection (a few
 //! hundred bytes per purchase), which suits the lab's data sizes.
+//!
+//! A read that waits for an order (`wait_for_order_id`) is woken by the batch that brings
+//! that order, not by every batch: each wake-up of a waiting read costs a pass through the
+//! whole request stack on the thread that also applies the events.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, hash_map};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use consumer::ApplyError;
 use platform::db::{Columns, Database, StoreError};
 use platform::paging::Cursor;
 use purchases::{OrderStatus, ProductView, PurchaseView, PurchasesError, Query, UserView};
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use uuid::Uuid;
 
 use crate::changes::{self, UserChange};
@@ -57,18 +62,50 @@ struct State {
 pub struct View {
     state: RwLock<State>,
     trusted: AtomicBool,
-    /// Counts the updates, for reads that wait for an order to arrive.
-    updates: watch::Sender<u64>,
+    /// Reads waiting for an order, by order id.
+    waiting: Mutex<HashMap<Uuid, Waiting>>,
+}
+
+/// The reads waiting for one order share a notification.
+#[derive(Debug)]
+struct Waiting {
+    notify: Arc<Notify>,
+    readers: usize,
+}
+
+/// A read's registration as waiting for an order, for as long as it is held. It is woken
+/// when a batch applies the order, when any user changes (the order's user may arrive after
+/// it, on its own stream), and when the view stops being trusted.
+#[derive(Debug)]
+pub struct OrderWait<'v> {
+    view: &'v View,
+    order_id: Uuid,
+    notify: Arc<Notify>,
+}
+
+impl OrderWait<'_> {
+    /// Resolves at the next wake-up after it was made, even one before its first poll.
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for OrderWait<'_> {
+    fn drop(&mut self) {
+        let mut waiting = lock(&self.view.waiting);
+        if let hash_map::Entry::Occupied(mut entry) = waiting.entry(self.order_id) {
+            entry.get_mut().readers -= 1;
+            if entry.get().readers == 0 {
+                entry.remove();
+            }
+        }
+    }
 }
 
 impl View {
     /// Loads the whole projection.
     pub async fn load(db: Database) -> Result<Arc<Self>, StoreError> {
-        let view = Arc::new(Self {
-            state: RwLock::new(State::default()),
-            trusted: AtomicBool::new(true),
-            updates: watch::Sender::new(0),
-        });
+        let view = Arc::new(Self::empty());
         // Whole tables, once at start: through the pool, off the async workers' threads.
         let pool = db.pool();
         let users = sqlx::query(SELECT_USERS).fetch_all(pool).await?;
@@ -90,14 +127,52 @@ impl View {
         Ok(view)
     }
 
+    fn empty() -> Self {
+        Self {
+            state: RwLock::new(State::default()),
+            trusted: AtomicBool::new(true),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Whether reads may be served from memory.
     pub fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
     }
 
-    /// Changes after every update (and when the view stops being trusted).
-    pub fn updates(&self) -> watch::Receiver<u64> {
-        self.updates.subscribe()
+    /// Registers a read as waiting for `order_id`; look for the order after registering, so
+    /// an update in between is not missed.
+    pub fn wait_for(&self, order_id: Uuid) -> OrderWait<'_> {
+        let mut waiting = lock(&self.waiting);
+        let entry = waiting.entry(order_id).or_insert_with(|| Waiting {
+            notify: Arc::new(Notify::new()),
+            readers: 0,
+        });
+        entry.readers += 1;
+        OrderWait {
+            view: self,
+            order_id,
+            notify: Arc::clone(&entry.notify),
+        }
+    }
+
+    /// Wakes the reads waiting for any of `orders`.
+    fn wake(&self, orders: &[Uuid]) {
+        let waiting = lock(&self.waiting);
+        if waiting.is_empty() {
+            return;
+        }
+        for order_id in orders {
+            if let Some(waiting) = waiting.get(order_id) {
+                waiting.notify.notify_waiters();
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        for waiting in lock(&self.waiting).values() {
+            waiting.notify.notify_waiters();
+        }
     }
 
     /// Whether a read of `user_id`'s purchases would find the order, and the user with it.
@@ -133,6 +208,7 @@ impl View {
                 }
             }
         });
+        self.wake_all();
     }
 
     pub fn apply_products(&self, changes: Result<Vec<ProductView>, ApplyError>) {
@@ -148,6 +224,11 @@ impl View {
     /// each keeping the status its order already has, then cancellations.
     pub fn apply_orders(&self, changes: Result<changes::Orders, ApplyError>) {
         let _span = update_span("purchases").entered();
+        // Collected whether or not a read waits now: one may register while the batch applies.
+        let placed: Vec<Uuid> = changes.as_ref().map_or_else(
+            |_| Vec::new(),
+            |orders| orders.placements.iter().map(|(id, _)| *id).collect(),
+        );
         self.update(changes, |state, orders| {
             for (order_id, placement) in orders.placements {
                 let status = match state.orders.get(&order_id).copied() {
@@ -194,6 +275,8 @@ impl View {
                 }
             }
         });
+        // After the lock is let go, so a woken read finds the order in place.
+        self.wake(&placed);
     }
 
     /// Applies `changes` under the write lock. A batch the tables took but the view cannot
@@ -213,9 +296,9 @@ impl View {
                 error = %platform::status::error_chain(&error),
                 "the in-memory view could not follow the projection; reads go to the database until restart"
             );
+            // Waiting reads look again, now in the database, and wait on its positions.
+            self.wake_all();
         }
-        // After the lock is let go, so a woken reader finds the update in place.
-        self.updates.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn apply_rows(
@@ -283,6 +366,13 @@ impl View {
             purchases,
         ))
     }
+}
+
+// The map is whole whatever panicked while it was held: each change to it is one call.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn poisoned() -> StoreError {
@@ -362,4 +452,87 @@ fn decode_purchase(row: &dyn Columns) -> Result<DecodedPurchase, StoreError> {
             product_id,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+
+    use super::*;
+    use crate::changes::{Orders, Placement};
+
+    fn placed(order_id: Uuid, user_id: Uuid) -> Result<Orders, ApplyError> {
+        Ok(Orders {
+            placements: vec![(
+                order_id,
+                Placement {
+                    user_id,
+                    product_id: Uuid::now_v7(),
+                    quantity: 1,
+                    placed_at: 1,
+                },
+            )],
+            cancellations: Vec::new(),
+        })
+    }
+
+    fn named(id: Uuid) -> Result<Vec<UserChange>, ApplyError> {
+        Ok(vec![UserChange::Named {
+            id,
+            name: "Ada".into(),
+            given_name: String::new(),
+            family_name: String::new(),
+        }])
+    }
+
+    #[test]
+    fn a_waiting_read_is_woken_by_the_batch_that_applies_its_order_only() {
+        let view = View::empty();
+        let (user, order) = (Uuid::now_v7(), Uuid::now_v7());
+        view.apply_users(named(user));
+        let wait = view.wait_for(order);
+        let mut applied = Box::pin(wait.notified());
+        view.apply_orders(placed(Uuid::now_v7(), user));
+        assert!(
+            applied.as_mut().now_or_never().is_none(),
+            "woken by another order"
+        );
+        view.apply_orders(placed(order, user));
+        assert!(
+            applied.now_or_never().is_some(),
+            "not woken by its own order"
+        );
+        assert!(view.holds_order(user, order).expect("the view's lock"));
+    }
+
+    #[test]
+    fn a_users_batch_or_a_failed_update_wakes_every_waiting_read() {
+        let view = View::empty();
+        let wait = view.wait_for(Uuid::now_v7());
+        let user_arrived = wait.notified();
+        view.apply_users(named(Uuid::now_v7()));
+        assert!(user_arrived.now_or_never().is_some());
+        let untrusted = wait.notified();
+        view.apply_orders(Err(ApplyError::Rejected(
+            "a batch the view cannot take".into(),
+        )));
+        assert!(!view.is_trusted());
+        assert!(untrusted.now_or_never().is_some());
+    }
+
+    #[test]
+    fn the_reads_waiting_for_an_order_share_it_until_the_last_one_goes() {
+        let view = View::empty();
+        let order = Uuid::now_v7();
+        let first = view.wait_for(order);
+        let second = view.wait_for(order);
+        assert_eq!(lock(&view.waiting).len(), 1);
+        drop(first);
+        assert_eq!(lock(&view.waiting)[&order].readers, 1);
+        let still_waiting = second.notified();
+        view.apply_orders(placed(order, Uuid::now_v7()));
+        assert!(still_waiting.now_or_never().is_some());
+        drop(second);
+        assert!(lock(&view.waiting).is_empty());
+    }
 }
