@@ -22,5 +22,6 @@ pub mod request;
 pub mod server;
 pub mod sqlite;
 pub mod status;
+pub mod sync;
 pub mod telemetry;
 pub mod time;

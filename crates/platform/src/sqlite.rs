@@ -21,10 +21,13 @@
 //! plan.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::db::{Param, StoreError};
+// A poisoned lock means a panic while a connection was taken or put back: what the mutex
+// holds is whole.
+use crate::sync::lock;
 
 /// How many statements each connection keeps prepared.
 const STATEMENT_CACHE: usize = 64;
@@ -217,14 +220,6 @@ fn fetch_all<T>(
         decoded.push(decode(row)?);
     }
     Ok(decoded)
-}
-
-// A poisoned lock means a panic while a connection was taken or put back: what the mutex
-// holds is whole.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Prepares (or takes from the connection's cache) a statement written with the `$n`

@@ -203,8 +203,4 @@ impl PacedWriter {
 }
 
 // A poisoned lock means a panic while a count was bumped; the counts are still whole.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub use platform::sync::lock;

@@ -18,11 +18,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, hash_map};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use consumer::ApplyError;
 use platform::db::{Columns, Database, StoreError};
 use platform::paging::Cursor;
+use platform::sync::lock;
 use purchases::{OrderStatus, ProductView, PurchaseView, PurchasesError, Query, UserView};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -159,9 +160,6 @@ impl View {
     /// Wakes the reads waiting for any of `orders`.
     fn wake(&self, orders: &[Uuid]) {
         let waiting = lock(&self.waiting);
-        if waiting.is_empty() {
-            return;
-        }
         for order_id in orders {
             if let Some(waiting) = waiting.get(order_id) {
                 waiting.notify.notify_waiters();
@@ -224,13 +222,16 @@ impl View {
     /// each keeping the status its order already has, then cancellations.
     pub fn apply_orders(&self, changes: Result<changes::Orders, ApplyError>) {
         let _span = update_span("purchases").entered();
-        // Collected whether or not a read waits now: one may register while the batch applies.
-        let placed: Vec<Uuid> = changes.as_ref().map_or_else(
-            |_| Vec::new(),
-            |orders| orders.placements.iter().map(|(id, _)| *id).collect(),
-        );
+        let mut placed = Vec::new();
         self.update(changes, |state, orders| {
+            // Looked at under the write lock: a read that registers after this look finds its
+            // order when it looks, since its look waits for the lock; one registered before
+            // is woken below.
+            let watched = !lock(&self.waiting).is_empty();
             for (order_id, placement) in orders.placements {
+                if watched {
+                    placed.push(order_id);
+                }
                 let status = match state.orders.get(&order_id).copied() {
                     Some((user_id, Some(key))) => state
                         .by_user
@@ -276,7 +277,9 @@ impl View {
             }
         });
         // After the lock is let go, so a woken read finds the order in place.
-        self.wake(&placed);
+        if !placed.is_empty() {
+            self.wake(&placed);
+        }
     }
 
     /// Applies `changes` under the write lock. A batch the tables took but the view cannot
@@ -366,13 +369,6 @@ impl View {
             purchases,
         ))
     }
-}
-
-// The map is whole whatever panicked while it was held: each change to it is one call.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn poisoned() -> StoreError {
